@@ -1,6 +1,6 @@
 module github.com/imdsguard/imdsguard
 
-go 1.26.8
+go 1.26.0
 
 require (
 	github.com/aws/amazon-ec2-metadata-mock v1.13.0 // indirect

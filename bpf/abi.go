@@ -1,0 +1,107 @@
+package bpf
+
+// Values shared with imdsguard.h. The C enums do not reach the object's BTF
+// (the compiler folds them to literals), so they are mirrored here by hand;
+// the integration tests catch a mismatch, because every event they check is
+// decoded through these names.
+
+// Action is the verdict a program reached.
+type Action uint8
+
+const (
+	ActionAllow Action = 0
+	ActionDeny  Action = 1
+	ActionAudit Action = 2
+	actionMax          = 3
+)
+
+func (a Action) String() string {
+	switch a {
+	case ActionAllow:
+		return "allow"
+	case ActionDeny:
+		return "deny"
+	case ActionAudit:
+		return "audit"
+	}
+	return "unknown"
+}
+
+// Reason says why a connection or request was (or would have been) refused.
+type Reason uint8
+
+const (
+	ReasonNone             Reason = 0
+	ReasonNonHostNetns     Reason = 1
+	ReasonIMDSv1NoToken    Reason = 2
+	ReasonParseError       Reason = 3
+	ReasonForwardedRequest Reason = 4
+	ReasonPolicyRule       Reason = 5
+	reasonMax                     = 8
+)
+
+func (r Reason) String() string {
+	switch r {
+	case ReasonNone:
+		return ""
+	case ReasonNonHostNetns:
+		return "non_host_netns"
+	case ReasonIMDSv1NoToken:
+		return "imdsv1_no_token"
+	case ReasonParseError:
+		return "parse_error"
+	case ReasonForwardedRequest:
+		return "forwarded_request"
+	case ReasonPolicyRule:
+		return "policy_rule"
+	}
+	return "unknown"
+}
+
+// Kind says which hook produced an event.
+type Kind uint8
+
+const (
+	KindConnect Kind = 0
+	KindRequest Kind = 1
+	kindMax          = 2
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindConnect:
+		return "connect"
+	case KindRequest:
+		return "request"
+	}
+	return "unknown"
+}
+
+// Mode values of config.mode.
+const (
+	ModeEnforce uint32 = 0
+	ModeAudit   uint32 = 1
+)
+
+// Bits of config.flags.
+const (
+	ConfigBlockNonHostNetns uint32 = 1 << 0
+)
+
+// Bits of event.flags.
+const (
+	EventHostNetns        uint8 = 1 << 0
+	EventHasToken         uint8 = 1 << 1
+	EventCredentialAccess uint8 = 1 << 2
+)
+
+// CounterSlot is the index in the counters map for one (kind, action, reason).
+func CounterSlot(k Kind, a Action, r Reason) uint32 {
+	return uint32(k)*actionMax*reasonMax + uint32(a)*reasonMax + uint32(r)
+}
+
+// CounterEventsLost counts events dropped because the ring buffer was full.
+const CounterEventsLost uint32 = kindMax * actionMax * reasonMax
+
+// CounterSlots is the size of the counters map.
+const CounterSlots = 64

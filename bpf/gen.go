@@ -1,0 +1,7 @@
+// Package bpf holds imdsguard's eBPF programs and the Go bindings bpf2go
+// generates for them. The generated imdsguard_bpfel.go and imdsguard_bpfel.o
+// are committed, so building the daemon needs no clang; `make generate`
+// rebuilds them and CI checks they are current.
+package bpf
+
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror" -target bpfel -type event -type endpoint_key -type endpoint_value -type config Imdsguard imdsguard.c -- -I./include

@@ -1,0 +1,161 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Types and maps shared by every imdsguard program. The userspace side
+ * (internal/loader, internal/events) reads these layouts through the Go types
+ * bpf2go generates from this file's BTF, so a field added here shows up there.
+ */
+#ifndef IMDSGUARD_H
+#define IMDSGUARD_H
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define TASK_COMM_LEN 16
+#define METHOD_LEN 8
+#define PATH_LEN 128
+
+/* Values of enums are part of the map and event ABI: append, never renumber. */
+enum action {
+	ACTION_ALLOW = 0,
+	ACTION_DENY = 1,
+	ACTION_AUDIT = 2,
+	ACTION_MAX = 3,
+};
+
+enum reason {
+	REASON_NONE = 0,
+	REASON_NON_HOST_NETNS = 1,
+	REASON_IMDSV1_NO_TOKEN = 2,
+	REASON_PARSE_ERROR = 3,
+	REASON_FORWARDED_REQUEST = 4,
+	REASON_POLICY_RULE = 5,
+	REASON_MAX = 8,
+};
+
+enum kind {
+	KIND_CONNECT = 0,
+	KIND_REQUEST = 1,
+	KIND_MAX = 2,
+};
+
+enum mode {
+	MODE_ENFORCE = 0,
+	MODE_AUDIT = 1,
+};
+
+/* config.flags */
+enum config_flag {
+	CONFIG_BLOCK_NON_HOST_NETNS = 1 << 0,
+};
+
+/* event.flags */
+enum event_flag {
+	EVENT_HOST_NETNS = 1 << 0,
+	EVENT_HAS_TOKEN = 1 << 1,
+	EVENT_CREDENTIAL_ACCESS = 1 << 2,
+};
+
+/*
+ * Counter slots: one per (kind, action, reason), plus bookkeeping slots at the
+ * end. Counters are per-CPU so the hot path never contends on a cache line;
+ * userspace sums them.
+ */
+#define COUNTER_SLOT(kind, action, reason) \
+	((kind) * ACTION_MAX * REASON_MAX + (action) * REASON_MAX + (reason))
+enum counter_extra {
+	COUNTER_EVENTS_LOST = KIND_MAX * ACTION_MAX * REASON_MAX,
+	COUNTER_MAX = 64,
+};
+
+/*
+ * IMDS endpoints, keyed by IPv6 address (IPv4 stored IPv4-mapped, so that a
+ * connect6 to ::ffff:169.254.169.254 finds the IPv4 endpoint) and port.
+ */
+struct endpoint_key {
+	__u8 addr[16];
+	__be16 port;
+	__u16 pad;
+};
+
+struct endpoint_value {
+	__u32 id;
+};
+
+struct config {
+	__u64 host_netns_cookie;
+	__u32 mode;
+	__u32 flags;
+};
+
+struct event {
+	__u64 ts_ns; /* bpf_ktime_get_ns: CLOCK_MONOTONIC */
+	__u64 cgroup_id;
+	__u64 netns_cookie;
+	__u32 pid; /* thread group id, as userspace calls a pid */
+	__u32 tid;
+	__u32 uid;
+	__u32 gid;
+	__u8 addr[16];
+	__u16 port; /* host byte order */
+	__u8 kind;
+	__u8 action;
+	__u8 reason;
+	__u8 flags;
+	__u16 path_len; /* length of the whole path, may exceed PATH_LEN */
+	char comm[TASK_COMM_LEN];
+	char method[METHOD_LEN];
+	char path[PATH_LEN];
+};
+
+/* Keeps struct event in the BTF so bpf2go generates its Go type. */
+const struct event *unused_event __attribute__((unused));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_value);
+} endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+} config_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+static __always_inline void count(__u32 slot)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &slot);
+	if (c)
+		*c += 1;
+}
+
+static __always_inline struct config *get_config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&config_map, &zero);
+}
+
+static __always_inline __u8 verdict(const struct config *cfg, __u8 reason)
+{
+	if (reason == REASON_NONE)
+		return ACTION_ALLOW;
+	return cfg->mode == MODE_AUDIT ? ACTION_AUDIT : ACTION_DENY;
+}
+
+#endif

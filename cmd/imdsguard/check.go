@@ -1,0 +1,34 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/imdsguard/imdsguard/internal/policy"
+)
+
+func checkCommand(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	path := fs.String("policy", "", "policy file to validate (default: the embedded default policy)")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	pol, err := loadPolicy(*path)
+	if err != nil {
+		return err
+	}
+	out, err := pol.YAML()
+	if err != nil {
+		return fmt.Errorf("rendering policy: %w", err)
+	}
+	_, err = stdout.Write(out)
+	return err
+}
+
+func loadPolicy(path string) (*policy.Policy, error) {
+	if path == "" {
+		return policy.Default()
+	}
+	return policy.Load(path)
+}

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf/rlimit"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/imdsguard/imdsguard/internal/cgroupfs"
+	"github.com/imdsguard/imdsguard/internal/events"
+	"github.com/imdsguard/imdsguard/internal/loader"
+	"github.com/imdsguard/imdsguard/internal/policy"
+)
+
+type runFlags struct {
+	policy    string
+	mode      string
+	cgroup    string
+	hostNetns string
+	logLevel  string
+}
+
+func runCommand(args []string, stdout, stderr io.Writer) error {
+	var f runFlags
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.StringVar(&f.policy, "policy", "", "policy file (default: the embedded default policy)")
+	fs.StringVar(&f.mode, "mode", "", "override the policy's mode: enforce or audit")
+	fs.StringVar(&f.cgroup, "cgroup", "", "cgroup v2 directory to guard (default: the root of the cgroup v2 mount)")
+	fs.StringVar(&f.hostNetns, "host-netns", "", "network namespace that counts as the host (default: imdsguard's own)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	if f.mode != "" {
+		if err := policy.ValidateMode(f.mode); err != nil {
+			return usageError{fmt.Errorf("--mode: %w", err)}
+		}
+	}
+	level, err := zapcore.ParseLevel(f.logLevel)
+	if err != nil {
+		return usageError{fmt.Errorf("--log-level: %w", err)}
+	}
+	log := newLogger(stderr, level)
+	defer log.Sync() //nolint:errcheck // nothing to do if stderr is gone
+
+	pol, err := loadPolicy(f.policy)
+	if err != nil {
+		return err
+	}
+	if f.mode != "" {
+		pol.Mode = f.mode
+	}
+	compiled, err := pol.Compile()
+	if err != nil {
+		return err
+	}
+
+	if err := checkPrivileges(f.hostNetns != ""); err != nil {
+		return err
+	}
+	cgroupDir := f.cgroup
+	if cgroupDir == "" {
+		if cgroupDir, err = cgroupfs.V2Mount(); err != nil {
+			return err
+		}
+	} else if err := cgroupfs.IsV2(cgroupDir); err != nil {
+		return fmt.Errorf("--cgroup: %w", err)
+	}
+	cgroupMount, err := cgroupfs.V2Mount()
+	if err != nil {
+		return err
+	}
+	hostCookie, err := loader.NetnsCookie(f.hostNetns)
+	if err != nil {
+		return fmt.Errorf("host network namespace: %w", err)
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("raising the locked-memory limit for BPF maps: %w", err)
+	}
+	if err := loader.CheckKernel(); err != nil {
+		return err
+	}
+
+	guard, err := loader.Load(compiled, loader.Options{Cgroup: cgroupDir, HostNetnsCookie: hostCookie}, log)
+	if err != nil {
+		return err
+	}
+	// From here on every exit path detaches.
+	var once sync.Once
+	detach := func() {
+		once.Do(func() {
+			if err := guard.Close(); err != nil {
+				log.Error("detaching", zap.Error(err))
+			}
+		})
+	}
+	defer detach()
+
+	cgroups, err := events.NewCgroupResolver(cgroupMount)
+	if err != nil {
+		log.Warn("cgroup paths will be missing from events", zap.Error(err))
+		cgroups = nil
+	} else {
+		defer cgroups.Close()
+	}
+	reader, err := events.NewReader(guard.Events(), cgroups, events.NewJSONSink(stdout), log)
+	if err != nil {
+		return err
+	}
+	stopReader := make(chan struct{})
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		reader.Run(stopReader)
+	}()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	log.Info("enforcing",
+		zap.String("mode", pol.Mode),
+		zap.Strings("hooks", guard.Hooks()),
+		zap.String("cgroup", cgroupDir),
+		zap.Strings("endpoints", pol.Endpoints),
+		zap.Bool("block_non_host_netns", *pol.BlockNonHostNetns),
+		zap.Uint64("host_netns_cookie", hostCookie),
+		zap.String("version", version))
+
+	watchLostEvents(ctx, guard, log)
+
+	// Detach first so no new events arrive, then drain what is buffered.
+	detach()
+	close(stopReader)
+	<-readerDone
+	reader.Close()
+	log.Info("detached; exiting")
+	return nil
+}
+
+// watchLostEvents reports, until ctx ends, every rise of the kernel's count of
+// events the full ring buffer could not take. Verdict counters stay exact.
+func watchLostEvents(ctx context.Context, guard *loader.Guard, log *zap.Logger) {
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	var reported uint64
+	check := func() {
+		c, err := guard.Counters()
+		if err != nil {
+			log.Warn("reading counters", zap.Error(err))
+			return
+		}
+		if lost := c.EventsLost(); lost > reported {
+			log.Warn("event ring buffer full: events lost (verdict counters stay exact)",
+				zap.Uint64("lost", lost-reported), zap.Uint64("lost_total", lost))
+			reported = lost
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			check()
+			return
+		case <-tick.C:
+			check()
+		}
+	}
+}
+
+func newLogger(w io.Writer, level zapcore.Level) *zap.Logger {
+	cfg := zap.NewProductionEncoderConfig()
+	cfg.TimeKey = "time"
+	cfg.EncodeTime = zapcore.RFC3339NanoTimeEncoder
+	core := zapcore.NewCore(zapcore.NewJSONEncoder(cfg), zapcore.Lock(zapcore.AddSync(w)), level)
+	return zap.New(core)
+}
+
+// checkPrivileges names the missing capabilities before anything is loaded.
+func checkPrivileges(needSetns bool) error {
+	need := []capability{capBPF, capNetAdmin, capPerfmon}
+	if needSetns {
+		need = append(need, capSysAdmin)
+	}
+	missing, err := missingCapabilities(need)
+	if err != nil {
+		return err
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("must run as root (missing %s)", joinCaps(missing))
+	}
+	return nil
+}

@@ -1,0 +1,108 @@
+// Package events turns the kernel's event records into enriched JSON events
+// and delivers them to sinks.
+package events
+
+import (
+	"net/netip"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
+
+	"github.com/imdsguard/imdsguard/bpf"
+)
+
+// Event is one judged IMDS connection or request. Field names are the stable
+// schema SIEM parsers rely on (DESIGN.md, "Events").
+type Event struct {
+	Time             time.Time
+	Kind             bpf.Kind
+	Action           bpf.Action
+	Reason           bpf.Reason
+	Endpoint         netip.AddrPort
+	Method           string
+	Path             string
+	CredentialAccess bool
+	HasToken         bool
+	PID              uint32
+	PPID             uint32
+	Comm             string
+	UID              uint32
+	GID              uint32
+	Cgroup           string
+	CgroupID         uint64
+	NetnsCookie      uint64
+	HostNetns        bool
+}
+
+// MarshalLogObject writes the event's fields in a fixed order.
+func (e *Event) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddString("kind", e.Kind.String())
+	enc.AddString("action", e.Action.String())
+	enc.AddString("reason", e.Reason.String())
+	enc.AddString("endpoint", e.Endpoint.String())
+	if e.Kind == bpf.KindRequest {
+		enc.AddString("method", e.Method)
+		enc.AddString("path", e.Path)
+		enc.AddBool("has_token", e.HasToken)
+	}
+	enc.AddBool("credential_access", e.CredentialAccess)
+	enc.AddUint32("pid", e.PID)
+	enc.AddUint32("ppid", e.PPID)
+	enc.AddString("comm", e.Comm)
+	enc.AddUint32("uid", e.UID)
+	enc.AddUint32("gid", e.GID)
+	enc.AddString("cgroup", e.Cgroup)
+	enc.AddUint64("cgroup_id", e.CgroupID)
+	// A decimal string: cookies use all 64 bits, beyond what JSON numbers
+	// keep exactly in most SIEM parsers.
+	enc.AddString("netns_cookie", strconv.FormatUint(e.NetnsCookie, 10))
+	enc.AddBool("host_netns", e.HostNetns)
+	return nil
+}
+
+// Decode converts a raw kernel record. bootOffset turns the kernel's
+// CLOCK_MONOTONIC nanoseconds into wall-clock time.
+func Decode(raw *bpf.ImdsguardEvent, bootOffset time.Duration) Event {
+	addr := netip.AddrFrom16(raw.Addr).Unmap()
+	return Event{
+		Time:             time.Unix(0, int64(raw.TsNs)).Add(bootOffset),
+		Kind:             bpf.Kind(raw.Kind),
+		Action:           bpf.Action(raw.Action),
+		Reason:           bpf.Reason(raw.Reason),
+		Endpoint:         netip.AddrPortFrom(addr, raw.Port),
+		Method:           cString(raw.Method[:]),
+		Path:             cString(raw.Path[:]),
+		CredentialAccess: raw.Flags&bpf.EventCredentialAccess != 0,
+		HasToken:         raw.Flags&bpf.EventHasToken != 0,
+		PID:              raw.Pid,
+		Comm:             cString(raw.Comm[:]),
+		UID:              raw.Uid,
+		GID:              raw.Gid,
+		CgroupID:         raw.CgroupId,
+		NetnsCookie:      raw.NetnsCookie,
+		HostNetns:        raw.Flags&bpf.EventHostNetns != 0,
+	}
+}
+
+func cString(b []int8) string {
+	out := make([]byte, 0, len(b))
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		out = append(out, byte(c))
+	}
+	return string(out)
+}
+
+// MonotonicOffset returns wall-clock time minus CLOCK_MONOTONIC, the offset
+// that turns bpf_ktime_get_ns values into times.
+func MonotonicOffset() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+	return time.Duration(time.Now().UnixNano() - ts.Nano())
+}

@@ -1,0 +1,118 @@
+package events
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/ringbuf"
+	"go.uber.org/zap"
+
+	"github.com/imdsguard/imdsguard/bpf"
+)
+
+// Sink receives enriched events.
+type Sink interface {
+	Emit(*Event)
+}
+
+// Reader drains the kernel's ring buffer into a sink.
+type Reader struct {
+	rb         *ringbuf.Reader
+	cgroups    *CgroupResolver
+	sink       Sink
+	bootOffset time.Duration
+	log        *zap.Logger
+}
+
+// NewReader reads events from the ring buffer map.
+func NewReader(events *ebpf.Map, cgroups *CgroupResolver, sink Sink, log *zap.Logger) (*Reader, error) {
+	rb, err := ringbuf.NewReader(events)
+	if err != nil {
+		return nil, fmt.Errorf("opening ring buffer: %w", err)
+	}
+	return &Reader{rb: rb, cgroups: cgroups, sink: sink, bootOffset: MonotonicOffset(), log: log}, nil
+}
+
+// pollInterval bounds how long Run waits before it looks at its stop
+// channel again: ringbuf.Reader cannot be interrupted from another goroutine
+// except by Close, which would lose what is still buffered.
+const pollInterval = 200 * time.Millisecond
+
+// Run delivers events until stop is closed, then delivers what is still in
+// the buffer and returns.
+func (r *Reader) Run(stop <-chan struct{}) {
+	var raw bpf.ImdsguardEvent
+	draining := false
+	for {
+		if !draining {
+			select {
+			case <-stop:
+				draining = true
+			default:
+			}
+		}
+		deadline := time.Now().Add(pollInterval)
+		if draining {
+			deadline = time.Now()
+		}
+		r.rb.SetDeadline(deadline)
+		rec, err := r.rb.Read()
+		if err != nil {
+			if errors.Is(err, ringbuf.ErrClosed) || (draining && errors.Is(err, os.ErrDeadlineExceeded)) {
+				return
+			}
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				r.log.Warn("reading ring buffer", zap.Error(err))
+			}
+			continue
+		}
+		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &raw); err != nil {
+			r.log.Warn("decoding event", zap.Error(err), zap.Int("bytes", len(rec.RawSample)))
+			continue
+		}
+		ev := Decode(&raw, r.bootOffset)
+		r.enrich(&ev)
+		r.sink.Emit(&ev)
+	}
+}
+
+// Close releases the ring buffer; call it after Run has returned.
+func (r *Reader) Close() error { return r.rb.Close() }
+
+// enrich adds what the kernel record does not carry. Best effort: a process
+// or cgroup that is already gone leaves its field empty, never guessed.
+func (r *Reader) enrich(ev *Event) {
+	if r.cgroups != nil {
+		ev.Cgroup = r.cgroups.Path(ev.CgroupID)
+	}
+	ev.PPID = parentPID(ev.PID)
+}
+
+// parentPID reads the parent of pid from /proc, or 0 when pid is gone.
+func parentPID(pid uint32) uint32 {
+	data, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// "pid (comm) state ppid …": comm may hold spaces and ')', so split after the last ')'.
+	i := strings.LastIndexByte(string(data), ')')
+	if i < 0 {
+		return 0
+	}
+	fields := strings.Fields(string(data[i+1:]))
+	if len(fields) < 2 {
+		return 0
+	}
+	ppid, err := strconv.ParseUint(fields[1], 10, 32)
+	if err != nil {
+		return 0
+	}
+	return uint32(ppid)
+}

@@ -1,0 +1,61 @@
+package loader
+
+import (
+	"fmt"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/imdsguard/imdsguard/bpf"
+)
+
+// Counters are the kernel's exact totals, summed over CPUs. They stay exact
+// when the ring buffer overflows and events are lost.
+type Counters struct {
+	slots [bpf.CounterSlots]uint64
+}
+
+// ReadCounters sums the per-CPU counters map.
+func ReadCounters(m *ebpf.Map) (Counters, error) {
+	var c Counters
+	var perCPU []uint64
+	for slot := uint32(0); slot < bpf.CounterSlots; slot++ {
+		if err := m.Lookup(slot, &perCPU); err != nil {
+			return Counters{}, fmt.Errorf("reading counter %d: %w", slot, err)
+		}
+		for _, v := range perCPU {
+			c.slots[slot] += v
+		}
+	}
+	return c, nil
+}
+
+// Get returns the count for one verdict.
+func (c Counters) Get(k bpf.Kind, a bpf.Action, r bpf.Reason) uint64 {
+	return c.slots[bpf.CounterSlot(k, a, r)]
+}
+
+// EventsLost is how many events the ring buffer could not take.
+func (c Counters) EventsLost() uint64 { return c.slots[bpf.CounterEventsLost] }
+
+// Verdict is one non-zero counter.
+type Verdict struct {
+	Kind   bpf.Kind
+	Action bpf.Action
+	Reason bpf.Reason
+	Count  uint64
+}
+
+// Verdicts lists the non-zero verdict counters.
+func (c Counters) Verdicts() []Verdict {
+	var out []Verdict
+	for k := bpf.KindConnect; k <= bpf.KindRequest; k++ {
+		for a := bpf.ActionAllow; a <= bpf.ActionAudit; a++ {
+			for r := bpf.Reason(0); r < 8; r++ {
+				if n := c.Get(k, a, r); n > 0 {
+					out = append(out, Verdict{k, a, r, n})
+				}
+			}
+		}
+	}
+	return out
+}

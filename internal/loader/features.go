@@ -1,0 +1,69 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
+)
+
+// requirement is one kernel feature the programs cannot run without.
+type requirement struct {
+	name  string
+	probe func() error
+}
+
+func requirements() []requirement {
+	helper := func(pt ebpf.ProgramType, fn asm.BuiltinFunc) func() error {
+		return func() error { return features.HaveProgramHelper(pt, fn) }
+	}
+	reqs := []requirement{
+		{"cgroup sock_addr programs (cgroup/connect4, cgroup/connect6)", func() error { return features.HaveProgramType(ebpf.CGroupSockAddr) }},
+		{"BPF ring buffer maps", func() error { return features.HaveMapType(ebpf.RingBuf) }},
+		{"per-CPU array maps", func() error { return features.HaveMapType(ebpf.PerCPUArray) }},
+	}
+	for _, fn := range []asm.BuiltinFunc{
+		asm.FnGetNetnsCookie,
+		asm.FnGetCurrentPidTgid,
+		asm.FnGetCurrentUidGid,
+		asm.FnGetCurrentComm,
+		asm.FnGetCurrentCgroupId,
+		asm.FnKtimeGetNs,
+		asm.FnRingbufReserve,
+		asm.FnRingbufSubmit,
+	} {
+		reqs = append(reqs, requirement{
+			name:  fmt.Sprintf("helper %s in cgroup sock_addr programs", fn),
+			probe: helper(ebpf.CGroupSockAddr, fn),
+		})
+	}
+	return reqs
+}
+
+// CheckKernel probes every feature the programs need and names the first
+// missing one with the running kernel's release, so that an old kernel fails
+// at start with a clear message instead of running with less protection.
+func CheckKernel() error {
+	for _, r := range requirements() {
+		err := r.probe()
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("kernel %s lacks %s (imdsguard needs Linux 5.10 or newer)", kernelRelease(), r.name)
+		}
+		return fmt.Errorf("probing %s: %w", r.name, err)
+	}
+	return nil
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "(unknown)"
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}

@@ -1,0 +1,147 @@
+// Package loader loads imdsguard's eBPF objects, writes the compiled policy
+// into their maps, attaches the programs to a cgroup and detaches them.
+//
+// Attachment is all or nothing: if any step fails, everything attached so
+// far is removed before the error is returned, so a failed start never
+// leaves the host half-protected.
+package loader
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"go.uber.org/zap"
+
+	"github.com/imdsguard/imdsguard/bpf"
+	"github.com/imdsguard/imdsguard/internal/cgroupfs"
+	"github.com/imdsguard/imdsguard/internal/policy"
+)
+
+// Options says where and how to attach.
+type Options struct {
+	// Cgroup is the cgroup v2 directory whose tree is guarded (the root of
+	// the hierarchy in production, a child cgroup in tests).
+	Cgroup string
+	// HostNetnsCookie identifies the host's network namespace.
+	HostNetnsCookie uint64
+	// RingBufBytes overrides the event ring buffer size (a power of two,
+	// multiple of the page size); 0 keeps the default of 256 KiB.
+	RingBufBytes uint32
+}
+
+// Guard is a loaded and attached set of programs.
+type Guard struct {
+	objs  bpf.ImdsguardObjects
+	links []namedLink
+	log   *zap.Logger
+}
+
+type namedLink struct {
+	hook string
+	link link.Link
+}
+
+// Load loads the programs, writes the policy and attaches every hook.
+func Load(pol *policy.Compiled, opts Options, log *zap.Logger) (g *Guard, err error) {
+	if err := cgroupfs.IsV2(opts.Cgroup); err != nil {
+		return nil, fmt.Errorf("checking cgroup: %w", err)
+	}
+	spec, err := bpf.LoadImdsguard()
+	if err != nil {
+		return nil, fmt.Errorf("loading BPF spec: %w", err)
+	}
+	if opts.RingBufBytes != 0 {
+		spec.Maps[bpf.ImdsguardMapEvents].MaxEntries = opts.RingBufBytes
+	}
+
+	g = &Guard{log: log}
+	if err := spec.LoadAndAssign(&g.objs, nil); err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			log.Error("verifier rejected a program", zap.String("log", fmt.Sprintf("%+v", verr)))
+		}
+		return nil, fmt.Errorf("loading BPF objects: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			g.Close()
+			g = nil
+		}
+	}()
+
+	if err := g.writeConfig(pol, opts.HostNetnsCookie); err != nil {
+		return nil, err
+	}
+	if err := g.writeEndpoints(pol); err != nil {
+		return nil, err
+	}
+
+	hooks := []struct {
+		name   string
+		attach ebpf.AttachType
+		prog   *ebpf.Program
+	}{
+		{"connect4", ebpf.AttachCGroupInet4Connect, g.objs.ImdsConnect4},
+		{"connect6", ebpf.AttachCGroupInet6Connect, g.objs.ImdsConnect6},
+	}
+	for _, h := range hooks {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: opts.Cgroup, Attach: h.attach, Program: h.prog})
+		if err != nil {
+			return nil, fmt.Errorf("attaching %s to %s: %w", h.name, opts.Cgroup, err)
+		}
+		g.links = append(g.links, namedLink{h.name, l})
+		log.Debug("attached", zap.String("hook", h.name), zap.String("cgroup", opts.Cgroup))
+	}
+	return g, nil
+}
+
+func (g *Guard) writeConfig(pol *policy.Compiled, hostCookie uint64) error {
+	cfg := bpf.ImdsguardConfig{HostNetnsCookie: hostCookie, Mode: pol.Mode, Flags: pol.Flags}
+	if err := g.objs.ConfigMap.Update(uint32(0), &cfg, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("writing config map: %w", err)
+	}
+	return nil
+}
+
+func (g *Guard) writeEndpoints(pol *policy.Compiled) error {
+	for i, k := range pol.Endpoints {
+		v := bpf.ImdsguardEndpointValue{Id: uint32(i)}
+		if err := g.objs.Endpoints.Update(&k, &v, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("writing endpoints map: %w", err)
+		}
+	}
+	return nil
+}
+
+// Hooks names the attached hooks.
+func (g *Guard) Hooks() []string {
+	names := make([]string, 0, len(g.links))
+	for _, l := range g.links {
+		names = append(names, l.hook)
+	}
+	return names
+}
+
+// Events is the ring buffer the programs write events to.
+func (g *Guard) Events() *ebpf.Map { return g.objs.Events }
+
+// Counters reads the per-verdict counters.
+func (g *Guard) Counters() (Counters, error) { return ReadCounters(g.objs.Counters) }
+
+// Close detaches every hook and releases the programs and maps. Detaching
+// comes first so that no hook outlives the maps it reads.
+func (g *Guard) Close() error {
+	var errs []error
+	for i := len(g.links) - 1; i >= 0; i-- {
+		if err := g.links[i].link.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detaching %s: %w", g.links[i].hook, err))
+		}
+	}
+	g.links = nil
+	if err := g.objs.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("closing BPF objects: %w", err))
+	}
+	return errors.Join(errs...)
+}

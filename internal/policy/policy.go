@@ -1,0 +1,209 @@
+// Package policy parses, validates and compiles imdsguard's policy file.
+//
+// Data flows one way: file -> Parse (strict: unknown keys are errors) ->
+// Policy with every default filled in -> Compile -> the entries the loader
+// writes into the kernel's maps.
+package policy
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/imdsguard/imdsguard/bpf"
+)
+
+// APIVersion and Kind identify a policy document.
+const (
+	APIVersion = "imdsguard.io/v1"
+	Kind       = "Policy"
+)
+
+// Modes.
+const (
+	ModeEnforce = "enforce"
+	ModeAudit   = "audit"
+)
+
+// DefaultEndpoints returns the AWS IMDS addresses (IPv4 and the Nitro IPv6 one).
+func DefaultEndpoints() []string { return []string{"169.254.169.254:80", "[fd00:ec2::254]:80"} }
+
+//go:embed default.yaml
+var defaultYAML []byte
+
+// Policy is the effective policy. The YAML key names are a public contract.
+//
+// Keys for later features (requireToken, rules, …) are not accepted until the
+// daemon enforces them: a policy that asks for protection the daemon cannot
+// give must fail to load rather than run with less.
+type Policy struct {
+	APIVersion        string   `json:"apiVersion"`
+	Kind              string   `json:"kind"`
+	Mode              string   `json:"mode"`
+	BlockNonHostNetns *bool    `json:"blockNonHostNetns,omitempty"`
+	Endpoints         []string `json:"endpoints"`
+}
+
+// Default returns the embedded default policy.
+func Default() (*Policy, error) {
+	p, err := Parse(defaultYAML, "<embedded default>")
+	if err != nil {
+		return nil, fmt.Errorf("embedded default policy: %w", err)
+	}
+	return p, nil
+}
+
+// DefaultYAML returns the embedded default policy file.
+func DefaultYAML() []byte { return append([]byte(nil), defaultYAML...) }
+
+// Load reads and parses a policy file.
+func Load(path string) (*Policy, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading policy: %w", err)
+	}
+	return Parse(data, path)
+}
+
+// Parse decodes a policy strictly, fills in defaults and validates it. All
+// validation problems are reported together, each naming the file and key.
+func Parse(data []byte, source string) (*Policy, error) {
+	var p Policy
+	if len(strings.TrimSpace(string(data))) > 0 {
+		if err := yaml.UnmarshalStrict(data, &p); err != nil {
+			return nil, fmt.Errorf("%s: %w", source, err)
+		}
+	}
+	p.fillDefaults()
+	if errs := p.validate(); len(errs) > 0 {
+		for i, e := range errs {
+			errs[i] = fmt.Errorf("%s: %w", source, e)
+		}
+		return nil, errors.Join(errs...)
+	}
+	return &p, nil
+}
+
+func (p *Policy) fillDefaults() {
+	if p.APIVersion == "" {
+		p.APIVersion = APIVersion
+	}
+	if p.Kind == "" {
+		p.Kind = Kind
+	}
+	if p.Mode == "" {
+		p.Mode = ModeEnforce
+	}
+	if p.BlockNonHostNetns == nil {
+		t := true
+		p.BlockNonHostNetns = &t
+	}
+	if p.Endpoints == nil {
+		p.Endpoints = DefaultEndpoints()
+	}
+}
+
+func (p *Policy) validate() []error {
+	var errs []error
+	if p.APIVersion != APIVersion {
+		errs = append(errs, fmt.Errorf("apiVersion: %q is not supported (want %q)", p.APIVersion, APIVersion))
+	}
+	if p.Kind != Kind {
+		errs = append(errs, fmt.Errorf("kind: %q is not supported (want %q)", p.Kind, Kind))
+	}
+	if err := ValidateMode(p.Mode); err != nil {
+		errs = append(errs, fmt.Errorf("mode: %w", err))
+	}
+	if len(p.Endpoints) == 0 {
+		errs = append(errs, errors.New("endpoints: must list at least one endpoint"))
+	}
+	seen := map[netip.AddrPort]bool{}
+	for i, s := range p.Endpoints {
+		ap, err := ParseEndpoint(s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("endpoints[%d]: %w", i, err))
+			continue
+		}
+		if seen[ap] {
+			errs = append(errs, fmt.Errorf("endpoints[%d]: %q is listed twice", i, s))
+		}
+		seen[ap] = true
+	}
+	return errs
+}
+
+// ValidateMode checks a mode name.
+func ValidateMode(m string) error {
+	if m != ModeEnforce && m != ModeAudit {
+		return fmt.Errorf("%q is not a mode (want %q or %q)", m, ModeEnforce, ModeAudit)
+	}
+	return nil
+}
+
+// ParseEndpoint parses "IP:PORT" or "[IPv6]:PORT". An IPv4-mapped IPv6
+// address is the IPv4 endpoint it maps.
+func ParseEndpoint(s string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q is not an address:port (e.g. \"169.254.169.254:80\" or \"[fd00:ec2::254]:80\")", s)
+	}
+	if ap.Port() == 0 {
+		return netip.AddrPort{}, fmt.Errorf("%q: port must not be 0", s)
+	}
+	addr := ap.Addr().Unmap()
+	if addr.Zone() != "" {
+		return netip.AddrPort{}, fmt.Errorf("%q: zoned addresses are not supported", s)
+	}
+	if addr.IsUnspecified() || addr.IsMulticast() {
+		return netip.AddrPort{}, fmt.Errorf("%q: not a unicast address", s)
+	}
+	return netip.AddrPortFrom(addr, ap.Port()), nil
+}
+
+// Compiled holds what the policy puts into the kernel.
+type Compiled struct {
+	Mode      uint32
+	Flags     uint32
+	Endpoints []bpf.ImdsguardEndpointKey
+}
+
+// Compile turns a validated policy into map entries.
+func (p *Policy) Compile() (*Compiled, error) {
+	c := &Compiled{Mode: bpf.ModeEnforce}
+	if p.Mode == ModeAudit {
+		c.Mode = bpf.ModeAudit
+	}
+	if p.BlockNonHostNetns != nil && *p.BlockNonHostNetns {
+		c.Flags |= bpf.ConfigBlockNonHostNetns
+	}
+	for _, s := range p.Endpoints {
+		ap, err := ParseEndpoint(s)
+		if err != nil {
+			return nil, fmt.Errorf("compiling endpoints: %w", err)
+		}
+		c.Endpoints = append(c.Endpoints, EndpointKey(ap))
+	}
+	return c, nil
+}
+
+// EndpointKey is the endpoints-map key of an address and port: IPv4 as
+// IPv4-mapped IPv6, port in network byte order.
+func EndpointKey(ap netip.AddrPort) bpf.ImdsguardEndpointKey {
+	var k bpf.ImdsguardEndpointKey
+	k.Addr = ap.Addr().As16()
+	port := ap.Port()
+	// The kernel compares the port as the raw big-endian bytes it holds;
+	// on the little-endian targets bpf2go builds for, that is a byte swap.
+	k.Port = port>>8 | port<<8
+	return k
+}
+
+// YAML renders the effective policy.
+func (p *Policy) YAML() ([]byte, error) {
+	return yaml.Marshal(p)
+}

@@ -1,0 +1,109 @@
+package policy
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/imdsguard/imdsguard/bpf"
+)
+
+func TestDefaultPolicy(t *testing.T) {
+	p, err := Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Mode != ModeEnforce || !*p.BlockNonHostNetns {
+		t.Fatalf("default policy: mode %q blockNonHostNetns %v, want enforce and true", p.Mode, *p.BlockNonHostNetns)
+	}
+	c, err := p.Compile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Mode != bpf.ModeEnforce || c.Flags&bpf.ConfigBlockNonHostNetns == 0 || len(c.Endpoints) != 2 {
+		t.Fatalf("compiled default: %+v", c)
+	}
+}
+
+func TestEmptyFileMeansDefaults(t *testing.T) {
+	p, err := Parse([]byte("  \n"), "empty.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _ := Default()
+	got, _ := p.YAML()
+	want, _ := d.YAML()
+	if string(got) != string(want) {
+		t.Fatalf("empty file:\n%s\nwant the defaults:\n%s", got, want)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name, yaml string
+		want       []string // every fragment must appear in the error
+	}{
+		{"unknown key", "mode: enforce\nmdoe: audit\n", []string{"p.yaml", `unknown field "mdoe"`}},
+		{"feature not yet enforced", "requireToken: true\n", []string{`unknown field "requireToken"`}},
+		{"wrong type", "blockNonHostNetns: maybe\n", []string{"p.yaml", "blockNonHostNetns"}},
+		{"bad mode", "mode: permissive\n", []string{"p.yaml: mode:", `"permissive" is not a mode`}},
+		{"bad apiVersion", "apiVersion: v2\n", []string{"apiVersion", `"v2"`}},
+		{"bad kind", "kind: Pod\n", []string{"kind", `"Pod"`}},
+		{"empty endpoints", "endpoints: []\n", []string{"endpoints: must list at least one"}},
+		{"endpoint without port", `endpoints: ["169.254.169.254"]`, []string{"endpoints[0]", `"169.254.169.254" is not an address:port`}},
+		{"endpoint port 0", `endpoints: ["169.254.169.254:0"]`, []string{"endpoints[0]", "port must not be 0"}},
+		{"duplicate endpoint via mapped form", `endpoints: ["169.254.169.254:80", "[::ffff:169.254.169.254]:80"]`, []string{"endpoints[1]", "listed twice"}},
+		{"all errors at once", "mode: x\napiVersion: y\nendpoints: [\"a\"]\n", []string{"mode:", "apiVersion:", "endpoints[0]"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.yaml), "p.yaml")
+			if err == nil {
+				t.Fatalf("Parse(%q) succeeded, want an error", tt.yaml)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestEndpointKey(t *testing.T) {
+	tests := []struct {
+		in       string
+		wantAddr [16]byte
+	}{
+		{"169.254.169.254:80", [16]byte{10: 0xff, 11: 0xff, 12: 169, 13: 254, 14: 169, 15: 254}},
+		{"[::ffff:169.254.169.254]:80", [16]byte{10: 0xff, 11: 0xff, 12: 169, 13: 254, 14: 169, 15: 254}},
+		{"[fd00:ec2::254]:80", [16]byte{0: 0xfd, 2: 0x0e, 3: 0xc2, 14: 0x02, 15: 0x54}},
+	}
+	for _, tt := range tests {
+		ap, err := ParseEndpoint(tt.in)
+		if err != nil {
+			t.Fatalf("ParseEndpoint(%q): %v", tt.in, err)
+		}
+		k := EndpointKey(ap)
+		if k.Addr != tt.wantAddr {
+			t.Errorf("%s: addr % x, want % x", tt.in, k.Addr, tt.wantAddr)
+		}
+		// Port 80 in network byte order, read as a little-endian uint16.
+		if k.Port != 0x5000 {
+			t.Errorf("%s: port %#x, want 0x5000", tt.in, k.Port)
+		}
+	}
+}
+
+func TestAuditCompilesToAuditMode(t *testing.T) {
+	p, err := Parse([]byte("mode: audit\nblockNonHostNetns: false\n"), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := p.Compile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Mode != bpf.ModeAudit || c.Flags&bpf.ConfigBlockNonHostNetns != 0 {
+		t.Fatalf("compiled %+v, want audit mode without the netns flag", c)
+	}
+}
