@@ -1,0 +1,39 @@
+# sudo resets PATH; find the Go toolchain either way.
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: all build generate check-generated vet test test-unit bench clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/imdsguard ./cmd/imdsguard
+
+# Rebuild the BPF objects and their Go bindings (needs clang and llvm-strip).
+generate:
+	$(GO) generate ./bpf/
+
+# Fails when the committed generated files differ from a fresh build.
+check-generated: generate
+	@git diff --exit-code --stat -- bpf/ || { echo "bpf/: generated files are stale: run 'make generate' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain --untracked-files=all -- bpf/)" || { git status --short -- bpf/; echo "bpf/: untracked generated files"; exit 1; }
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
+
+# Every test, privileged ones included: run as root (sudo make test).
+# Without root they skip with the reason; with CI=true or
+# IMDSGUARD_REQUIRE_PRIVILEGED=1 a test that would skip fails instead.
+test:
+	$(GO) test -count=1 -v -timeout 30m ./...
+
+# Unprivileged quick pass.
+test-unit:
+	$(GO) test -count=1 -short ./...
+
+bench:
+	$(GO) test -count=1 -run '^$$' -bench . -timeout 30m ./...
+
+clean:
+	rm -rf bin

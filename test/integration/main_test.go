@@ -1,0 +1,53 @@
+// Package integration runs the imdsguard daemon against real clients in the
+// netns lab (test/lab). Every test here needs root, cgroup v2 and BPF; it
+// skips with the reason otherwise, and fails instead under CI=true.
+package integration
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"testing"
+)
+
+// binaries built once for the whole test binary; TestMain fills it before
+// any test runs and nothing writes it afterwards.
+type binaries struct {
+	imdsguard string
+	labclient string
+	mock      string // amazon-ec2-metadata-mock
+}
+
+var bins binaries
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "imdsguard-integration-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := func() int {
+		defer os.RemoveAll(dir)
+		for _, b := range []struct {
+			dst *string
+			pkg string
+		}{
+			{&bins.imdsguard, "github.com/imdsguard/imdsguard/cmd/imdsguard"},
+			{&bins.labclient, "github.com/imdsguard/imdsguard/test/labclient"},
+			{&bins.mock, "github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock"},
+		} {
+			out := filepath.Join(dir, filepath.Base(b.pkg))
+			cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", out, b.pkg)
+			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+			if err := cmd.Run(); err != nil {
+				fmt.Fprintf(os.Stderr, "building %s: %v\n", b.pkg, err)
+				return 1
+			}
+			*b.dst = out
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}

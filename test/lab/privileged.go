@@ -1,0 +1,202 @@
+package lab
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// mountInfo is the part of a /proc/self/mountinfo line the lab needs.
+type mountInfo struct {
+	mountPoint string // where the cgroup2 hierarchy is mounted
+	root       string // root of the mount within the hierarchy ("/" usually)
+}
+
+// CgroupV2Mount returns the cgroup v2 mount point, read from
+// /proc/self/mountinfo: /sys/fs/cgroup if that is cgroup2 (unified setup),
+// else /sys/fs/cgroup/unified (hybrid setup), else the first other cgroup2
+// mount.
+func CgroupV2Mount() (string, error) {
+	mi, err := cgroup2Mount()
+	return mi.mountPoint, err
+}
+
+func cgroup2Mount() (mountInfo, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return mountInfo{}, err
+	}
+	defer f.Close()
+	return parseCgroup2Mount(f)
+}
+
+func parseCgroup2Mount(r io.Reader) (mountInfo, error) {
+	var found []mountInfo
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
+	for sc.Scan() {
+		// id parent major:minor root mountpoint options [optional...] - fstype source superoptions
+		fields := strings.Fields(sc.Text())
+		sep := -1
+		for i, f := range fields {
+			if f == "-" {
+				sep = i
+				break
+			}
+		}
+		if sep < 5 || sep+1 >= len(fields) || fields[sep+1] != "cgroup2" {
+			continue
+		}
+		found = append(found, mountInfo{
+			mountPoint: unescapeMountinfo(fields[4]),
+			root:       unescapeMountinfo(fields[3]),
+		})
+	}
+	if err := sc.Err(); err != nil {
+		return mountInfo{}, err
+	}
+	for _, want := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+		// The last mount on a path is the visible one.
+		for i := len(found) - 1; i >= 0; i-- {
+			if found[i].mountPoint == want {
+				return found[i], nil
+			}
+		}
+	}
+	if len(found) > 0 {
+		return found[0], nil
+	}
+	return mountInfo{}, errors.New("no cgroup2 filesystem mounted")
+}
+
+// unescapeMountinfo undoes the octal escaping (\040 etc.) of mountinfo.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var v int
+			if _, err := fmt.Sscanf(s[i+1:i+4], "%3o", &v); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// privilegedProblem returns "" when the lab can run, else the reason why
+// not, starting with "needs root: ", "needs cgroup v2: " or "needs BPF: ".
+func privilegedProblem() string {
+	if runtime.GOOS != "linux" {
+		return "needs root: Linux only"
+	}
+	if uid := os.Geteuid(); uid != 0 {
+		return fmt.Sprintf("needs root: running as uid %d (network namespaces, cgroups and BPF need root)", uid)
+	}
+	for _, tool := range []string{"ip", "nsenter"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Sprintf("needs root: tool %s not found: %v", tool, err)
+		}
+	}
+	mi, err := cgroup2Mount()
+	if err != nil {
+		return "needs cgroup v2: " + err.Error()
+	}
+	if err := unix.Access(mi.mountPoint, unix.W_OK); err != nil {
+		return fmt.Sprintf("needs cgroup v2: %s is not writable: %v", mi.mountPoint, err)
+	}
+	if err := probeBPF(); err != nil {
+		return "needs BPF: " + err.Error()
+	}
+	return ""
+}
+
+// mustRunPrivileged reports whether privileged tests must not be skipped.
+func mustRunPrivileged(getenv func(string) string) bool {
+	return strings.EqualFold(getenv("CI"), "true") || getenv("IMDSGUARD_REQUIRE_PRIVILEGED") == "1"
+}
+
+// RequirePrivileged skips the test when the machine cannot run privileged
+// tests (not root, no cgroup v2, no BPF), with a message saying why. When
+// CI=true or IMDSGUARD_REQUIRE_PRIVILEGED=1 it fails the test instead:
+// privileged tests must run in CI.
+//
+// With -short (make test-unit, the unprivileged quick pass) it skips
+// privileged tests too, except under CI=true / IMDSGUARD_REQUIRE_PRIVILEGED=1,
+// where they always run.
+func RequirePrivileged(t testing.TB) {
+	t.Helper()
+	if testing.Short() && !mustRunPrivileged(os.Getenv) {
+		t.Skip("privileged test skipped in -short mode")
+	}
+	requirePrivileged(t, privilegedProblem(), os.Getenv)
+}
+
+func requirePrivileged(t testing.TB, problem string, getenv func(string) string) {
+	t.Helper()
+	if problem == "" {
+		return
+	}
+	if mustRunPrivileged(getenv) {
+		t.Fatalf("%s (privileged tests are required: CI=true or IMDSGUARD_REQUIRE_PRIVILEGED=1)", problem)
+		return
+	}
+	t.Skip(problem)
+}
+
+// bpfProgLoadAttr is the prefix of union bpf_attr used by BPF_PROG_LOAD, up
+// to expected_attach_type.
+type bpfProgLoadAttr struct {
+	progType           uint32
+	insnCnt            uint32
+	insns              uint64
+	license            uint64
+	logLevel           uint32
+	logSize            uint32
+	logBuf             uint64
+	kernVersion        uint32
+	progFlags          uint32
+	progName           [16]byte
+	progIfindex        uint32
+	expectedAttachType uint32
+}
+
+// probeBPF loads (and immediately closes) a trivial cgroup/connect4
+// program, the kind imdsguard attaches.
+func probeBPF() error {
+	insns := []uint64{
+		0xb7 | 1<<32, // r0 = 1 (BPF_ALU64|BPF_MOV|BPF_K)
+		0x95,         // exit
+	}
+	license := []byte("GPL\x00")
+	attr := bpfProgLoadAttr{
+		progType:           unix.BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+		insnCnt:            uint32(len(insns)),
+		insns:              uint64(uintptr(unsafe.Pointer(&insns[0]))),
+		license:            uint64(uintptr(unsafe.Pointer(&license[0]))),
+		expectedAttachType: unix.BPF_CGROUP_INET4_CONNECT,
+	}
+	copy(attr.progName[:], "imdsguard_probe")
+	fd, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_LOAD, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	runtime.KeepAlive(insns)
+	runtime.KeepAlive(license)
+	if errno != 0 {
+		return fmt.Errorf("loading a cgroup/connect4 program failed: %w", errno)
+	}
+	unix.Close(int(fd))
+	return nil
+}
