@@ -5,8 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 	"time"
 
@@ -26,6 +26,7 @@ type runFlags struct {
 	cgroup    string
 	hostNetns string
 	logLevel  string
+	ringbuf   uint
 }
 
 func runCommand(args []string, stdout, stderr io.Writer) error {
@@ -36,6 +37,7 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&f.cgroup, "cgroup", "", "cgroup v2 directory to guard (default: the root of the cgroup v2 mount)")
 	fs.StringVar(&f.hostNetns, "host-netns", "", "network namespace that counts as the host (default: imdsguard's own)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.UintVar(&f.ringbuf, "ringbuf-bytes", 256<<10, "size of the kernel's event ring buffer: a power of two, at least the page size")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
@@ -43,6 +45,9 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 		if err := policy.ValidateMode(f.mode); err != nil {
 			return usageError{fmt.Errorf("--mode: %w", err)}
 		}
+	}
+	if pg := uint(os.Getpagesize()); f.ringbuf < pg || f.ringbuf&(f.ringbuf-1) != 0 || f.ringbuf > 1<<30 {
+		return usageError{fmt.Errorf("--ringbuf-bytes: %d is not a power of two between %d and %d", f.ringbuf, pg, 1<<30)}
 	}
 	level, err := zapcore.ParseLevel(f.logLevel)
 	if err != nil {
@@ -89,20 +94,16 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	guard, err := loader.Load(compiled, loader.Options{Cgroup: cgroupDir, HostNetnsCookie: hostCookie}, log)
+	guard, err := loader.Load(compiled, loader.Options{Cgroup: cgroupDir, HostNetnsCookie: hostCookie, RingBufBytes: uint32(f.ringbuf)}, log)
 	if err != nil {
 		return err
 	}
 	// From here on every exit path detaches.
-	var once sync.Once
-	detach := func() {
-		once.Do(func() {
-			if err := guard.Close(); err != nil {
-				log.Error("detaching", zap.Error(err))
-			}
-		})
-	}
-	defer detach()
+	defer func() {
+		if err := guard.Close(); err != nil {
+			log.Error("detaching", zap.Error(err))
+		}
+	}()
 
 	cgroups, err := events.NewCgroupResolver(cgroupMount)
 	if err != nil {
@@ -137,11 +138,17 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	watchLostEvents(ctx, guard, log)
 
 	// Detach first so no new events arrive, then drain what is buffered.
-	detach()
+	if err := guard.Detach(); err != nil {
+		log.Error("detaching", zap.Error(err))
+	}
 	close(stopReader)
 	<-readerDone
 	reader.Close()
-	log.Info("detached; exiting")
+	fields := []zap.Field{}
+	if c, err := guard.Counters(); err == nil {
+		fields = append(fields, zap.Object("totals", totals(c)), zap.Uint64("events_lost", c.EventsLost()))
+	}
+	log.Info("detached; exiting", fields...)
 	return nil
 }
 
@@ -172,6 +179,20 @@ func watchLostEvents(ctx context.Context, guard *loader.Guard, log *zap.Logger) 
 			check()
 		}
 	}
+}
+
+// totals renders the non-zero verdict counters as "kind_action_reason": n.
+type totals loader.Counters
+
+func (t totals) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	for _, v := range loader.Counters(t).Verdicts() {
+		key := v.Kind.String() + "_" + v.Action.String()
+		if v.Reason != 0 {
+			key += "_" + v.Reason.String()
+		}
+		enc.AddUint64(key, v.Count)
+	}
+	return nil
 }
 
 func newLogger(w io.Writer, level zapcore.Level) *zap.Logger {

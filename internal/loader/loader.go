@@ -130,9 +130,8 @@ func (g *Guard) Events() *ebpf.Map { return g.objs.Events }
 // Counters reads the per-verdict counters.
 func (g *Guard) Counters() (Counters, error) { return ReadCounters(g.objs.Counters) }
 
-// Close detaches every hook and releases the programs and maps. Detaching
-// comes first so that no hook outlives the maps it reads.
-func (g *Guard) Close() error {
+// Detach removes every hook; maps stay readable until Close.
+func (g *Guard) Detach() error {
 	var errs []error
 	for i := len(g.links) - 1; i >= 0; i-- {
 		if err := g.links[i].link.Close(); err != nil {
@@ -140,6 +139,12 @@ func (g *Guard) Close() error {
 		}
 	}
 	g.links = nil
+	return errors.Join(errs...)
+}
+
+// Close detaches every hook and releases the programs and maps.
+func (g *Guard) Close() error {
+	errs := []error{g.Detach()}
 	if err := g.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("closing BPF objects: %w", err))
 	}

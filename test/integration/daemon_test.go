@@ -202,12 +202,14 @@ type clientResult struct {
 		N     int    `json:"n"`
 		Errno string `json:"errno"`
 	} `json:"writes"`
-	Status      int    `json:"status"`
-	Body        string `json:"body"`
-	Response    string `json:"response"`
-	ReadErrno   string `json:"read_errno"`
-	TokenStatus int    `json:"token_status"`
-	Error       string `json:"error"`
+	Status            int            `json:"status"`
+	Body              string         `json:"body"`
+	Response          string         `json:"response"`
+	ReadErrno         string         `json:"read_errno"`
+	TokenStatus       int            `json:"token_status"`
+	TokenConnectErrno string         `json:"token_connect_errno"`
+	ConnectErrnos     map[string]int `json:"connect_errnos"`
+	Error             string         `json:"error"`
 }
 
 // runClient runs labclient in ns inside the lab's cgroup (or cgroupDir).

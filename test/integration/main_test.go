@@ -30,6 +30,11 @@ func TestMain(m *testing.M) {
 	}
 	code := func() int {
 		defer os.RemoveAll(dir)
+		// Readable by the unprivileged user a start-failure test runs as.
+		if err := os.Chmod(dir, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 		for _, b := range []struct {
 			dst *string
 			pkg string

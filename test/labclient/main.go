@@ -79,6 +79,7 @@ type config struct {
 	pause         time.Duration
 	keepaliveWait time.Duration
 	waitFile      string
+	repeat        int
 
 	family int
 	sa     unix.Sockaddr
@@ -110,8 +111,12 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&cfg.pause, "pause", 20*time.Millisecond, "raw: pause between writes")
 	fs.DurationVar(&cfg.keepaliveWait, "keepalive-wait", 0, "after connect, wait this long before sending (maximum wait with -wait-file)")
 	fs.StringVar(&cfg.waitFile, "wait-file", "", "after connect, wait until this file exists before sending")
+	fs.IntVar(&cfg.repeat, "repeat", 1, "connect: make this many connections one after another; connect_errnos counts the outcomes")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if cfg.repeat < 1 || (cfg.repeat > 1 && cfg.mode != "connect") {
+		return nil, errors.New("-repeat must be at least 1, and above 1 only with -mode connect")
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
@@ -251,8 +256,10 @@ type result struct {
 	TokenError        string `json:"token_error,omitempty"`
 	// WaitFileTimeout is set when -keepalive-wait ran out before -wait-file
 	// appeared.
-	WaitFileTimeout bool   `json:"wait_file_timeout,omitempty"`
-	Error           string `json:"error"`
+	WaitFileTimeout bool `json:"wait_file_timeout,omitempty"`
+	// ConnectErrnos counts the outcome of each -repeat connection ("" is success).
+	ConnectErrnos map[string]int `json:"connect_errnos,omitempty"`
+	Error         string         `json:"error"`
 }
 
 func (r *result) addError(format string, args ...any) {
@@ -286,6 +293,17 @@ func execute(cfg *config, stdout io.Writer) *result {
 	res := &result{PID: os.Getpid(), Mode: cfg.mode, Addr: cfg.addr, Writes: []writeResult{}}
 	if cfg.mode == "http" && cfg.fetchToken {
 		fetchToken(cfg, res)
+	}
+	if cfg.repeat > 1 {
+		res.ConnectErrnos = map[string]int{}
+		for range cfg.repeat {
+			c := dial(cfg)
+			res.ConnectErrnos[c.errno]++
+			if c.fd >= 0 {
+				unix.Close(c.fd)
+			}
+		}
+		return res
 	}
 	c := dial(cfg)
 	res.ConnectErrno, res.ConnectMS = c.errno, c.ms
