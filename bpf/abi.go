@@ -86,7 +86,12 @@ const (
 // Bits of config.flags.
 const (
 	ConfigBlockNonHostNetns uint32 = 1 << 0
+	ConfigRequireToken      uint32 = 1 << 1
+	ConfigRefuseForwarded   uint32 = 1 << 2
 )
+
+// PrefixMax is the longest credential prefix the kernel matches (PREFIX_MAX).
+const PrefixMax = 64
 
 // Bits of event.flags.
 const (
@@ -102,6 +107,12 @@ func CounterSlot(k Kind, a Action, r Reason) uint32 {
 
 // CounterEventsLost counts events dropped because the ring buffer was full.
 const CounterEventsLost uint32 = kindMax * actionMax * reasonMax
+
+// CounterUnguarded counts IMDS sockets sockops could not put under sk_msg.
+const CounterUnguarded uint32 = CounterEventsLost + 1
+
+// CounterAdopted counts connections adopted at start.
+const CounterAdopted uint32 = CounterEventsLost + 2
 
 // CounterSlots is the size of the counters map.
 const CounterSlots = 64

@@ -98,3 +98,292 @@ int imds_connect6(struct bpf_sock_addr *ctx)
 	key.port = (__be16)ctx->user_port;
 	return judge_connect(ctx, &key);
 }
+
+/*
+ * Request-time enforcement: sockops puts every established TCP socket to an
+ * IMDS endpoint into imds_socks; the sk_msg program attached to that map
+ * judges every HTTP request written to those sockets (http.h).
+ */
+#include "http.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} imds_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_state);
+} sock_states SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct judge);
+} judges SEC(".maps");
+
+/* remote_port of sock_ops and sk_msg contexts holds the port in network byte
+ * order, in the upper or the lower 16 bits depending on the kernel; a port is
+ * never 0, so whichever half is set is the port. */
+static __always_inline __be16 ctx_port(__u32 p)
+{
+	return (p & 0xffff) ? (__be16)p : (__be16)(p >> 16);
+}
+
+SEC("sockops")
+int imds_sockops(struct bpf_sock_ops *skops)
+{
+	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+		return 1;
+
+	struct endpoint_key key = {};
+	__u32 w;
+	if (skops->family == AF_INET) {
+		w = skops->remote_ip4;
+		key.addr[10] = 0xff;
+		key.addr[11] = 0xff;
+		__builtin_memcpy(&key.addr[12], &w, 4);
+	} else if (skops->family == AF_INET6) {
+		w = skops->remote_ip6[0];
+		__builtin_memcpy(&key.addr[0], &w, 4);
+		w = skops->remote_ip6[1];
+		__builtin_memcpy(&key.addr[4], &w, 4);
+		w = skops->remote_ip6[2];
+		__builtin_memcpy(&key.addr[8], &w, 4);
+		w = skops->remote_ip6[3];
+		__builtin_memcpy(&key.addr[12], &w, 4);
+	} else {
+		return 1;
+	}
+	key.port = ctx_port(skops->remote_port);
+	if (!bpf_map_lookup_elem(&endpoints, &key))
+		return 1;
+
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	if (bpf_sock_hash_update(skops, &imds_socks, &cookie, BPF_ANY))
+		count(COUNTER_UNGUARDED); /* reported by the daemon: this socket is not judged */
+	return 1;
+}
+
+static __always_inline void msg_endpoint(struct sk_msg_md *msg, struct event *e)
+{
+	__u32 w;
+	if (msg->family == AF_INET) {
+		w = msg->remote_ip4;
+		e->addr[10] = 0xff;
+		e->addr[11] = 0xff;
+		__builtin_memcpy(&e->addr[12], &w, 4);
+	} else {
+		w = msg->remote_ip6[0];
+		__builtin_memcpy(&e->addr[0], &w, 4);
+		w = msg->remote_ip6[1];
+		__builtin_memcpy(&e->addr[4], &w, 4);
+		w = msg->remote_ip6[2];
+		__builtin_memcpy(&e->addr[8], &w, 4);
+		w = msg->remote_ip6[3];
+		__builtin_memcpy(&e->addr[12], &w, 4);
+	}
+	e->port = bpf_ntohs(ctx_port(msg->remote_port));
+}
+
+static __always_inline void emit_request(struct sk_msg_md *msg, const struct config *cfg,
+					 const struct req_result *r)
+{
+	count(COUNTER_SLOT(KIND_REQUEST, r->action, r->reason));
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(COUNTER_EVENTS_LOST);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+	e->ts_ns = bpf_ktime_get_ns();
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->netns_cookie = bpf_get_netns_cookie(msg);
+	e->pid = pid_tgid >> 32;
+	e->tid = (__u32)pid_tgid;
+	e->uid = (__u32)uid_gid;
+	e->gid = uid_gid >> 32;
+	msg_endpoint(msg, e);
+	e->kind = KIND_REQUEST;
+	e->action = r->action;
+	e->reason = r->reason;
+	if (e->netns_cookie == cfg->host_netns_cookie)
+		e->flags |= EVENT_HOST_NETNS;
+	if (r->flags & REQ_HAS_TOKEN)
+		e->flags |= EVENT_HAS_TOKEN;
+	if (r->flags & REQ_CREDENTIAL)
+		e->flags |= EVENT_CREDENTIAL_ACCESS;
+	e->path_len = r->path_len;
+	e->method_len = r->method_len;
+	__builtin_memcpy(e->method, r->method, METHOD_LEN);
+	__builtin_memcpy(e->path, r->path, PATH_LEN);
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Copies the first len bytes of the message into buf; returns the count.
+ * Copies 8-byte words, then one last word ending at len (overlapping the
+ * previous one), so that no loop variable is live after the loop and the
+ * verifier checks the rest of the program once, not once per length. */
+static __always_inline __u32 copy_msg(struct sk_msg_md *msg, struct judge *j, __u32 len)
+{
+	if (len == 0 || len > JUDGE_BUF || bpf_msg_pull_data(msg, 0, len, 0))
+		return 0;
+	__u8 *data = msg->data;
+	__u8 *end = msg->data_end;
+	if ((void *)(data + len) > (void *)end)
+		return 0;
+	if (len < 8) {
+		for (__u32 k = 0; k < 8; k++) {
+			if (k >= len || (void *)(data + k + 1) > (void *)end)
+				break;
+			j->buf[k] = data[k];
+		}
+		return len;
+	}
+	for (__u32 i = 0; i + 8 <= JUDGE_BUF; i += 8) {
+		if (i + 8 > len || (void *)(data + i + 8) > (void *)end)
+			break;
+		*(__u64 *)&j->buf[MASKED(i, JUDGE_BUF - 1)] = *(__u64 *)(data + i);
+	}
+	__u32 last = MASKED(len - 8, JUDGE_BUF - 1);
+	if ((void *)(data + last + 8) > (void *)end || last + 8 > JUDGE_BUF)
+		return 0;
+	*(__u64 *)&j->buf[last] = *(__u64 *)(data + last);
+	return len;
+}
+
+SEC("sk_msg")
+int imds_msg(struct sk_msg_md *msg)
+{
+	__u32 zero = 0;
+	struct config *cfg = get_config();
+	if (!cfg)
+		return SK_DROP;
+	int fail = cfg->mode == MODE_AUDIT ? SK_PASS : SK_DROP;
+
+	struct judge *j = bpf_map_lookup_elem(&judges, &zero);
+	if (!j)
+		return fail;
+	struct bpf_sock *sk = msg->sk;
+	if (!sk)
+		return fail;
+	struct sock_state *st = bpf_sk_storage_get(&sock_states, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		count(COUNTER_SLOT(KIND_REQUEST, cfg->mode == MODE_AUDIT ? ACTION_AUDIT : ACTION_DENY, REASON_PARSE_ERROR));
+		return fail;
+	}
+	/* another writer preempted on this CPU is using the scratch space */
+	if (j->busy) {
+		count(COUNTER_SLOT(KIND_REQUEST, cfg->mode == MODE_AUDIT ? ACTION_AUDIT : ACTION_DENY, REASON_PARSE_ERROR));
+		return fail;
+	}
+	j->busy = 1;
+
+	__u32 size = msg->size;
+	__u32 want = size < JUDGE_BUF ? size : JUDGE_BUF;
+	__u32 len = copy_msg(msg, j, want);
+	if (len != want) {
+		j->busy = 0;
+		count(COUNTER_SLOT(KIND_REQUEST, cfg->mode == MODE_AUDIT ? ACTION_AUDIT : ACTION_DENY, REASON_PARSE_ERROR));
+		return fail;
+	}
+
+	/* A socket of another network namespace gets here only if it was
+	 * adopted at start or connected in audit mode: refuse its requests. */
+	__u8 force = 0;
+	if ((cfg->flags & CONFIG_BLOCK_NON_HOST_NETNS) && bpf_get_netns_cookie(msg) != cfg->host_netns_cookie)
+		force = REASON_NON_HOST_NETNS;
+
+	struct judgement jm = {.msg_size = size};
+	judge_message(j, len, cfg, st, &jm, force);
+
+	for (__u32 k = 0; k < MAX_REQS; k++) {
+		if (k < jm.emit_from)
+			continue;
+		if (k >= jm.emit_to)
+			break;
+		emit_request(msg, cfg, &j->p.reqs[k]);
+	}
+	if (jm.cork)
+		bpf_msg_cork_bytes(msg, jm.cork);
+	if (jm.apply)
+		bpf_msg_apply_bytes(msg, jm.apply);
+	j->busy = 0;
+	return jm.verdict == VERDICT_DROP ? SK_DROP : SK_PASS;
+}
+
+/*
+ * Adoption of connections opened before the guard: a socket iterator, run
+ * once per network namespace at start, puts every established TCP socket to
+ * an IMDS endpoint into imds_socks (as sockops does for new ones) and marks
+ * it unsynced (see SOCK_UNSYNCED). Only the fields used are declared; CO-RE
+ * finds them in the running kernel's layout.
+ */
+struct in6_addr___ig {
+	__u8 s6_addr[16];
+};
+
+struct sock_common {
+	__be32 skc_daddr;
+	__be16 skc_dport;
+	unsigned short skc_family;
+	volatile unsigned char skc_state;
+	struct in6_addr___ig skc_v6_daddr;
+} __attribute__((preserve_access_index));
+
+struct bpf_iter_meta {
+	void *seq;
+} __attribute__((preserve_access_index));
+
+struct bpf_iter__tcp {
+	struct bpf_iter_meta *meta;
+	struct sock_common *sk_common;
+} __attribute__((preserve_access_index));
+
+SEC("iter/tcp")
+int imds_adopt(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	if (!skc || skc->skc_state != BPF_TCP_ESTABLISHED)
+		return 0;
+
+	struct endpoint_key key = {};
+	if (skc->skc_family == AF_INET) {
+		__u32 w = skc->skc_daddr;
+		key.addr[10] = 0xff;
+		key.addr[11] = 0xff;
+		__builtin_memcpy(&key.addr[12], &w, 4);
+	} else if (skc->skc_family == AF_INET6) {
+		__builtin_memcpy(key.addr, skc->skc_v6_daddr.s6_addr, 16);
+	} else {
+		return 0;
+	}
+	key.port = skc->skc_dport;
+	if (!bpf_map_lookup_elem(&endpoints, &key))
+		return 0;
+
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	struct sock_state *st = bpf_sk_storage_get(&sock_states, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (st)
+		st->flags |= SOCK_UNSYNCED;
+	__u64 cookie = bpf_get_socket_cookie(skc);
+	long err = bpf_map_update_elem(&imds_socks, &cookie, skc, BPF_NOEXIST);
+	if (err == 0)
+		count(COUNTER_ADOPTED);
+	else if (err != -17 /* EEXIST: sockops already has it */)
+		count(COUNTER_UNGUARDED);
+	return 0;
+}

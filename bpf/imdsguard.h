@@ -48,7 +48,14 @@ enum mode {
 /* config.flags */
 enum config_flag {
 	CONFIG_BLOCK_NON_HOST_NETNS = 1 << 0,
+	CONFIG_REQUIRE_TOKEN = 1 << 1,
+	CONFIG_REFUSE_FORWARDED = 1 << 2,
 };
+
+/* Credential path prefixes, stored lower case and without their version
+ * segment ("meta-data/iam/security-credentials/"). */
+#define PREFIX_MAX 64
+#define MAX_PREFIXES 8
 
 /* event.flags */
 enum event_flag {
@@ -66,6 +73,8 @@ enum event_flag {
 	((kind) * ACTION_MAX * REASON_MAX + (action) * REASON_MAX + (reason))
 enum counter_extra {
 	COUNTER_EVENTS_LOST = KIND_MAX * ACTION_MAX * REASON_MAX,
+	COUNTER_UNGUARDED, /* IMDS sockets sockops could not put under sk_msg */
+	COUNTER_ADOPTED,   /* IMDS sockets found established at start and put under sk_msg */
 	COUNTER_MAX = 64,
 };
 
@@ -83,10 +92,18 @@ struct endpoint_value {
 	__u32 id;
 };
 
+struct cred_prefix {
+	__u32 len;
+	char s[PREFIX_MAX];
+};
+
 struct config {
 	__u64 host_netns_cookie;
 	__u32 mode;
 	__u32 flags;
+	__u32 prefix_count;
+	__u32 pad;
+	struct cred_prefix prefixes[MAX_PREFIXES];
 };
 
 struct event {
@@ -104,6 +121,8 @@ struct event {
 	__u8 reason;
 	__u8 flags;
 	__u16 path_len; /* length of the whole path, may exceed PATH_LEN */
+	__u8 method_len;
+	__u8 pad[5];
 	char comm[TASK_COMM_LEN];
 	char method[METHOD_LEN];
 	char path[PATH_LEN];

@@ -18,6 +18,13 @@ type ImdsguardConfig struct {
 	HostNetnsCookie uint64
 	Mode            uint32
 	Flags           uint32
+	PrefixCount     uint32
+	Pad             uint32
+	Prefixes        [8]struct {
+		_   structs.HostLayout
+		Len uint32
+		S   [64]int8
+	}
 }
 
 type ImdsguardEndpointKey struct {
@@ -48,9 +55,78 @@ type ImdsguardEvent struct {
 	Reason      uint8
 	Flags       uint8
 	PathLen     uint16
+	MethodLen   uint8
+	Pad         [5]uint8
 	Comm        [16]int8
 	Method      [8]int8
 	Path        [128]int8
+	_           [2]byte
+}
+
+type ImdsguardJudge struct {
+	_   structs.HostLayout
+	Buf [16384]uint8
+	P   struct {
+		_           structs.HostLayout
+		Pos         uint32
+		Len         uint32
+		State       uint32
+		Stop        uint32
+		ReqStart    uint32
+		Skip        uint32
+		Nreqs       uint32
+		Boundary    uint32
+		Unsynced    uint32
+		ForceReason uint32
+		MethodLen   uint32
+		SchemePos   uint32
+		VersionPos  uint32
+		RawPathLen  uint32
+		PctVal      uint32
+		NameLen     uint32
+		NameAlive   uint32
+		Header      uint32
+		ValueLen    uint32
+		ValueWs     uint32
+		Cl          uint32
+		ClDigits    uint32
+		ClSeen      uint32
+		ClFirst     uint32
+		Flags       uint32
+		Te          uint32
+		Nlen        uint32
+		SegStart    uint32
+		SegLen      uint32
+		SegC0       uint32
+		SegC1       uint32
+		Nseg        uint32
+		Segs        [32]uint32
+		Norm        [256]int8
+		Method      [8]int8
+		Reqs        [8]struct {
+			_             structs.HostLayout
+			Start         uint32
+			End           uint32
+			ContentLength uint32
+			PathLen       uint16
+			Action        uint8
+			Reason        uint8
+			Flags         uint8
+			MethodLen     uint8
+			Pad           [2]uint8
+			Method        [8]int8
+			Path          [128]int8
+		}
+	}
+	Busy uint32
+}
+
+type ImdsguardSockState struct {
+	_         structs.HostLayout
+	Skip      uint32
+	RerunFrom uint32
+	Flags     uint32
+	Pad       uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -61,8 +137,14 @@ const (
 	ImdsguardMapCounters      = "counters"
 	ImdsguardMapEndpoints     = "endpoints"
 	ImdsguardMapEvents        = "events"
+	ImdsguardMapImdsSocks     = "imds_socks"
+	ImdsguardMapJudges        = "judges"
+	ImdsguardMapSockStates    = "sock_states"
+	ImdsguardProgImdsAdopt    = "imds_adopt"
 	ImdsguardProgImdsConnect4 = "imds_connect4"
 	ImdsguardProgImdsConnect6 = "imds_connect6"
+	ImdsguardProgImdsMsg      = "imds_msg"
+	ImdsguardProgImdsSockops  = "imds_sockops"
 	ImdsguardVarUnusedEvent   = "unused_event"
 )
 
@@ -108,18 +190,24 @@ type ImdsguardSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ImdsguardProgramSpecs struct {
+	ImdsAdopt    *ebpf.ProgramSpec `ebpf:"imds_adopt"`
 	ImdsConnect4 *ebpf.ProgramSpec `ebpf:"imds_connect4"`
 	ImdsConnect6 *ebpf.ProgramSpec `ebpf:"imds_connect6"`
+	ImdsMsg      *ebpf.ProgramSpec `ebpf:"imds_msg"`
+	ImdsSockops  *ebpf.ProgramSpec `ebpf:"imds_sockops"`
 }
 
 // ImdsguardMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ImdsguardMapSpecs struct {
-	ConfigMap *ebpf.MapSpec `ebpf:"config_map"`
-	Counters  *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
-	Events    *ebpf.MapSpec `ebpf:"events"`
+	ConfigMap  *ebpf.MapSpec `ebpf:"config_map"`
+	Counters   *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
+	Events     *ebpf.MapSpec `ebpf:"events"`
+	ImdsSocks  *ebpf.MapSpec `ebpf:"imds_socks"`
+	Judges     *ebpf.MapSpec `ebpf:"judges"`
+	SockStates *ebpf.MapSpec `ebpf:"sock_states"`
 }
 
 // ImdsguardVariableSpecs contains global variables before they are loaded into the kernel.
@@ -149,10 +237,13 @@ func (o *ImdsguardObjects) Close() error {
 //
 // It can be passed to LoadImdsguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ImdsguardMaps struct {
-	ConfigMap *ebpf.Map `ebpf:"config_map"`
-	Counters  *ebpf.Map `ebpf:"counters"`
-	Endpoints *ebpf.Map `ebpf:"endpoints"`
-	Events    *ebpf.Map `ebpf:"events"`
+	ConfigMap  *ebpf.Map `ebpf:"config_map"`
+	Counters   *ebpf.Map `ebpf:"counters"`
+	Endpoints  *ebpf.Map `ebpf:"endpoints"`
+	Events     *ebpf.Map `ebpf:"events"`
+	ImdsSocks  *ebpf.Map `ebpf:"imds_socks"`
+	Judges     *ebpf.Map `ebpf:"judges"`
+	SockStates *ebpf.Map `ebpf:"sock_states"`
 }
 
 func (m *ImdsguardMaps) Close() error {
@@ -161,6 +252,9 @@ func (m *ImdsguardMaps) Close() error {
 		m.Counters,
 		m.Endpoints,
 		m.Events,
+		m.ImdsSocks,
+		m.Judges,
+		m.SockStates,
 	)
 }
 
@@ -175,14 +269,20 @@ type ImdsguardVariables struct {
 //
 // It can be passed to LoadImdsguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ImdsguardPrograms struct {
+	ImdsAdopt    *ebpf.Program `ebpf:"imds_adopt"`
 	ImdsConnect4 *ebpf.Program `ebpf:"imds_connect4"`
 	ImdsConnect6 *ebpf.Program `ebpf:"imds_connect6"`
+	ImdsMsg      *ebpf.Program `ebpf:"imds_msg"`
+	ImdsSockops  *ebpf.Program `ebpf:"imds_sockops"`
 }
 
 func (p *ImdsguardPrograms) Close() error {
 	return _ImdsguardClose(
+		p.ImdsAdopt,
 		p.ImdsConnect4,
 		p.ImdsConnect6,
+		p.ImdsMsg,
+		p.ImdsSockops,
 	)
 }
 

@@ -105,6 +105,12 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 		}
 	}()
 
+	// Connections opened before the guard must not become a way around it.
+	adopted, err := guard.Adopt()
+	if err != nil {
+		return fmt.Errorf("adopting connections opened before start: %w", err)
+	}
+
 	cgroups, err := events.NewCgroupResolver(cgroupMount)
 	if err != nil {
 		log.Warn("cgroup paths will be missing from events", zap.Error(err))
@@ -132,6 +138,10 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 		zap.String("cgroup", cgroupDir),
 		zap.Strings("endpoints", pol.Endpoints),
 		zap.Bool("block_non_host_netns", *pol.BlockNonHostNetns),
+		zap.Bool("require_token", *pol.RequireToken),
+		zap.Bool("refuse_forwarded", *pol.RefuseForwarded),
+		zap.Strings("credential_paths", pol.CredentialPaths),
+		zap.Uint64("adopted_connections", adopted),
 		zap.Uint64("host_netns_cookie", hostCookie),
 		zap.String("version", version))
 

@@ -72,8 +72,8 @@ func Decode(raw *bpf.ImdsguardEvent, bootOffset time.Duration) Event {
 		Action:           bpf.Action(raw.Action),
 		Reason:           bpf.Reason(raw.Reason),
 		Endpoint:         netip.AddrPortFrom(addr, raw.Port),
-		Method:           cString(raw.Method[:]),
-		Path:             cString(raw.Path[:]),
+		Method:           bytesOf(raw.Method[:], int(raw.MethodLen)),
+		Path:             bytesOf(raw.Path[:], int(raw.PathLen)),
 		CredentialAccess: raw.Flags&bpf.EventCredentialAccess != 0,
 		HasToken:         raw.Flags&bpf.EventHasToken != 0,
 		PID:              raw.Pid,
@@ -84,6 +84,16 @@ func Decode(raw *bpf.ImdsguardEvent, bootOffset time.Duration) Event {
 		NetnsCookie:      raw.NetnsCookie,
 		HostNetns:        raw.Flags&bpf.EventHostNetns != 0,
 	}
+}
+
+// bytesOf returns the first n bytes of a fixed-size kernel field.
+func bytesOf(b []int8, n int) string {
+	n = min(n, len(b))
+	out := make([]byte, n)
+	for i := range n {
+		out[i] = byte(b[i])
+	}
+	return string(out)
 }
 
 func cString(b []int8) string {

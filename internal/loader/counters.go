@@ -37,6 +37,13 @@ func (c Counters) Get(k bpf.Kind, a bpf.Action, r bpf.Reason) uint64 {
 // EventsLost is how many events the ring buffer could not take.
 func (c Counters) EventsLost() uint64 { return c.slots[bpf.CounterEventsLost] }
 
+// Unguarded is how many IMDS sockets could not be put under the request
+// judge (the socket map was full).
+func (c Counters) Unguarded() uint64 { return c.slots[bpf.CounterUnguarded] }
+
+// Adopted is how many connections opened before the guard were adopted.
+func (c Counters) Adopted() uint64 { return c.slots[bpf.CounterAdopted] }
+
 // Verdict is one non-zero counter.
 type Verdict struct {
 	Kind   bpf.Kind

@@ -22,8 +22,12 @@ func requirements() []requirement {
 	}
 	reqs := []requirement{
 		{"cgroup sock_addr programs (cgroup/connect4, cgroup/connect6)", func() error { return features.HaveProgramType(ebpf.CGroupSockAddr) }},
+		{"sockops programs", func() error { return features.HaveProgramType(ebpf.SockOps) }},
+		{"sk_msg programs", func() error { return features.HaveProgramType(ebpf.SkMsg) }},
 		{"BPF ring buffer maps", func() error { return features.HaveMapType(ebpf.RingBuf) }},
 		{"per-CPU array maps", func() error { return features.HaveMapType(ebpf.PerCPUArray) }},
+		{"sockhash maps", func() error { return features.HaveMapType(ebpf.SockHash) }},
+		{"socket storage maps", func() error { return features.HaveMapType(ebpf.SkStorage) }},
 	}
 	for _, fn := range []asm.BuiltinFunc{
 		asm.FnGetNetnsCookie,
@@ -40,6 +44,24 @@ func requirements() []requirement {
 			probe: helper(ebpf.CGroupSockAddr, fn),
 		})
 	}
+	for _, fn := range []asm.BuiltinFunc{
+		asm.FnLoop, // bpf_loop: Linux 5.17
+		asm.FnMsgPullData,
+		asm.FnMsgCorkBytes,
+		asm.FnMsgApplyBytes,
+		asm.FnSkStorageGet,
+		asm.FnGetNetnsCookie,
+		asm.FnGetCurrentPidTgid,
+		asm.FnGetCurrentUidGid,
+		asm.FnGetCurrentCgroupId,
+		asm.FnGetCurrentComm,
+		asm.FnRingbufReserve,
+	} {
+		reqs = append(reqs, requirement{
+			name:  fmt.Sprintf("helper %s in sk_msg programs", fn),
+			probe: helper(ebpf.SkMsg, fn),
+		})
+	}
 	return reqs
 }
 
@@ -53,7 +75,7 @@ func CheckKernel() error {
 			continue
 		}
 		if errors.Is(err, ebpf.ErrNotSupported) {
-			return fmt.Errorf("kernel %s lacks %s (imdsguard needs Linux 5.10 or newer)", kernelRelease(), r.name)
+			return fmt.Errorf("kernel %s lacks %s (imdsguard needs Linux 5.17 or newer)", kernelRelease(), r.name)
 		}
 		return fmt.Errorf("probing %s: %w", r.name, err)
 	}

@@ -3,7 +3,6 @@ package loader
 import (
 	"errors"
 	"fmt"
-	"runtime"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,41 +15,14 @@ func NetnsCookie(path string) (uint64, error) {
 	if path == "" {
 		return socketNetnsCookie()
 	}
-	target, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return 0, fmt.Errorf("opening network namespace %s: %w", path, err)
-	}
-	defer unix.Close(target)
-
 	var cookie uint64
-	var inErr error
-	done := make(chan struct{})
-	// setns changes only the calling thread; do it on a locked thread that is
-	// thrown away if it cannot be brought back.
-	go func() {
-		defer close(done)
-		runtime.LockOSThread()
-		self, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			inErr = fmt.Errorf("opening own network namespace: %w", err)
-			runtime.UnlockOSThread()
-			return
-		}
-		defer unix.Close(self)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			inErr = fmt.Errorf("entering network namespace %s: %w", path, err)
-			runtime.UnlockOSThread()
-			return
-		}
-		cookie, inErr = socketNetnsCookie()
-		if err := unix.Setns(self, unix.CLONE_NEWNET); err != nil {
-			return // leave the thread locked: it dies with the goroutine
-		}
-		runtime.UnlockOSThread()
-	}()
-	<-done
-	if inErr != nil {
-		return 0, inErr
+	err := inNetns(path, func() error {
+		var err error
+		cookie, err = socketNetnsCookie()
+		return err
+	})
+	if err != nil {
+		return 0, err
 	}
 	return cookie, nil
 }

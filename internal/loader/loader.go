@@ -40,7 +40,22 @@ type Guard struct {
 
 type namedLink struct {
 	hook string
-	link link.Link
+	link interface{ Close() error }
+}
+
+// skMsgAttachment is the sk_msg program's attachment to the socket map
+// (a program attachment, not a bpf_link, on kernels before 6.10).
+type skMsgAttachment struct {
+	m    *ebpf.Map
+	prog *ebpf.Program
+}
+
+func (a *skMsgAttachment) Close() error {
+	return link.RawDetachProgram(link.RawDetachProgramOptions{
+		Target:  a.m.FD(),
+		Program: a.prog,
+		Attach:  ebpf.AttachSkMsgVerdict,
+	})
 }
 
 // Load loads the programs, writes the policy and attaches every hook.
@@ -78,11 +93,23 @@ func Load(pol *policy.Compiled, opts Options, log *zap.Logger) (g *Guard, err er
 		return nil, err
 	}
 
+	// sk_msg first, so every socket sockops adds is judged from its first
+	// write; then sockops; the connect hooks last.
+	if err := link.RawAttachProgram(link.RawAttachProgramOptions{
+		Target:  g.objs.ImdsSocks.FD(),
+		Program: g.objs.ImdsMsg,
+		Attach:  ebpf.AttachSkMsgVerdict,
+	}); err != nil {
+		return nil, fmt.Errorf("attaching sk_msg to the IMDS socket map: %w", err)
+	}
+	g.links = append(g.links, namedLink{"sk_msg", &skMsgAttachment{g.objs.ImdsSocks, g.objs.ImdsMsg}})
+
 	hooks := []struct {
 		name   string
 		attach ebpf.AttachType
 		prog   *ebpf.Program
 	}{
+		{"sockops", ebpf.AttachCGroupSockOps, g.objs.ImdsSockops},
 		{"connect4", ebpf.AttachCGroupInet4Connect, g.objs.ImdsConnect4},
 		{"connect6", ebpf.AttachCGroupInet6Connect, g.objs.ImdsConnect6},
 	}
@@ -98,7 +125,8 @@ func Load(pol *policy.Compiled, opts Options, log *zap.Logger) (g *Guard, err er
 }
 
 func (g *Guard) writeConfig(pol *policy.Compiled, hostCookie uint64) error {
-	cfg := bpf.ImdsguardConfig{HostNetnsCookie: hostCookie, Mode: pol.Mode, Flags: pol.Flags}
+	cfg := pol.Config
+	cfg.HostNetnsCookie = hostCookie
 	if err := g.objs.ConfigMap.Update(uint32(0), &cfg, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("writing config map: %w", err)
 	}

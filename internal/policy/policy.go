@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path"
 	"strings"
 
 	"sigs.k8s.io/yaml"
@@ -30,6 +31,16 @@ const (
 	ModeAudit   = "audit"
 )
 
+// DefaultCredentialPaths returns the IMDS paths that hand out credentials
+// (and the role's name). Any version segment counts, not only "latest".
+func DefaultCredentialPaths() []string {
+	return []string{
+		"/latest/meta-data/iam/security-credentials/",
+		"/latest/meta-data/identity-credentials/",
+		"/latest/meta-data/iam/info",
+	}
+}
+
 // DefaultEndpoints returns the AWS IMDS addresses (IPv4 and the Nitro IPv6 one).
 func DefaultEndpoints() []string { return []string{"169.254.169.254:80", "[fd00:ec2::254]:80"} }
 
@@ -38,15 +49,18 @@ var defaultYAML []byte
 
 // Policy is the effective policy. The YAML key names are a public contract.
 //
-// Keys for later features (requireToken, rules, …) are not accepted until the
-// daemon enforces them: a policy that asks for protection the daemon cannot
-// give must fail to load rather than run with less.
+// Keys for later features (rules, …) are not accepted until the daemon
+// enforces them: a policy that asks for protection the daemon cannot give
+// must fail to load rather than run with less.
 type Policy struct {
 	APIVersion        string   `json:"apiVersion"`
 	Kind              string   `json:"kind"`
 	Mode              string   `json:"mode"`
+	RequireToken      *bool    `json:"requireToken,omitempty"`
 	BlockNonHostNetns *bool    `json:"blockNonHostNetns,omitempty"`
+	RefuseForwarded   *bool    `json:"refuseForwarded,omitempty"`
 	Endpoints         []string `json:"endpoints"`
+	CredentialPaths   []string `json:"credentialPaths"`
 }
 
 // Default returns the embedded default policy.
@@ -99,9 +113,14 @@ func (p *Policy) fillDefaults() {
 	if p.Mode == "" {
 		p.Mode = ModeEnforce
 	}
-	if p.BlockNonHostNetns == nil {
-		t := true
-		p.BlockNonHostNetns = &t
+	for _, b := range []**bool{&p.RequireToken, &p.BlockNonHostNetns, &p.RefuseForwarded} {
+		if *b == nil {
+			t := true
+			*b = &t
+		}
+	}
+	if p.CredentialPaths == nil {
+		p.CredentialPaths = DefaultCredentialPaths()
 	}
 	if p.Endpoints == nil {
 		p.Endpoints = DefaultEndpoints()
@@ -134,7 +153,46 @@ func (p *Policy) validate() []error {
 		}
 		seen[ap] = true
 	}
+	if len(p.CredentialPaths) > maxCredentialPaths {
+		errs = append(errs, fmt.Errorf("credentialPaths: at most %d paths", maxCredentialPaths))
+	}
+	for i, cp := range p.CredentialPaths {
+		if _, err := CredentialPrefix(cp); err != nil {
+			errs = append(errs, fmt.Errorf("credentialPaths[%d]: %w", i, err))
+		}
+	}
 	return errs
+}
+
+// maxCredentialPaths is how many prefixes the kernel's config holds.
+const maxCredentialPaths = 8
+
+// CredentialPrefix turns a credential path ("/latest/meta-data/iam/info")
+// into what the kernel matches: the path after its version segment, lower
+// case, without a trailing slash ("meta-data/iam/info"). The kernel matches
+// it under any version ("/2021-07-15/…", "/1.0/…") and at a segment
+// boundary, so "…/security-credentials" covers the listing and every role.
+func CredentialPrefix(p string) (string, error) {
+	if !strings.HasPrefix(p, "/") {
+		return "", fmt.Errorf("%q must start with \"/<version>/\", e.g. \"/latest/meta-data/iam/info\"", p)
+	}
+	clean := path.Clean(p)
+	_, rest, ok := strings.Cut(strings.TrimPrefix(clean, "/"), "/")
+	if !ok || rest == "" {
+		return "", fmt.Errorf("%q names no path under its version segment", p)
+	}
+	if strings.ContainsAny(rest, "%?#") {
+		return "", fmt.Errorf("%q: write the path decoded, without query or fragment", p)
+	}
+	if len(rest) > bpf.PrefixMax {
+		return "", fmt.Errorf("%q: the part after the version is longer than %d bytes", p, bpf.PrefixMax)
+	}
+	for _, c := range []byte(rest) {
+		if c <= 0x20 || c >= 0x7f {
+			return "", fmt.Errorf("%q: only printable ASCII is allowed", p)
+		}
+	}
+	return strings.ToLower(rest), nil
 }
 
 // ValidateMode checks a mode name.
@@ -165,22 +223,44 @@ func ParseEndpoint(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(addr, ap.Port()), nil
 }
 
-// Compiled holds what the policy puts into the kernel.
+// Compiled holds what the policy puts into the kernel. Config's host
+// network namespace cookie is filled in by the loader.
 type Compiled struct {
-	Mode      uint32
-	Flags     uint32
+	Config    bpf.ImdsguardConfig
 	Endpoints []bpf.ImdsguardEndpointKey
 }
 
 // Compile turns a validated policy into map entries.
 func (p *Policy) Compile() (*Compiled, error) {
-	c := &Compiled{Mode: bpf.ModeEnforce}
+	c := &Compiled{}
+	c.Config.Mode = bpf.ModeEnforce
 	if p.Mode == ModeAudit {
-		c.Mode = bpf.ModeAudit
+		c.Config.Mode = bpf.ModeAudit
 	}
-	if p.BlockNonHostNetns != nil && *p.BlockNonHostNetns {
-		c.Flags |= bpf.ConfigBlockNonHostNetns
+	if *p.BlockNonHostNetns {
+		c.Config.Flags |= bpf.ConfigBlockNonHostNetns
 	}
+	if *p.RequireToken {
+		c.Config.Flags |= bpf.ConfigRequireToken
+	}
+	if *p.RefuseForwarded {
+		c.Config.Flags |= bpf.ConfigRefuseForwarded
+	}
+	if len(p.CredentialPaths) > len(c.Config.Prefixes) {
+		return nil, fmt.Errorf("compiling credentialPaths: at most %d prefixes", len(c.Config.Prefixes))
+	}
+	for i, cp := range p.CredentialPaths {
+		rest, err := CredentialPrefix(cp)
+		if err != nil {
+			return nil, fmt.Errorf("compiling credentialPaths[%d]: %w", i, err)
+		}
+		pf := &c.Config.Prefixes[i]
+		pf.Len = uint32(len(rest))
+		for k := range len(rest) {
+			pf.S[k] = int8(rest[k])
+		}
+	}
+	c.Config.PrefixCount = uint32(len(p.CredentialPaths))
 	for _, s := range p.Endpoints {
 		ap, err := ParseEndpoint(s)
 		if err != nil {

@@ -19,8 +19,12 @@ func TestDefaultPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Mode != bpf.ModeEnforce || c.Flags&bpf.ConfigBlockNonHostNetns == 0 || len(c.Endpoints) != 2 {
+	want := bpf.ConfigBlockNonHostNetns | bpf.ConfigRequireToken | bpf.ConfigRefuseForwarded
+	if c.Config.Mode != bpf.ModeEnforce || c.Config.Flags != want || len(c.Endpoints) != 2 {
 		t.Fatalf("compiled default: %+v", c)
+	}
+	if c.Config.PrefixCount != 3 || prefixString(c.Config.Prefixes[0].S[:], c.Config.Prefixes[0].Len) != "meta-data/iam/security-credentials" {
+		t.Fatalf("compiled credential prefixes: %+v", c.Config.Prefixes[:c.Config.PrefixCount])
 	}
 }
 
@@ -43,7 +47,13 @@ func TestParseErrors(t *testing.T) {
 		want       []string // every fragment must appear in the error
 	}{
 		{"unknown key", "mode: enforce\nmdoe: audit\n", []string{"p.yaml", `unknown field "mdoe"`}},
-		{"feature not yet enforced", "requireToken: true\n", []string{`unknown field "requireToken"`}},
+		{"feature not yet enforced", "rules: []\n", []string{`unknown field "rules"`}},
+		{"credential path without version", `credentialPaths: ["meta-data/iam/info"]`, []string{"credentialPaths[0]", "must start with"}},
+		{"credential path only a version", `credentialPaths: ["/latest/"]`, []string{"credentialPaths[0]", "names no path"}},
+		{"credential path encoded", `credentialPaths: ["/latest/meta-data/iam%2Finfo"]`, []string{"credentialPaths[0]", "decoded"}},
+		{"credential path too long", `credentialPaths: ["/latest/` + strings.Repeat("a", 65) + `"]`, []string{"credentialPaths[0]", "longer than 64"}},
+		{"too many credential paths", `credentialPaths: ["/a/1","/a/2","/a/3","/a/4","/a/5","/a/6","/a/7","/a/8","/a/9"]`, []string{"credentialPaths: at most 8"}},
+		{"requireToken not a bool", "requireToken: yes please\n", []string{"requireToken"}},
 		{"wrong type", "blockNonHostNetns: maybe\n", []string{"p.yaml", "blockNonHostNetns"}},
 		{"bad mode", "mode: permissive\n", []string{"p.yaml: mode:", `"permissive" is not a mode`}},
 		{"bad apiVersion", "apiVersion: v2\n", []string{"apiVersion", `"v2"`}},
@@ -95,7 +105,7 @@ func TestEndpointKey(t *testing.T) {
 }
 
 func TestAuditCompilesToAuditMode(t *testing.T) {
-	p, err := Parse([]byte("mode: audit\nblockNonHostNetns: false\n"), "p.yaml")
+	p, err := Parse([]byte("mode: audit\nblockNonHostNetns: false\nrequireToken: false\nrefuseForwarded: false\n"), "p.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +113,31 @@ func TestAuditCompilesToAuditMode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Mode != bpf.ModeAudit || c.Flags&bpf.ConfigBlockNonHostNetns != 0 {
+	if c.Config.Mode != bpf.ModeAudit || c.Config.Flags&bpf.ConfigBlockNonHostNetns != 0 {
 		t.Fatalf("compiled %+v, want audit mode without the netns flag", c)
 	}
+	if c.Config.Flags != 0 {
+		t.Fatalf("flags %#x, want none", c.Config.Flags)
+	}
+}
+
+func TestCredentialPrefix(t *testing.T) {
+	for in, want := range map[string]string{
+		"/latest/meta-data/iam/security-credentials/": "meta-data/iam/security-credentials",
+		"/2021-07-15/meta-data/IAM/info":              "meta-data/iam/info",
+		"/latest//meta-data/./iam/x/../info":          "meta-data/iam/info",
+	} {
+		got, err := CredentialPrefix(in)
+		if err != nil || got != want {
+			t.Errorf("CredentialPrefix(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+}
+
+func prefixString(s []int8, n uint32) string {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(s[i])
+	}
+	return string(b)
 }

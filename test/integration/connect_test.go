@@ -37,7 +37,7 @@ func TestPodConnectRefusedWithEPERM(t *testing.T) {
 			if r.ConnectMS > 500 {
 				t.Errorf("refusal took %.1f ms, want well under the 5 s client timeout", r.ConnectMS)
 			}
-			ev := d.waitEvent("deny for pod pid", func(e event) bool { return e.PID == r.PID })
+			ev := d.waitEvent("deny for pod pid", func(e event) bool { return e.PID == r.PID && e.Kind == "connect" })
 			if ev.Kind != "connect" || ev.Action != "deny" || ev.Reason != "non_host_netns" || ev.Endpoint != a.endpoint {
 				t.Errorf("event %+v, want connect deny non_host_netns on %s", ev, a.endpoint)
 			}
@@ -61,19 +61,20 @@ func TestHostClientGetsIMDS(t *testing.T) {
 
 	for _, a := range imdsAddrs {
 		t.Run(a.name, func(t *testing.T) {
-			r := runClient(t, l, lab.Node, "", "-mode", "http", "-addr", a.addr, "-path", "/latest/meta-data/instance-id")
+			r := runClient(t, l, lab.Node, "", "-mode", "http", "-addr", a.addr, "-fetch-token", "-path", "/latest/meta-data/instance-id")
 			if r.ConnectErrno != "" || r.Status != 200 || r.Body != imdsserver.DefaultInstanceID {
 				t.Fatalf("host client via %s: errno %q status %d body %q error %q, want 200 %s",
 					a.addr, r.ConnectErrno, r.Status, r.Body, r.Error, imdsserver.DefaultInstanceID)
 			}
-			ev := d.waitEvent("allow for host pid", func(e event) bool { return e.PID == r.PID })
+			ev := d.waitEvent("allow for host pid", func(e event) bool { return e.PID == r.PID && e.Kind == "connect" })
 			if ev.Action != "allow" || ev.Reason != "" || !ev.HostNetns || ev.Endpoint != a.endpoint || ev.Comm != "labclient" {
 				t.Errorf("event %+v, want allow from the host netns on %s", ev, a.endpoint)
 			}
 		})
 	}
-	if len(srv.Requests()) != len(imdsAddrs) {
-		t.Errorf("IMDS server answered %d requests, want %d", len(srv.Requests()), len(imdsAddrs))
+	// a token PUT and a GET per address
+	if len(srv.Requests()) != 2*len(imdsAddrs) {
+		t.Errorf("IMDS server answered %d requests, want %d", len(srv.Requests()), 2*len(imdsAddrs))
 	}
 }
 
@@ -108,7 +109,7 @@ func TestAuditModeLetsPodThroughAndReports(t *testing.T) {
 		if r.ConnectErrno != "" || r.Status != 200 {
 			t.Fatalf("audit mode, pod via %s: errno %q status %d, want 200", a.addr, r.ConnectErrno, r.Status)
 		}
-		ev := d.waitEvent("audit for pod pid", func(e event) bool { return e.PID == r.PID })
+		ev := d.waitEvent("audit for pod pid", func(e event) bool { return e.PID == r.PID && e.Kind == "connect" })
 		if ev.Action != "audit" || ev.Reason != "non_host_netns" || ev.HostNetns || ev.Endpoint != a.endpoint {
 			t.Errorf("event %+v, want audit non_host_netns on %s", ev, a.endpoint)
 		}
@@ -159,7 +160,7 @@ func TestDaemonExitDetachesEverything(t *testing.T) {
 	}
 }
 
-// attachedPrograms counts programs on the cgroup's connect hooks.
+// attachedPrograms counts programs on the cgroup's connect and sockops hooks.
 func attachedPrograms(t testing.TB, cgroup string) int {
 	t.Helper()
 	f, err := os.Open(cgroup)
@@ -168,7 +169,7 @@ func attachedPrograms(t testing.TB, cgroup string) int {
 	}
 	defer f.Close()
 	n := 0
-	for _, at := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect} {
+	for _, at := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect, ebpf.AttachCGroupSockOps} {
 		res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: at})
 		if err != nil {
 			t.Fatalf("querying %s programs on %s: %v", at, cgroup, err)

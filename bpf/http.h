@@ -1,0 +1,919 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The HTTP/1.x request judge shared by the sk_msg program and the test-only
+ * program (the kernel cannot test-run sk_msg programs, so the logic lives
+ * here, in functions both call).
+ *
+ * The judge sees the bytes of one sk_msg: everything the application wrote
+ * that has not been sent yet. It walks them with a byte-at-a-time state
+ * machine driven by bpf_loop (a bounded loop of this size would not pass the
+ * verifier) and decides what the kernel should do with them:
+ *
+ *  - PASS: every request in the message is complete and allowed (a body
+ *    announced by Content-Length may continue in later writes: `skip`);
+ *  - PASS + apply_bytes: the first `apply` bytes are complete, allowed
+ *    requests; the kernel sends them and runs the program again on the rest;
+ *  - PASS + cork: the message ends inside a request's header block; the
+ *    kernel holds every byte back until the next write and runs the program
+ *    again on the whole accumulated message (so a split request is judged
+ *    exactly like the same request in one write);
+ *  - DROP: the message starts with a refused request; the write fails with
+ *    EACCES and none of its bytes, nor those held back before it, are sent.
+ *
+ * Events are only produced for final verdicts, so a request re-examined
+ * after a cork is reported once.
+ */
+#ifndef IMDSGUARD_HTTP_H
+#define IMDSGUARD_HTTP_H
+
+#include "imdsguard.h"
+
+/* Bytes of one message the judge examines; also the largest message it will
+ * hold back (cork). Keeping corked messages this small keeps them far below
+ * the kernel's sk_msg fragment limit, where corking silently stops working. */
+#define JUDGE_BUF 16384
+/* Largest header block (request line + headers) of one request. */
+#define HDR_MAX 8192
+/* Requests judged per program run; more are handled by a re-run. */
+#define MAX_REQS 8
+/* Normalised path kept for matching; longer paths are tracked by length. */
+#define NORM_MAX 256
+/* Path segments remembered for "..": deeper paths are refused. */
+#define SEG_MAX 32
+#define METHOD_MAX 16
+
+enum verdict {
+	VERDICT_PASS = 0,
+	VERDICT_DROP = 1,
+};
+
+/* Why the judge stopped walking the message. */
+enum stop {
+	STOP_END = 0,        /* all bytes consumed, at a request boundary or in a body */
+	STOP_INCOMPLETE = 1, /* message ends inside a header block */
+	STOP_DENY = 2,       /* a refused request (enforce mode) */
+	STOP_ERROR = 3,      /* a request that cannot be parsed */
+	STOP_FULL = 4,       /* MAX_REQS requests judged; the rest needs a re-run */
+};
+
+/* Per-socket state, kept across writes (sk_storage). */
+struct sock_state {
+	__u32 skip;       /* body bytes of an already judged request still to come */
+	__u32 rerun_from; /* size of the message an apply_bytes re-run comes from, else 0 */
+	__u32 flags;      /* enum sock_flag */
+	__u32 pad;
+};
+
+enum sock_flag {
+	/* Adopted at start with bytes possibly already sent: the server may be
+	 * in the middle of a request, so the next write must start a new one
+	 * (leading CR/LF could complete a request sent before the guard). */
+	SOCK_UNSYNCED = 1 << 0,
+};
+
+/* req_result.flags */
+enum req_flag {
+	REQ_HAS_TOKEN = 1 << 0,
+	REQ_CREDENTIAL = 1 << 1,
+	REQ_FORWARDED = 1 << 2,
+	REQ_TOKEN_PUT = 1 << 3,
+};
+
+struct req_result {
+	__u32 start;          /* offset of the request in the message */
+	__u32 end;            /* offset just past its header block */
+	__u32 content_length;
+	__u16 path_len;       /* length of the path as sent (may exceed PATH_LEN) */
+	__u8 action;
+	__u8 reason;
+	__u8 flags;
+	__u8 method_len;
+	__u8 pad[2];
+	char method[METHOD_LEN];
+	char path[PATH_LEN];
+};
+
+/* Parser states. */
+enum pstate {
+	P_PRE = 0,       /* between requests: skipping CR/LF/SP/HT */
+	P_BODY,          /* skipping a Content-Length body */
+	P_METHOD,
+	P_TARGET_START,
+	P_SCHEME,        /* absolute-form: "http://" or "https://" */
+	P_AUTHORITY,
+	P_PATH,
+	P_PCT1,
+	P_PCT2,
+	P_QUERY,
+	P_VERSION,
+	P_REQLINE_LF,
+	P_LINE_START,
+	P_NAME,
+	P_VALUE_OWS,
+	P_VALUE,
+	P_HDR_LF,
+	P_END_LF,
+};
+
+/* Headers the judge recognises, by index. */
+enum header {
+	H_TOKEN = 0,   /* x-aws-ec2-metadata-token */
+	H_XFF = 1,     /* x-forwarded-for */
+	H_CL = 2,      /* content-length */
+	H_TE = 3,      /* transfer-encoding */
+	H_COUNT = 4,
+	H_NONE = 255,
+};
+
+struct parser {
+	__u32 pos;
+	__u32 len;
+	__u32 state;
+	__u32 stop;
+	__u32 req_start;
+	__u32 skip;
+	__u32 nreqs;
+	__u32 boundary; /* offset of the first byte not covered by a final verdict */
+	__u32 unsynced; /* SOCK_UNSYNCED: no leading blanks before the first request */
+	__u32 force_reason; /* refuse every parsed request for this reason (e.g. non-host netns) */
+
+	/* current request */
+	__u32 method_len;
+	__u32 scheme_pos;
+	__u32 version_pos;
+	__u32 raw_path_len;
+	__u32 pct_val;
+	__u32 name_len;
+	__u32 name_alive; /* bit per enum header still matching the name so far */
+	__u32 header;     /* enum header whose value is being read, or H_NONE */
+	__u32 value_len;  /* non-blank value bytes */
+	__u32 value_ws;   /* blank seen after value bytes */
+	__u32 cl;
+	__u32 cl_digits;
+	__u32 cl_seen;
+	__u32 cl_first; /* the first Content-Length, to refuse conflicting ones */
+	__u32 flags; /* enum req_flag */
+	__u32 te;
+
+	/* normalised path: "/" segments with ".", ".." and "//" resolved */
+	__u32 nlen;      /* logical length (may exceed NORM_MAX) */
+	__u32 seg_start; /* logical offset where the current segment starts */
+	__u32 seg_len;
+	__u32 seg_c0;
+	__u32 seg_c1;
+	__u32 nseg;
+	__u32 segs[SEG_MAX];
+	char norm[NORM_MAX];
+	char method[METHOD_LEN];
+
+	struct req_result reqs[MAX_REQS];
+};
+
+/* Everything one judgement needs; lives in a per-CPU map, far too large
+ * for the 512-byte BPF stack. */
+struct judge {
+	__u8 buf[JUDGE_BUF];
+	struct parser p;
+	__u32 busy; /* set while a program uses this CPU's copy */
+};
+
+/* Inputs and outputs of judge_message. */
+struct judgement {
+	__u32 msg_size;     /* whole message, may exceed what is in buf */
+	__u32 verdict;      /* enum verdict */
+	__u32 cork;         /* hold bytes back until the message has this many */
+	__u32 apply;        /* verdict covers only this many bytes, then re-run */
+	__u32 emit_from;    /* reqs[emit_from..emit_to) are final: report them */
+	__u32 emit_to;
+};
+
+/* idx & mask, with the mask kept: the compiler drops a mask it can prove
+ * redundant from an earlier comparison, but the verifier only trusts the
+ * register the mask was applied to. */
+#define MASKED(idx, mask) ({ __u32 __v = (idx); asm volatile("" : "+r"(__v)); __v & (mask); })
+
+struct loop_ctx {
+	struct judge *j;
+	const struct config *cfg;
+};
+
+/* Header names, lower case, matched byte by byte as they arrive. */
+static const char hdr_token[] = "x-aws-ec2-metadata-token";
+static const char hdr_xff[] = "x-forwarded-for";
+static const char hdr_cl[] = "content-length";
+static const char hdr_te[] = "transfer-encoding";
+#define HDR_TOKEN_LEN (sizeof(hdr_token) - 1)
+#define HDR_XFF_LEN (sizeof(hdr_xff) - 1)
+#define HDR_CL_LEN (sizeof(hdr_cl) - 1)
+#define HDR_TE_LEN (sizeof(hdr_te) - 1)
+
+static __always_inline int is_tchar(__u8 c)
+{
+	if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+		return 1;
+	switch (c) {
+	case '!': case '#': case '$': case '%': case '&': case '\'': case '*':
+	case '+': case '-': case '.': case '^': case '_': case '`': case '|': case '~':
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline __u8 lower(__u8 c)
+{
+	return (c >= 'A' && c <= 'Z') ? c + 32 : c;
+}
+
+static __always_inline int hexval(__u8 c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	c = lower(c);
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+static __always_inline int name_char_matches(__u32 h, __u32 i, __u8 c)
+{
+	switch (h) {
+	case H_TOKEN:
+		return i < HDR_TOKEN_LEN && hdr_token[MASKED(i, 31)] == c;
+	case H_XFF:
+		return i < HDR_XFF_LEN && hdr_xff[MASKED(i, 15)] == c;
+	case H_CL:
+		return i < HDR_CL_LEN && hdr_cl[MASKED(i, 15)] == c;
+	case H_TE:
+		return i < HDR_TE_LEN && hdr_te[MASKED(i, 31)] == c;
+	}
+	return 0;
+}
+
+static __always_inline __u32 header_len(__u32 h)
+{
+	switch (h) {
+	case H_TOKEN:
+		return HDR_TOKEN_LEN;
+	case H_XFF:
+		return HDR_XFF_LEN;
+	case H_CL:
+		return HDR_CL_LEN;
+	case H_TE:
+		return HDR_TE_LEN;
+	}
+	return 0;
+}
+
+static __always_inline void start_request(struct parser *p)
+{
+	p->req_start = p->pos;
+	p->state = P_METHOD;
+	p->method_len = 0;
+	p->scheme_pos = 0;
+	p->version_pos = 0;
+	p->raw_path_len = 0;
+	p->pct_val = 0;
+	p->name_len = 0;
+	p->name_alive = 0;
+	p->header = H_NONE;
+	p->value_len = 0;
+	p->value_ws = 0;
+	p->cl = 0;
+	p->cl_digits = 0;
+	p->cl_seen = 0;
+	p->cl_first = 0;
+	p->flags = 0;
+	p->te = 0;
+	p->nlen = 0;
+	p->seg_start = 0;
+	p->seg_len = 0;
+	p->seg_c0 = 0;
+	p->seg_c1 = 0;
+	p->nseg = 0;
+}
+
+static __always_inline void raw_path_byte(struct parser *p, __u8 c)
+{
+	__u32 n = p->nreqs;
+	if (n < MAX_REQS && p->raw_path_len < PATH_LEN)
+		p->reqs[MASKED(n, MAX_REQS - 1)].path[MASKED(p->raw_path_len, PATH_LEN - 1)] = c;
+	p->raw_path_len++;
+}
+
+static __always_inline void norm_put(struct parser *p, __u8 c)
+{
+	if (p->nlen < NORM_MAX)
+		p->norm[MASKED(p->nlen, NORM_MAX - 1)] = c;
+	p->nlen++;
+}
+
+/* Ends the current path segment (at "/" or the end of the path): drops it if
+ * it is empty, "." or "..", and for ".." also drops the one before it.
+ * Returns -1 when the path is too deep to normalise. */
+static __always_inline int end_segment(struct parser *p)
+{
+	if (p->seg_len == 1 && p->seg_c0 == '.') {
+		p->nlen = p->seg_start;
+	} else if (p->seg_len == 2 && p->seg_c0 == '.' && p->seg_c1 == '.') {
+		if (p->nseg > 0) {
+			p->nseg--;
+			p->nlen = p->segs[MASKED(p->nseg, SEG_MAX - 1)];
+		} else {
+			p->nlen = 1; /* ".." at the root stays at the root */
+		}
+	} else if (p->seg_len > 0) {
+		if (p->nseg >= SEG_MAX)
+			return -1;
+		p->segs[MASKED(p->nseg, SEG_MAX - 1)] = p->seg_start;
+		p->nseg++;
+		norm_put(p, '/');
+	}
+	p->seg_start = p->nlen;
+	p->seg_len = 0;
+	return 0;
+}
+
+/* One decoded path byte. */
+static __always_inline int path_byte(struct parser *p, __u8 c)
+{
+	if (c == '/')
+		return end_segment(p);
+	if (c < 0x20 || c == 0x7f)
+		return -1; /* decoded control bytes: refuse rather than guess */
+	if (p->seg_len == 0)
+		p->seg_c0 = c;
+	else if (p->seg_len == 1)
+		p->seg_c1 = c;
+	p->seg_len++;
+	norm_put(p, c);
+	return 0;
+}
+
+/* Ends the path: resolves a final "." or ".." like end_segment, but a
+ * final kept segment gets no "/" ("/a/b" stays "/a/b", "/a/b/" keeps its
+ * slash because its last segment is empty). */
+static __always_inline int end_path(struct parser *p)
+{
+	if (p->seg_len == 1 && p->seg_c0 == '.') {
+		p->nlen = p->seg_start;
+	} else if (p->seg_len == 2 && p->seg_c0 == '.' && p->seg_c1 == '.') {
+		if (p->nseg > 0) {
+			p->nseg--;
+			p->nlen = p->segs[MASKED(p->nseg, SEG_MAX - 1)];
+		} else {
+			p->nlen = 1;
+		}
+	}
+	return 0;
+}
+
+static __always_inline __u8 norm_at(const struct parser *p, __u32 i)
+{
+	if (i >= p->nlen || i >= NORM_MAX)
+		return 0;
+	return p->norm[MASKED(i, NORM_MAX - 1)];
+}
+
+struct cred_ctx {
+	const struct parser *p;
+	const struct config *cfg;
+	__u32 rest; /* offset in norm where the path after the version starts */
+	__u32 k;    /* prefix being compared */
+	__u32 i;    /* byte of it */
+	__u32 match;
+};
+
+/* One byte of one prefix per step, so the verifier checks the comparison
+ * once instead of once per (prefix, byte) pair. */
+static long cred_step(__u32 unused, void *ctx)
+{
+	struct cred_ctx *cc = ctx;
+	const struct config *cfg = cc->cfg;
+	const struct parser *p = cc->p;
+	__u32 k = cc->k;
+
+	if (k >= cfg->prefix_count || k >= MAX_PREFIXES)
+		return 1;
+	const struct cred_prefix *cp = &cfg->prefixes[MASKED(k, MAX_PREFIXES - 1)];
+	__u32 plen = cp->len;
+	__u32 i = cc->i;
+	if (plen == 0 || plen > PREFIX_MAX) {
+		cc->k = k + 1;
+		cc->i = 0;
+		return 0;
+	}
+	if (i >= plen) {
+		/* whole prefix matched: it must end at a segment boundary */
+		__u32 at = cc->rest + plen;
+		if (at >= p->nlen || norm_at(p, at) == '/') {
+			cc->match = 1;
+			return 1;
+		}
+		cc->k = k + 1;
+		cc->i = 0;
+		return 0;
+	}
+	if (lower(norm_at(p, cc->rest + i)) != (__u8)cp->s[MASKED(i, PREFIX_MAX - 1)]) {
+		cc->k = k + 1;
+		cc->i = 0;
+		return 0;
+	}
+	cc->i = i + 1;
+	return 0;
+}
+
+/* Matches the normalised path against the policy's credential prefixes,
+ * which are stored without their version segment ("meta-data/iam/info"):
+ * every version ("latest", "2021-07-15", "1.0", …) counts. A prefix matches
+ * at a segment boundary, case-insensitively. */
+static __always_inline int credential_path(const struct parser *p, const struct config *cfg)
+{
+	/* norm is "/<version>/<rest>" */
+	__u32 rest;
+	if (p->nseg >= 2)
+		rest = p->segs[1];
+	else if (p->nseg == 1)
+		rest = p->seg_start;
+	else
+		return 0;
+	struct cred_ctx cc = {.p = p, .cfg = cfg, .rest = rest};
+	bpf_loop(MAX_PREFIXES * (PREFIX_MAX + 1), cred_step, &cc, 0);
+	return cc.match;
+}
+
+static const char token_path[] = "/latest/api/token";
+#define TOKEN_PATH_LEN (sizeof(token_path) - 1)
+
+static __always_inline int is_token_put(const struct parser *p)
+{
+	if (p->method_len != 3 || p->method[0] != 'P' || p->method[1] != 'U' || p->method[2] != 'T')
+		return 0;
+	if (p->nlen != TOKEN_PATH_LEN)
+		return 0;
+	for (__u32 i = 0; i < TOKEN_PATH_LEN; i++) {
+		if (p->norm[MASKED(i, NORM_MAX - 1)] != token_path[MASKED(i, 31)])
+			return 0;
+	}
+	return 1;
+}
+
+/* Records the request ending at p->pos (exclusive) with a reason, and says
+ * whether the walk goes on. */
+static __always_inline long finish_request(struct parser *p, const struct config *cfg, __u8 reason)
+{
+	__u32 n = p->nreqs;
+	if (n >= MAX_REQS)
+		return 1;
+	struct req_result *r = &p->reqs[MASKED(n, MAX_REQS - 1)];
+	__u8 flags = p->flags;
+
+	if (reason == REASON_NONE) {
+		if (p->force_reason)
+			reason = p->force_reason;
+		else if (p->te)
+			reason = REASON_PARSE_ERROR; /* chunked bodies cannot be followed */
+		else if ((flags & REQ_FORWARDED) && (cfg->flags & CONFIG_REFUSE_FORWARDED))
+			reason = REASON_FORWARDED_REQUEST;
+		else if (is_token_put(p))
+			flags |= REQ_TOKEN_PUT;
+		else if (!(flags & REQ_HAS_TOKEN) && (cfg->flags & CONFIG_REQUIRE_TOKEN))
+			reason = REASON_IMDSV1_NO_TOKEN;
+	}
+	if (p->nlen > 0 && credential_path(p, cfg))
+		flags |= REQ_CREDENTIAL;
+
+	r->start = p->req_start;
+	r->end = p->pos;
+	r->content_length = p->cl;
+	r->path_len = p->raw_path_len > 0xffff ? 0xffff : p->raw_path_len;
+	r->reason = reason;
+	r->action = verdict(cfg, reason);
+	r->flags = flags;
+	r->method_len = p->method_len > METHOD_LEN ? METHOD_LEN : p->method_len;
+	__builtin_memcpy(r->method, p->method, METHOD_LEN);
+	p->nreqs = n + 1;
+
+	if (reason == REASON_PARSE_ERROR) {
+		p->stop = STOP_ERROR;
+		return 1;
+	}
+	if (r->action == ACTION_DENY) {
+		p->stop = STOP_DENY;
+		return 1;
+	}
+	p->skip = p->cl;
+	p->state = p->cl ? P_BODY : P_PRE;
+	p->boundary = p->pos; /* everything before the body is judged */
+	p->unsynced = 0;      /* the server's view is known again */
+	return 0;
+}
+
+static __always_inline long parse_error(struct parser *p, const struct config *cfg)
+{
+	/* the refused request covers what was read of it, including this byte */
+	p->pos++;
+	return finish_request(p, cfg, REASON_PARSE_ERROR);
+}
+
+/* One step of the walk; returns 1 to stop. */
+static long parse_step(__u32 i, void *ctx)
+{
+	struct loop_ctx *lc = ctx;
+	struct judge *j = lc->j;
+	const struct config *cfg = lc->cfg;
+	struct parser *p = &j->p;
+
+	if (p->pos >= p->len) {
+		if (p->state == P_PRE || p->state == P_BODY) {
+			p->stop = STOP_END;
+			p->boundary = p->pos;
+		} else {
+			p->stop = STOP_INCOMPLETE;
+		}
+		return 1;
+	}
+
+	if (p->state == P_BODY) {
+		__u32 avail = p->len - p->pos;
+		__u32 n = p->skip < avail ? p->skip : avail;
+		p->pos += n;
+		p->skip -= n;
+		p->boundary = p->pos;
+		if (p->skip == 0)
+			p->state = P_PRE;
+		return 0;
+	}
+
+	if (p->state != P_PRE && p->pos - p->req_start >= HDR_MAX)
+		return parse_error(p, cfg); /* header block over its bound */
+
+	__u8 c = j->buf[MASKED(p->pos, JUDGE_BUF - 1)];
+
+	switch (p->state) {
+	case P_PRE:
+		if (c == '\r' || c == '\n' || c == ' ' || c == '\t') {
+			if (p->unsynced) {
+				start_request(p);
+				return parse_error(p, cfg);
+			}
+			p->pos++;
+			p->boundary = p->pos;
+			return 0;
+		}
+		if (p->nreqs >= MAX_REQS) {
+			p->stop = STOP_FULL;
+			return 1;
+		}
+		start_request(p);
+		/* fall through: c is the method's first byte */
+	case P_METHOD:
+		if (c == ' ') {
+			if (p->method_len == 0)
+				return parse_error(p, cfg);
+			p->state = P_TARGET_START;
+			break;
+		}
+		if (!is_tchar(c) || p->method_len >= METHOD_MAX)
+			return parse_error(p, cfg);
+		if (p->method_len < METHOD_LEN)
+			p->method[MASKED(p->method_len, METHOD_LEN - 1)] = c;
+		p->method_len++;
+		break;
+	case P_TARGET_START:
+		if (c == '/') {
+			p->state = P_PATH;
+			raw_path_byte(p, c);
+			p->nlen = 0;
+			norm_put(p, '/');
+			p->seg_start = 1;
+			break;
+		}
+		if (c == 'h' || c == 'H') {
+			p->state = P_SCHEME;
+			p->scheme_pos = 1;
+			break;
+		}
+		/* asterisk-form, authority-form or garbage: nothing a metadata
+		 * client sends; refuse rather than guess how the server reads it */
+		return parse_error(p, cfg);
+	case P_SCHEME: {
+		/* "http://" or "https://", any case */
+		static const char http[] = "http://";
+		__u32 sp = p->scheme_pos;
+		__u8 lc_ = lower(c);
+		if (sp == 4 && lc_ == 's') {
+			p->scheme_pos = 0x100 | 4; /* saw "https" */
+			break;
+		}
+		__u32 k = sp & 0xff;
+		if (k < 7 && lc_ == (__u8)http[MASKED(k, 7)]) {
+			p->scheme_pos = (sp & 0x100) | (k + 1);
+			if (k + 1 == 7)
+				p->state = P_AUTHORITY;
+			break;
+		}
+		return parse_error(p, cfg);
+	}
+	case P_AUTHORITY:
+		if (c == '/') {
+			p->state = P_PATH;
+			raw_path_byte(p, c);
+			p->nlen = 0;
+			norm_put(p, '/');
+			p->seg_start = 1;
+			break;
+		}
+		if (c == ' ') { /* "http://host" with no path is "/" */
+			raw_path_byte(p, '/');
+			p->nlen = 0;
+			norm_put(p, '/');
+			p->seg_start = 1;
+			p->state = P_VERSION;
+			break;
+		}
+		if (c <= 0x20 || c >= 0x7f || c == '?' || c == '#')
+			return parse_error(p, cfg);
+		break;
+	case P_PATH:
+		if (c == ' ') {
+			if (end_path(p) < 0)
+				return parse_error(p, cfg);
+			p->state = P_VERSION;
+			break;
+		}
+		if (c <= 0x20 || c >= 0x7f)
+			return parse_error(p, cfg);
+		raw_path_byte(p, c);
+		if (c == '?' || c == '#') {
+			if (end_path(p) < 0)
+				return parse_error(p, cfg);
+			p->state = P_QUERY;
+			break;
+		}
+		if (c == '%') {
+			p->state = P_PCT1;
+			break;
+		}
+		if (path_byte(p, c) < 0)
+			return parse_error(p, cfg);
+		break;
+	case P_PCT1: {
+		int v = hexval(c);
+		if (v < 0)
+			return parse_error(p, cfg);
+		raw_path_byte(p, c);
+		p->pct_val = v;
+		p->state = P_PCT2;
+		break;
+	}
+	case P_PCT2: {
+		int v = hexval(c);
+		if (v < 0)
+			return parse_error(p, cfg);
+		raw_path_byte(p, c);
+		p->state = P_PATH;
+		if (path_byte(p, (__u8)(p->pct_val * 16 + v)) < 0)
+			return parse_error(p, cfg);
+		break;
+	}
+	case P_QUERY:
+		if (c == ' ') {
+			p->state = P_VERSION;
+			break;
+		}
+		if (c <= 0x20 || c >= 0x7f)
+			return parse_error(p, cfg);
+		raw_path_byte(p, c);
+		break;
+	case P_VERSION: {
+		/* exactly "HTTP/1.0" or "HTTP/1.1" */
+		static const char v11[] = "HTTP/1.";
+		__u32 k = p->version_pos;
+		if (k < 7) {
+			if (c != (__u8)v11[MASKED(k, 7)])
+				return parse_error(p, cfg);
+		} else if (k == 7) {
+			if (c != '0' && c != '1')
+				return parse_error(p, cfg);
+		} else if (c == '\r') {
+			p->state = P_REQLINE_LF;
+			break;
+		} else {
+			return parse_error(p, cfg);
+		}
+		p->version_pos = k + 1;
+		break;
+	}
+	case P_REQLINE_LF:
+	case P_HDR_LF:
+		if (c != '\n')
+			return parse_error(p, cfg); /* CR without LF */
+		if (p->state == P_HDR_LF) {
+			if (p->header == H_TOKEN && p->value_len > 0)
+				p->flags |= REQ_HAS_TOKEN;
+			if (p->header == H_CL) {
+				if (p->cl_digits == 0)
+					return parse_error(p, cfg);
+				if (p->cl_seen && p->cl != p->cl_first)
+					return parse_error(p, cfg); /* conflicting lengths */
+				p->cl_seen = 1;
+				p->cl_first = p->cl;
+			}
+		}
+		p->state = P_LINE_START;
+		break;
+	case P_LINE_START:
+		if (c == '\r') {
+			p->state = P_END_LF;
+			break;
+		}
+		/* a line starting with SP/HT continues the previous header
+		 * (obs-fold): refused, it is how header smuggling starts */
+		if (!is_tchar(c))
+			return parse_error(p, cfg);
+		p->state = P_NAME;
+		p->name_len = 0;
+		p->name_alive = (1 << H_COUNT) - 1;
+		p->header = H_NONE;
+		/* fall through */
+	case P_NAME:
+		if (c == ':') {
+			p->header = H_NONE;
+			for (__u32 h = 0; h < H_COUNT; h++) {
+				if ((p->name_alive & (1 << h)) && p->name_len == header_len(h))
+					p->header = h;
+			}
+			if (p->header == H_XFF)
+				p->flags |= REQ_FORWARDED;
+			if (p->header == H_TE)
+				p->te = 1;
+			if (p->header == H_CL) {
+				p->cl_digits = 0;
+				p->cl = 0;
+			}
+			p->value_len = 0;
+			p->value_ws = 0;
+			p->state = P_VALUE_OWS;
+			break;
+		}
+		if (!is_tchar(c))
+			return parse_error(p, cfg); /* includes blanks before the colon */
+		{
+			__u8 lc_ = lower(c);
+			__u32 alive = p->name_alive;
+			for (__u32 h = 0; h < H_COUNT; h++) {
+				if ((alive & (1 << h)) && !name_char_matches(h, p->name_len, lc_))
+					alive &= ~(1 << h);
+			}
+			p->name_alive = alive;
+		}
+		p->name_len++;
+		break;
+	case P_VALUE_OWS:
+		if (c == ' ' || c == '\t')
+			break;
+		p->state = P_VALUE;
+		/* fall through */
+	case P_VALUE:
+		if (c == '\r') {
+			p->state = P_HDR_LF;
+			break;
+		}
+		if (c == ' ' || c == '\t') {
+			p->value_ws = 1;
+			break;
+		}
+		if ((c < 0x20) || c == 0x7f)
+			return parse_error(p, cfg); /* bare LF, NUL, other controls */
+		if (p->header == H_CL) {
+			if (c < '0' || c > '9' || p->value_ws || p->cl_digits >= 9)
+				return parse_error(p, cfg);
+			p->cl = p->cl * 10 + (c - '0');
+			p->cl_digits++;
+		}
+		p->value_len++;
+		break;
+	case P_END_LF:
+		if (c != '\n')
+			return parse_error(p, cfg);
+		p->pos++;
+		return finish_request(p, cfg, REASON_NONE);
+	default:
+		return parse_error(p, cfg);
+	}
+	p->pos++;
+	return 0;
+}
+
+/*
+ * judge_message walks j->buf[0..len) (the first bytes of a message of
+ * jm->msg_size bytes) for a socket in state *st, and fills jm. It updates
+ * *st only when its verdict is final.
+ */
+static __always_inline void judge_message(struct judge *j, __u32 len, const struct config *cfg,
+					  struct sock_state *st, struct judgement *jm, __u8 force_reason)
+{
+	struct parser *p = &j->p;
+	__u32 rerun_from = st->rerun_from;
+
+	p->unsynced = st->flags & SOCK_UNSYNCED;
+	p->force_reason = force_reason;
+	p->pos = 0;
+	p->len = len > JUDGE_BUF ? JUDGE_BUF : len;
+	p->stop = STOP_END;
+	p->nreqs = 0;
+	p->boundary = 0;
+	p->req_start = 0;
+	p->skip = st->skip;
+	p->state = st->skip ? P_BODY : P_PRE;
+
+	jm->verdict = VERDICT_PASS;
+	jm->cork = 0;
+	jm->apply = 0;
+	jm->emit_from = 0;
+	jm->emit_to = 0;
+	st->rerun_from = 0;
+
+	struct loop_ctx lc = {.j = j, .cfg = cfg};
+	/* the socket becomes synced once a request was judged and passed */
+#define COMMIT_SYNC() do { if (!p->unsynced) st->flags &= ~SOCK_UNSYNCED; } while (0)
+	/* each step consumes a byte or ends the walk; +2 for the final step */
+	bpf_loop(JUDGE_BUF + 2, parse_step, &lc, 0);
+
+	__u32 n = p->nreqs;
+	if (n > MAX_REQS)
+		n = MAX_REQS;
+
+	switch (p->stop) {
+	case STOP_DENY:
+	case STOP_ERROR: {
+		__u32 last = (n - 1) & (MAX_REQS - 1);
+		__u32 start = p->reqs[last].start;
+		if (p->stop == STOP_ERROR && cfg->mode == MODE_AUDIT) {
+			/* cannot follow the stream any further: pass this write, start
+			 * afresh with the next one */
+			jm->emit_to = n;
+			st->skip = 0;
+			st->flags |= SOCK_UNSYNCED;
+			return;
+		}
+		if (start > 0) {
+			/* send the judged requests before it; the re-run refuses it */
+			jm->emit_to = n - 1;
+			jm->apply = start;
+			st->skip = 0;
+			COMMIT_SYNC();
+			st->rerun_from = jm->msg_size;
+			return;
+		}
+		jm->emit_from = n - 1;
+		jm->emit_to = n;
+		jm->verdict = VERDICT_DROP;
+		return;
+	}
+	case STOP_FULL:
+		jm->emit_to = n;
+		jm->apply = p->boundary;
+		st->skip = 0;
+		COMMIT_SYNC();
+		st->rerun_from = jm->msg_size;
+		return;
+	case STOP_INCOMPLETE:
+		if (jm->msg_size > len || rerun_from > JUDGE_BUF) {
+			/* a message this large cannot be held back safely */
+			if (p->boundary > 0) {
+				jm->emit_to = n;
+				jm->apply = p->boundary;
+				st->skip = 0;
+				COMMIT_SYNC();
+				st->rerun_from = jm->msg_size > rerun_from ? jm->msg_size : rerun_from;
+				return;
+			}
+			/* report the partial request as refused */
+			if (n < MAX_REQS) {
+				p->pos = len;
+				finish_request(p, cfg, REASON_PARSE_ERROR);
+				n = p->nreqs > MAX_REQS ? MAX_REQS : p->nreqs;
+			}
+			jm->emit_from = n - 1;
+			jm->emit_to = n;
+			jm->verdict = cfg->mode == MODE_AUDIT ? VERDICT_PASS : VERDICT_DROP;
+			return;
+		}
+		/* hold everything back until the next write; judge it all again then */
+		jm->cork = jm->msg_size + 1;
+		return;
+	default: /* STOP_END */
+		jm->emit_to = n;
+		st->skip = p->skip;
+		COMMIT_SYNC();
+		if (jm->msg_size > len) {
+			/* the buffer is judged; the re-run judges the rest */
+			jm->apply = p->pos;
+			st->rerun_from = jm->msg_size;
+		}
+		return;
+	}
+}
+
+#endif

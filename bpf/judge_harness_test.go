@@ -1,0 +1,256 @@
+package bpf
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
+)
+
+// Constants of http.h the harness needs.
+const (
+	judgeBuf = 16384
+	maxReqs  = 8
+)
+
+// judgeConfig is the policy side of a judgement.
+type judgeConfig struct {
+	audit           bool
+	noRequireToken  bool
+	noRefuseForward bool
+	prefixes        []string // kernel form: "meta-data/iam/info"
+}
+
+var defaultPrefixes = []string{"meta-data/iam/security-credentials", "meta-data/identity-credentials", "meta-data/iam/info"}
+
+// judgeProg runs http.h's judge_message through BPF_PROG_TEST_RUN.
+type judgeProg struct {
+	objs JudgeTestObjects
+}
+
+// loadJudge loads the test program, or skips (fails under CI) without BPF.
+func loadJudge(t testing.TB, cfg judgeConfig) *judgeProg {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		requirePrivileged(t, "needs root to load BPF programs")
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		requirePrivileged(t, "cannot raise the memlock limit: "+err.Error())
+	}
+	var jp judgeProg
+	if err := LoadJudgeTestObjects(&jp.objs, nil); err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			t.Fatalf("loading judge test program: %+v", verr)
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			requirePrivileged(t, "kernel cannot load the judge test program: "+err.Error())
+		}
+		t.Fatalf("loading judge test program: %v", err)
+	}
+	t.Cleanup(func() { jp.objs.Close() })
+	jp.setConfig(t, cfg)
+	return &jp
+}
+
+func requirePrivileged(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" || os.Getenv("IMDSGUARD_REQUIRE_PRIVILEGED") == "1" {
+		t.Fatalf("privileged test cannot run: %s", why)
+	}
+	t.Skip(why)
+}
+
+func (jp *judgeProg) setConfig(t testing.TB, cfg judgeConfig) {
+	t.Helper()
+	var c ImdsguardConfig
+	c.Mode = ModeEnforce
+	if cfg.audit {
+		c.Mode = ModeAudit
+	}
+	c.Flags = ConfigBlockNonHostNetns
+	if !cfg.noRequireToken {
+		c.Flags |= ConfigRequireToken
+	}
+	if !cfg.noRefuseForward {
+		c.Flags |= ConfigRefuseForwarded
+	}
+	prefixes := cfg.prefixes
+	if prefixes == nil {
+		prefixes = defaultPrefixes
+	}
+	for i, p := range prefixes {
+		c.Prefixes[i].Len = uint32(len(p))
+		for k := range len(p) {
+			c.Prefixes[i].S[k] = int8(p[k])
+		}
+	}
+	c.PrefixCount = uint32(len(prefixes))
+	if err := jp.objs.ConfigMap.Update(uint32(0), &c, ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// run judges msg (its first judgeBuf bytes) for a socket in state st.
+func (jp *judgeProg) run(t testing.TB, msg []byte, st sockState) JudgeTestJudgeRun {
+	t.Helper()
+	var in JudgeTestJudgeRun
+	n := min(len(msg), judgeBuf)
+	buf := make([]byte, n+1) // +1: a valid pointer even for an empty message
+	copy(buf, msg[:n])
+	in.Data = uint64(uintptr(unsafe.Pointer(&buf[0])))
+	in.Len = uint32(n)
+	in.MsgSize = uint32(len(msg))
+	in.State.Skip = st.skip
+	in.State.RerunFrom = st.rerunFrom
+	in.State.Flags = st.flags
+	in.ForceReason = uint32(st.force)
+	var out JudgeTestJudgeRun
+	ret, err := jp.objs.JudgeTest.Run(&ebpf.RunOptions{Context: in, ContextOut: &out})
+	runtimeKeepAlive(buf)
+	if err != nil {
+		t.Fatalf("running judge: %v", err)
+	}
+	if ret != 0 {
+		t.Fatalf("judge test program returned %d", int32(ret))
+	}
+	return out
+}
+
+// sockState is the per-socket state kept across writes (struct sock_state),
+// plus force: the reason the sk_msg program imposes on every request
+// (REASON_NON_HOST_NETNS for a socket of another network namespace).
+type sockState struct {
+	skip, rerunFrom, flags uint32
+	force                  Reason
+}
+
+// sockUnsynced marks a socket adopted at start (SOCK_UNSYNCED).
+const sockUnsynced = 1
+
+// request is one judged request as the sk_msg program reports it.
+type request struct {
+	Method     string
+	Path       string
+	Action     Action
+	Reason     Reason
+	HasToken   bool
+	Credential bool
+	Forwarded  bool
+	TokenPut   bool
+}
+
+func reqFrom(r JudgeTestReqResult) request {
+	m := make([]byte, 0, len(r.Method))
+	for i := 0; i < int(r.MethodLen) && i < len(r.Method); i++ {
+		m = append(m, byte(r.Method[i]))
+	}
+	p := make([]byte, 0, len(r.Path))
+	for i := 0; i < int(r.PathLen) && i < len(r.Path); i++ {
+		p = append(p, byte(r.Path[i]))
+	}
+	return request{
+		Method:     string(m),
+		Path:       string(p),
+		Action:     Action(r.Action),
+		Reason:     Reason(r.Reason),
+		HasToken:   r.Flags&1 != 0,
+		Credential: r.Flags&2 != 0,
+		Forwarded:  r.Flags&4 != 0,
+		TokenPut:   r.Flags&8 != 0,
+	}
+}
+
+// conn models one TCP socket under the sk_msg program the way
+// net/ipv4/tcp_bpf.c drives it: a corked message accumulates writes until
+// it reaches its cork size, then the program runs on the whole of it;
+// apply_bytes sends that many bytes and re-runs the program on the rest;
+// SK_DROP frees the message and fails the write with EACCES unless bytes of
+// the same write were already sent (then the write is short).
+type conn struct {
+	jp      *judgeProg
+	st      sockState
+	corked  []byte
+	corkTo  int
+	sent    []byte    // bytes the server received
+	judged  []request // final verdicts, in order (the events the program emits)
+	maxRuns int
+}
+
+func newConn(jp *judgeProg) *conn { return &conn{jp: jp, maxRuns: 1000} }
+
+// write returns the byte count write() reports, or an error for EACCES.
+func (c *conn) write(t testing.TB, b []byte) (int, error) {
+	t.Helper()
+	msg := b
+	if c.corkTo > 0 {
+		c.corked = append(c.corked, b...)
+		if len(c.corked) < c.corkTo {
+			return len(b), nil
+		}
+		msg, c.corked, c.corkTo = c.corked, nil, 0
+	}
+	sentBefore := len(c.sent)
+	for runs := 0; len(msg) > 0; runs++ {
+		if runs > c.maxRuns {
+			t.Fatalf("judge did not converge on %q", msg)
+		}
+		out := c.jp.run(t, msg, c.st)
+		c.st = sockState{out.State.Skip, out.State.RerunFrom, out.State.Flags, c.st.force}
+		for k := out.Jm.EmitFrom; k < out.Jm.EmitTo && k < maxReqs; k++ {
+			c.judged = append(c.judged, reqFrom(out.Reqs[k]))
+		}
+		if out.Jm.Cork > 0 {
+			if out.Jm.Verdict != 0 || out.Jm.Apply != 0 || out.Jm.EmitTo != out.Jm.EmitFrom {
+				t.Fatalf("cork with verdict %d apply %d emit %d..%d", out.Jm.Verdict, out.Jm.Apply, out.Jm.EmitFrom, out.Jm.EmitTo)
+			}
+			if int(out.Jm.Cork) <= len(msg) {
+				t.Fatalf("cork to %d bytes for a %d-byte message", out.Jm.Cork, len(msg))
+			}
+			c.corked, c.corkTo = msg, int(out.Jm.Cork)
+			return len(b), nil
+		}
+		if out.Jm.Verdict == 1 { // VERDICT_DROP
+			if n := len(c.sent) - sentBefore; n > 0 {
+				// the kernel reports what this write sent; its own bytes only
+				return min(n, len(b)), nil
+			}
+			return 0, errEACCES
+		}
+		n := len(msg)
+		if out.Jm.Apply > 0 {
+			if int(out.Jm.Apply) > len(msg) {
+				t.Fatalf("apply %d bytes of a %d-byte message", out.Jm.Apply, len(msg))
+			}
+			n = int(out.Jm.Apply)
+		}
+		c.sent = append(c.sent, msg[:n]...)
+		msg = msg[n:]
+	}
+	return len(b), nil
+}
+
+var errEACCES = errors.New("EACCES")
+
+// writeAll sends each part as one write and reports the first EACCES.
+func (c *conn) writeAll(t testing.TB, parts ...string) (denied bool) {
+	t.Helper()
+	for _, p := range parts {
+		if _, err := c.write(t, []byte(p)); err != nil {
+			denied = true
+		}
+	}
+	return denied
+}
+
+func (c *conn) summary() string {
+	var b strings.Builder
+	for _, r := range c.judged {
+		b.WriteString(r.Method + " " + r.Path + " " + r.Action.String() + " " + r.Reason.String() + "\n")
+	}
+	return b.String()
+}

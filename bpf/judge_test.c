@@ -1,0 +1,63 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * Test-only program: runs the sk_msg program's request judge (http.h) on
+ * bytes handed in by BPF_PROG_TEST_RUN, which the kernel cannot do for
+ * sk_msg programs themselves. Never loaded by the daemon.
+ */
+#include "http.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct judge);
+} test_judges SEC(".maps");
+
+/* The test run's context: input bytes by user pointer, state in and out,
+ * the judgement and every request's result out. */
+struct judge_run {
+	__u64 data;     /* user pointer to the message's first bytes */
+	__u32 len;      /* bytes at data (at most JUDGE_BUF) */
+	__u32 msg_size; /* size of the whole message */
+	__u32 force_reason;
+	__u32 pad0;
+	struct sock_state state;
+	struct judgement jm;
+	__u32 nreqs;
+	__u32 pad;
+	struct req_result reqs[MAX_REQS];
+};
+
+/* Keeps struct judge_run in the BTF so bpf2go generates its Go type. */
+const struct judge_run *unused_judge_run __attribute__((unused));
+
+SEC("syscall")
+int judge_test(struct judge_run *run)
+{
+	__u32 zero = 0;
+	struct config *cfg = get_config();
+	struct judge *j = bpf_map_lookup_elem(&test_judges, &zero);
+	if (!cfg || !j)
+		return -1;
+	__u32 len = run->len;
+	if (len > JUDGE_BUF)
+		return -2;
+	if (len && bpf_copy_from_user(j->buf, len, (void *)run->data))
+		return -3;
+
+	struct sock_state st = run->state;
+	struct judgement jm = {.msg_size = run->msg_size};
+	judge_message(j, len, cfg, &st, &jm, run->force_reason);
+
+	run->state = st;
+	run->jm = jm;
+	run->nreqs = j->p.nreqs;
+#pragma unroll
+	for (int k = 0; k < MAX_REQS; k++)
+		run->reqs[k] = j->p.reqs[k];
+	return 0;
+}

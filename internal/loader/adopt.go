@@ -1,0 +1,135 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"github.com/cilium/ebpf/link"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/imdsguard/imdsguard/bpf"
+)
+
+// Adopt puts TCP connections to IMDS that were established before the
+// guard attached under the sk_msg program, in every network namespace it
+// can find, so a keep-alive connection opened earlier is no way around the
+// rules. It runs after sockops is attached: any connection established
+// since is already covered. It returns how many connections it adopted.
+func (g *Guard) Adopt() (uint64, error) {
+	it, err := link.AttachIter(link.IterOptions{Program: g.objs.ImdsAdopt})
+	if err != nil {
+		return 0, fmt.Errorf("attaching socket iterator: %w", err)
+	}
+	defer it.Close()
+
+	before, err := g.Counters()
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	for _, ns := range networkNamespaces() {
+		if err := inNetns(ns, func() error { return runIter(it) }); err != nil {
+			// A namespace whose last process just exited is not an error.
+			if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ESRCH) {
+				errs = append(errs, fmt.Errorf("adopting connections in %s: %w", ns, err))
+			}
+		}
+	}
+	after, err := g.Counters()
+	if err != nil {
+		return 0, err
+	}
+	adopted := after.slots[bpf.CounterAdopted] - before.slots[bpf.CounterAdopted]
+	if unguarded := after.Unguarded() - before.Unguarded(); unguarded > 0 {
+		errs = append(errs, fmt.Errorf("%d connections to IMDS could not be put under the request judge", unguarded))
+	}
+	if len(errs) > 0 {
+		g.log.Warn("adopting existing connections", zap.Error(errors.Join(errs...)))
+	}
+	return adopted, errors.Join(errs...)
+}
+
+// runIter runs the iterator once over the calling thread's network namespace
+// (the namespace is fixed when the iterator is opened).
+func runIter(it *link.Iter) error {
+	rd, err := it.Open()
+	if err != nil {
+		return fmt.Errorf("opening iterator: %w", err)
+	}
+	defer rd.Close()
+	if _, err := io.Copy(io.Discard, rd); err != nil {
+		return fmt.Errorf("running iterator: %w", err)
+	}
+	return nil
+}
+
+// networkNamespaces lists one path per distinct network namespace: those of
+// all processes, and those bind-mounted under /run/netns (named namespaces
+// may hold no process).
+func networkNamespaces() []string {
+	seen := map[[2]uint64]bool{}
+	var out []string
+	add := func(p string) {
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err != nil {
+			return
+		}
+		id := [2]uint64{st.Dev, st.Ino}
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, p)
+		}
+	}
+	add("/proc/self/ns/net")
+	procs, _ := filepath.Glob("/proc/[0-9]*/ns/net")
+	for _, p := range procs {
+		add(p)
+	}
+	for _, dir := range []string{"/run/netns", "/var/run/netns"} {
+		named, _ := filepath.Glob(filepath.Join(dir, "*"))
+		for _, p := range named {
+			add(p)
+		}
+	}
+	return out
+}
+
+// inNetns runs fn on a locked OS thread inside the network namespace at
+// path. If the thread cannot be brought back, it stays locked and dies with
+// its goroutine instead of returning to Go's pool in the wrong namespace.
+func inNetns(path string, fn func() error) error {
+	target, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", path, err)
+	}
+	defer unix.Close(target)
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		self, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("opening own network namespace: %w", err)
+			return
+		}
+		defer unix.Close(self)
+		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("entering %s: %w", path, err)
+			return
+		}
+		ferr := fn()
+		if err := unix.Setns(self, unix.CLONE_NEWNET); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("returning from %s: %w", path, err))
+			return // thread stays locked: it exits with this goroutine
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
