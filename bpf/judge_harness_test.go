@@ -170,7 +170,10 @@ func reqFrom(r JudgeTestReqResult) request {
 // it reaches its cork size, then the program runs on the whole of it;
 // apply_bytes sends that many bytes and re-runs the program on the rest;
 // SK_DROP frees the message and fails the write with EACCES unless bytes of
-// the same write were already sent (then the write is short).
+// the same write were already sent (then the write is short). A drop
+// verdict sticks to the socket (tcp_bpf_send_verdict returns before it
+// resets psock->eval): every later write fails with EACCES without the
+// program running, as observed on Linux 6.18.
 type conn struct {
 	jp      *judgeProg
 	st      sockState
@@ -179,6 +182,7 @@ type conn struct {
 	sent    []byte    // bytes the server received
 	judged  []request // final verdicts, in order (the events the program emits)
 	maxRuns int
+	dropped bool // a drop verdict stuck to the socket
 }
 
 func newConn(jp *judgeProg) *conn { return &conn{jp: jp, maxRuns: 1000} }
@@ -186,6 +190,9 @@ func newConn(jp *judgeProg) *conn { return &conn{jp: jp, maxRuns: 1000} }
 // write returns the byte count write() reports, or an error for EACCES.
 func (c *conn) write(t testing.TB, b []byte) (int, error) {
 	t.Helper()
+	if c.dropped {
+		return 0, errEACCES
+	}
 	msg := b
 	if c.corkTo > 0 {
 		c.corked = append(c.corked, b...)
@@ -215,6 +222,7 @@ func (c *conn) write(t testing.TB, b []byte) (int, error) {
 			return len(b), nil
 		}
 		if out.Jm.Verdict == 1 { // VERDICT_DROP
+			c.dropped = true
 			if n := len(c.sent) - sentBefore; n > 0 {
 				// the kernel reports what this write sent; its own bytes only
 				return min(n, len(b)), nil

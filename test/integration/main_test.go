@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"testing"
 )
 
@@ -44,7 +43,7 @@ func TestMain(m *testing.M) {
 			{&bins.mock, "github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock"},
 		} {
 			out := filepath.Join(dir, filepath.Base(b.pkg))
-			cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", out, b.pkg)
+			cmd := exec.Command(goTool(), "build", "-o", out, b.pkg)
 			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 			if err := cmd.Run(); err != nil {
 				fmt.Fprintf(os.Stderr, "building %s: %v\n", b.pkg, err)

@@ -1,0 +1,28 @@
+package integration
+
+import (
+	"bytes"
+	"path/filepath"
+	"runtime"
+	"sync"
+)
+
+func goTool() string { return filepath.Join(runtime.GOROOT(), "bin", "go") }
+
+// safeBuffer is a bytes.Buffer a child process writes while a test reads.
+type safeBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *safeBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *safeBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
