@@ -37,6 +37,7 @@ const (
 	ReasonParseError       Reason = 3
 	ReasonForwardedRequest Reason = 4
 	ReasonPolicyRule       Reason = 5
+	ReasonUnjudgedWrite    Reason = 6
 	reasonMax                     = 8
 )
 
@@ -54,6 +55,8 @@ func (r Reason) String() string {
 		return "forwarded_request"
 	case ReasonPolicyRule:
 		return "policy_rule"
+	case ReasonUnjudgedWrite:
+		return "unjudged_write"
 	}
 	return "unknown"
 }

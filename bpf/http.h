@@ -61,7 +61,8 @@ struct sock_state {
 	__u32 skip;       /* body bytes of an already judged request still to come */
 	__u32 rerun_from; /* size of the message an apply_bytes re-run comes from, else 0 */
 	__u32 flags;      /* enum sock_flag */
-	__u32 pad;
+	__u32 isn;        /* initial sequence number, seen by the egress guard */
+	__u64 passed;     /* payload bytes the judge let through */
 };
 
 enum sock_flag {
@@ -69,6 +70,13 @@ enum sock_flag {
 	 * in the middle of a request, so the next write must start a new one
 	 * (leading CR/LF could complete a request sent before the guard). */
 	SOCK_UNSYNCED = 1 << 0,
+	/* Connected to an IMDS endpoint under the guard (set at connect): the
+	 * egress guard checks that every payload byte it sends was judged. */
+	SOCK_GUARDED = 1 << 1,
+	/* The egress guard has seen the SYN and knows the ISN. */
+	SOCK_ISN = 1 << 2,
+	/* An unjudged write was reported already (once per socket). */
+	SOCK_REPORTED = 1 << 3,
 };
 
 /* req_result.flags */
@@ -834,6 +842,9 @@ static __always_inline void judge_message(struct judge *j, __u32 len, const stru
 	jm->emit_to = 0;
 	st->rerun_from = 0;
 
+	/* an apply_bytes re-run remembers the size of the message it comes
+	 * from: the largest one decides whether holding bytes back is safe */
+	__u32 origin = jm->msg_size > rerun_from ? jm->msg_size : rerun_from;
 	struct loop_ctx lc = {.j = j, .cfg = cfg};
 	/* the socket becomes synced once a request was judged and passed */
 #define COMMIT_SYNC() do { if (!p->unsynced) st->flags &= ~SOCK_UNSYNCED; } while (0)
@@ -863,7 +874,7 @@ static __always_inline void judge_message(struct judge *j, __u32 len, const stru
 			jm->apply = start;
 			st->skip = 0;
 			COMMIT_SYNC();
-			st->rerun_from = jm->msg_size;
+			st->rerun_from = origin;
 			return;
 		}
 		jm->emit_from = n - 1;
@@ -876,7 +887,7 @@ static __always_inline void judge_message(struct judge *j, __u32 len, const stru
 		jm->apply = p->boundary;
 		st->skip = 0;
 		COMMIT_SYNC();
-		st->rerun_from = jm->msg_size;
+		st->rerun_from = origin;
 		return;
 	case STOP_INCOMPLETE:
 		if (jm->msg_size > len || rerun_from > JUDGE_BUF) {
@@ -886,7 +897,7 @@ static __always_inline void judge_message(struct judge *j, __u32 len, const stru
 				jm->apply = p->boundary;
 				st->skip = 0;
 				COMMIT_SYNC();
-				st->rerun_from = jm->msg_size > rerun_from ? jm->msg_size : rerun_from;
+				st->rerun_from = origin;
 				return;
 			}
 			/* report the partial request as refused */
@@ -910,7 +921,7 @@ static __always_inline void judge_message(struct judge *j, __u32 len, const stru
 		if (jm->msg_size > len) {
 			/* the buffer is judged; the re-run judges the rest */
 			jm->apply = p->pos;
-			st->rerun_from = jm->msg_size;
+			st->rerun_from = origin;
 		}
 		return;
 	}

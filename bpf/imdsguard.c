@@ -10,8 +10,20 @@
  * untouched.
  */
 #include "imdsguard.h"
+#include "http.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_state);
+} sock_states SEC(".maps");
 
 static __always_inline void emit_connect(struct bpf_sock_addr *ctx, const struct endpoint_key *key,
 					 __u64 cookie, __u8 action, __u8 reason, __u8 flags)
@@ -64,7 +76,24 @@ static __always_inline int judge_connect(struct bpf_sock_addr *ctx, const struct
 	__u8 action = verdict(cfg, reason);
 	count(COUNTER_SLOT(KIND_CONNECT, action, reason));
 	emit_connect(ctx, key, cookie, action, reason, flags);
-	return action == ACTION_DENY ? 0 : 1;
+	if (action == ACTION_DENY)
+		return 0;
+
+	/* From here every payload byte of this TCP socket must pass the
+	 * request judge; the egress guard holds back any that did not (a
+	 * write that started before the connection was established, or TCP
+	 * Fast Open data, reaches the stack before sk_msg is attached). */
+	if (ctx->type == SOCK_STREAM) {
+		struct bpf_sock *sk = ctx->sk;
+		if (!sk)
+			return 0;
+		struct sock_state *st = bpf_sk_storage_get(&sock_states, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!st)
+			return cfg->mode == MODE_AUDIT; /* cannot guard it: refuse in enforce mode */
+		st->flags = SOCK_GUARDED;
+		st->passed = 0;
+	}
+	return 1;
 }
 
 SEC("cgroup/connect4")
@@ -104,24 +133,12 @@ int imds_connect6(struct bpf_sock_addr *ctx)
  * IMDS endpoint into imds_socks; the sk_msg program attached to that map
  * judges every HTTP request written to those sockets (http.h).
  */
-#include "http.h"
-
-#define AF_INET 2
-#define AF_INET6 10
-
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, __u64);
 } imds_socks SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct sock_state);
-} sock_states SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -317,6 +334,8 @@ int imds_msg(struct sk_msg_md *msg)
 	}
 	if (jm.cork)
 		bpf_msg_cork_bytes(msg, jm.cork);
+	else if (jm.verdict == VERDICT_PASS)
+		st->passed += jm.apply ? jm.apply : size;
 	if (jm.apply)
 		bpf_msg_apply_bytes(msg, jm.apply);
 	j->busy = 0;
@@ -386,4 +405,115 @@ int imds_adopt(struct bpf_iter__tcp *ctx)
 	else if (err != -17 /* EEXIST: sockops already has it */)
 		count(COUNTER_UNGUARDED);
 	return 0;
+}
+
+/*
+ * Egress guard. sk_msg only sees writes made after sockops put the socket
+ * in imds_socks; a write that entered the TCP stack earlier (a blocking
+ * write racing a non-blocking connect, TCP Fast Open data) would be sent
+ * unjudged. For sockets marked SOCK_GUARDED at connect, this checks every
+ * outgoing segment: payload beyond what the judge let through is dropped
+ * (TCP keeps retrying it; the peer never gets it) and reported once.
+ * Every other packet returns after one socket-storage lookup.
+ */
+struct tcphdr___ig {
+	__be16 source;
+	__be16 dest;
+	__be32 seq;
+	__be32 ack_seq;
+	__u8 doff_res;
+	__u8 flags;
+};
+
+#define TCP_FLAG_SYN 0x02
+
+SEC("cgroup_skb/egress")
+int imds_egress(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return 1;
+	struct sock_state *st = bpf_sk_storage_get(&sock_states, sk, 0, 0);
+	if (!st || !(st->flags & SOCK_GUARDED))
+		return 1;
+
+	struct config *cfg = get_config();
+	if (!cfg)
+		return 1;
+	int fail = cfg->mode == MODE_AUDIT ? 1 : 0;
+
+	/* network header first: IPv4 or IPv6 (IPv4-mapped sockets send IPv4) */
+	__u8 vihl;
+	if (bpf_skb_load_bytes(skb, 0, &vihl, 1))
+		return fail;
+	__u32 l4, iplen;
+	if ((vihl >> 4) == 4) {
+		__u8 proto;
+		__be16 tot;
+		if (bpf_skb_load_bytes(skb, 9, &proto, 1) || bpf_skb_load_bytes(skb, 2, &tot, 2) || proto != 6)
+			return fail;
+		l4 = (vihl & 0xf) * 4;
+		iplen = bpf_ntohs(tot);
+	} else if ((vihl >> 4) == 6) {
+		__u8 next;
+		__be16 plen;
+		if (bpf_skb_load_bytes(skb, 6, &next, 1) || bpf_skb_load_bytes(skb, 4, &plen, 2) || next != 6)
+			return fail; /* extension headers: not from a TCP client socket */
+		l4 = 40;
+		iplen = 40 + bpf_ntohs(plen);
+	} else {
+		return fail;
+	}
+	struct tcphdr___ig th;
+	if (bpf_skb_load_bytes(skb, l4, &th, sizeof(th)))
+		return fail;
+	__u32 hlen = l4 + (th.doff_res >> 4) * 4;
+	__u32 seq = bpf_ntohl(th.seq);
+	if (th.flags & TCP_FLAG_SYN) {
+		st->isn = seq;
+		st->flags |= SOCK_ISN;
+	}
+	if (iplen <= hlen)
+		return 1; /* no payload */
+	__u32 payload = iplen - hlen;
+	if (st->flags & SOCK_ISN) {
+		/* stream offset just past this segment's payload; data starts at
+		 * ISN+1, after the SYN (which may itself carry Fast Open data) */
+		__u32 start = seq + ((th.flags & TCP_FLAG_SYN) ? 1 : 0) - (st->isn + 1);
+		__u32 end = start + payload;
+		if ((__s32)(end - (__u32)st->passed) <= 0)
+			return 1; /* every byte was judged (first sending or a retransmission) */
+	}
+
+	if (!(st->flags & SOCK_REPORTED)) {
+		st->flags |= SOCK_REPORTED;
+		__u8 action = cfg->mode == MODE_AUDIT ? ACTION_AUDIT : ACTION_DENY;
+		count(COUNTER_SLOT(KIND_REQUEST, action, REASON_UNJUDGED_WRITE));
+		struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+		if (!e) {
+			count(COUNTER_EVENTS_LOST);
+		} else {
+			/* packet context: the writer is not known here, only the socket */
+			__builtin_memset(e, 0, sizeof(*e));
+			e->ts_ns = bpf_ktime_get_ns();
+			e->kind = KIND_REQUEST;
+			e->action = action;
+			e->reason = REASON_UNJUDGED_WRITE;
+			e->uid = bpf_get_socket_uid(skb);
+			e->cgroup_id = bpf_skb_cgroup_id(skb);
+			e->port = bpf_ntohs(th.dest);
+			if ((vihl >> 4) == 4) {
+				e->addr[10] = 0xff;
+				e->addr[11] = 0xff;
+				bpf_skb_load_bytes(skb, 16, &e->addr[12], 4);
+			} else {
+				bpf_skb_load_bytes(skb, 24, e->addr, 16);
+			}
+			bpf_ringbuf_submit(e, 0);
+		}
+	}
+	return fail;
 }

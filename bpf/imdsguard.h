@@ -31,6 +31,7 @@ enum reason {
 	REASON_PARSE_ERROR = 3,
 	REASON_FORWARDED_REQUEST = 4,
 	REASON_POLICY_RULE = 5,
+	REASON_UNJUDGED_WRITE = 6, /* payload that did not pass the request judge */
 	REASON_MAX = 8,
 };
 

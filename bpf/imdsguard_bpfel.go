@@ -126,7 +126,8 @@ type ImdsguardSockState struct {
 	Skip      uint32
 	RerunFrom uint32
 	Flags     uint32
-	Pad       uint32
+	Isn       uint32
+	Passed    uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -143,6 +144,7 @@ const (
 	ImdsguardProgImdsAdopt    = "imds_adopt"
 	ImdsguardProgImdsConnect4 = "imds_connect4"
 	ImdsguardProgImdsConnect6 = "imds_connect6"
+	ImdsguardProgImdsEgress   = "imds_egress"
 	ImdsguardProgImdsMsg      = "imds_msg"
 	ImdsguardProgImdsSockops  = "imds_sockops"
 	ImdsguardVarUnusedEvent   = "unused_event"
@@ -193,6 +195,7 @@ type ImdsguardProgramSpecs struct {
 	ImdsAdopt    *ebpf.ProgramSpec `ebpf:"imds_adopt"`
 	ImdsConnect4 *ebpf.ProgramSpec `ebpf:"imds_connect4"`
 	ImdsConnect6 *ebpf.ProgramSpec `ebpf:"imds_connect6"`
+	ImdsEgress   *ebpf.ProgramSpec `ebpf:"imds_egress"`
 	ImdsMsg      *ebpf.ProgramSpec `ebpf:"imds_msg"`
 	ImdsSockops  *ebpf.ProgramSpec `ebpf:"imds_sockops"`
 }
@@ -272,6 +275,7 @@ type ImdsguardPrograms struct {
 	ImdsAdopt    *ebpf.Program `ebpf:"imds_adopt"`
 	ImdsConnect4 *ebpf.Program `ebpf:"imds_connect4"`
 	ImdsConnect6 *ebpf.Program `ebpf:"imds_connect6"`
+	ImdsEgress   *ebpf.Program `ebpf:"imds_egress"`
 	ImdsMsg      *ebpf.Program `ebpf:"imds_msg"`
 	ImdsSockops  *ebpf.Program `ebpf:"imds_sockops"`
 }
@@ -281,6 +285,7 @@ func (p *ImdsguardPrograms) Close() error {
 		p.ImdsAdopt,
 		p.ImdsConnect4,
 		p.ImdsConnect6,
+		p.ImdsEgress,
 		p.ImdsMsg,
 		p.ImdsSockops,
 	)

@@ -105,9 +105,9 @@ func (jp *judgeProg) run(t testing.TB, msg []byte, st sockState) JudgeTestJudgeR
 	in.Data = uint64(uintptr(unsafe.Pointer(&buf[0])))
 	in.Len = uint32(n)
 	in.MsgSize = uint32(len(msg))
-	in.State.Skip = st.skip
-	in.State.RerunFrom = st.rerunFrom
-	in.State.Flags = st.flags
+	in.Skip = st.skip
+	in.RerunFrom = st.rerunFrom
+	in.Flags = st.flags
 	in.ForceReason = uint32(st.force)
 	var out JudgeTestJudgeRun
 	ret, err := jp.objs.JudgeTest.Run(&ebpf.RunOptions{Context: in, ContextOut: &out})
@@ -207,21 +207,21 @@ func (c *conn) write(t testing.TB, b []byte) (int, error) {
 			t.Fatalf("judge did not converge on %q", msg)
 		}
 		out := c.jp.run(t, msg, c.st)
-		c.st = sockState{out.State.Skip, out.State.RerunFrom, out.State.Flags, c.st.force}
-		for k := out.Jm.EmitFrom; k < out.Jm.EmitTo && k < maxReqs; k++ {
+		c.st = sockState{out.Skip, out.RerunFrom, out.Flags, c.st.force}
+		for k := out.EmitFrom; k < out.EmitTo && k < maxReqs; k++ {
 			c.judged = append(c.judged, reqFrom(out.Reqs[k]))
 		}
-		if out.Jm.Cork > 0 {
-			if out.Jm.Verdict != 0 || out.Jm.Apply != 0 || out.Jm.EmitTo != out.Jm.EmitFrom {
-				t.Fatalf("cork with verdict %d apply %d emit %d..%d", out.Jm.Verdict, out.Jm.Apply, out.Jm.EmitFrom, out.Jm.EmitTo)
+		if out.Cork > 0 {
+			if out.Verdict != 0 || out.Apply != 0 || out.EmitTo != out.EmitFrom {
+				t.Fatalf("cork with verdict %d apply %d emit %d..%d", out.Verdict, out.Apply, out.EmitFrom, out.EmitTo)
 			}
-			if int(out.Jm.Cork) <= len(msg) {
-				t.Fatalf("cork to %d bytes for a %d-byte message", out.Jm.Cork, len(msg))
+			if int(out.Cork) <= len(msg) {
+				t.Fatalf("cork to %d bytes for a %d-byte message", out.Cork, len(msg))
 			}
-			c.corked, c.corkTo = msg, int(out.Jm.Cork)
+			c.corked, c.corkTo = msg, int(out.Cork)
 			return len(b), nil
 		}
-		if out.Jm.Verdict == 1 { // VERDICT_DROP
+		if out.Verdict == 1 { // VERDICT_DROP
 			c.dropped = true
 			if n := len(c.sent) - sentBefore; n > 0 {
 				// the kernel reports what this write sent; its own bytes only
@@ -230,11 +230,11 @@ func (c *conn) write(t testing.TB, b []byte) (int, error) {
 			return 0, errEACCES
 		}
 		n := len(msg)
-		if out.Jm.Apply > 0 {
-			if int(out.Jm.Apply) > len(msg) {
-				t.Fatalf("apply %d bytes of a %d-byte message", out.Jm.Apply, len(msg))
+		if out.Apply > 0 {
+			if int(out.Apply) > len(msg) {
+				t.Fatalf("apply %d bytes of a %d-byte message", out.Apply, len(msg))
 			}
-			n = int(out.Jm.Apply)
+			n = int(out.Apply)
 		}
 		c.sent = append(c.sent, msg[:n]...)
 		msg = msg[n:]

@@ -24,9 +24,17 @@ struct judge_run {
 	__u32 len;      /* bytes at data (at most JUDGE_BUF) */
 	__u32 msg_size; /* size of the whole message */
 	__u32 force_reason;
-	__u32 pad0;
-	struct sock_state state;
-	struct judgement jm;
+	/* struct sock_state, flattened: the verifier refuses loads through a
+	 * context pointer the compiler has offset to reach a nested struct */
+	__u32 skip;
+	__u32 rerun_from;
+	__u32 flags;
+	/* struct judgement */
+	__u32 verdict;
+	__u32 cork;
+	__u32 apply;
+	__u32 emit_from;
+	__u32 emit_to;
 	__u32 nreqs;
 	__u32 pad;
 	struct req_result reqs[MAX_REQS];
@@ -49,12 +57,18 @@ int judge_test(struct judge_run *run)
 	if (len && bpf_copy_from_user(j->buf, len, (void *)run->data))
 		return -3;
 
-	struct sock_state st = run->state;
+	struct sock_state st = {.skip = run->skip, .rerun_from = run->rerun_from, .flags = run->flags};
 	struct judgement jm = {.msg_size = run->msg_size};
 	judge_message(j, len, cfg, &st, &jm, run->force_reason);
 
-	run->state = st;
-	run->jm = jm;
+	run->skip = st.skip;
+	run->rerun_from = st.rerun_from;
+	run->flags = st.flags;
+	run->verdict = jm.verdict;
+	run->cork = jm.cork;
+	run->apply = jm.apply;
+	run->emit_from = jm.emit_from;
+	run->emit_to = jm.emit_to;
 	run->nreqs = j->p.nreqs;
 #pragma unroll
 	for (int k = 0; k < MAX_REQS; k++)

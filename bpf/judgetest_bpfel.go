@@ -90,26 +90,18 @@ type JudgeTestJudgeRun struct {
 	Len         uint32
 	MsgSize     uint32
 	ForceReason uint32
-	Pad0        uint32
-	State       struct {
-		_         structs.HostLayout
-		Skip      uint32
-		RerunFrom uint32
-		Flags     uint32
-		Pad       uint32
-	}
-	Jm struct {
-		_        structs.HostLayout
-		MsgSize  uint32
-		Verdict  uint32
-		Cork     uint32
-		Apply    uint32
-		EmitFrom uint32
-		EmitTo   uint32
-	}
-	Nreqs uint32
-	Pad   uint32
-	Reqs  [8]JudgeTestReqResult
+	Skip        uint32
+	RerunFrom   uint32
+	Flags       uint32
+	Verdict     uint32
+	Cork        uint32
+	Apply       uint32
+	EmitFrom    uint32
+	EmitTo      uint32
+	Nreqs       uint32
+	Pad         uint32
+	Reqs        [8]JudgeTestReqResult
+	_           [4]byte
 }
 
 type JudgeTestReqResult struct {

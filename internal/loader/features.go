@@ -38,6 +38,7 @@ func requirements() []requirement {
 		asm.FnKtimeGetNs,
 		asm.FnRingbufReserve,
 		asm.FnRingbufSubmit,
+		asm.FnSkStorageGet,
 	} {
 		reqs = append(reqs, requirement{
 			name:  fmt.Sprintf("helper %s in cgroup sock_addr programs", fn),
@@ -60,6 +61,12 @@ func requirements() []requirement {
 		reqs = append(reqs, requirement{
 			name:  fmt.Sprintf("helper %s in sk_msg programs", fn),
 			probe: helper(ebpf.SkMsg, fn),
+		})
+	}
+	for _, fn := range []asm.BuiltinFunc{asm.FnSkStorageGet, asm.FnSkFullsock, asm.FnSkbLoadBytes, asm.FnSkbCgroupId} {
+		reqs = append(reqs, requirement{
+			name:  fmt.Sprintf("helper %s in cgroup skb programs", fn),
+			probe: helper(ebpf.CGroupSKB, fn),
 		})
 	}
 	return reqs

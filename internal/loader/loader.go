@@ -94,7 +94,8 @@ func Load(pol *policy.Compiled, opts Options, log *zap.Logger) (g *Guard, err er
 	}
 
 	// sk_msg first, so every socket sockops adds is judged from its first
-	// write; then sockops; the connect hooks last.
+	// write; the egress guard before the connect hooks that mark the
+	// sockets it checks; then sockops; the connect hooks last.
 	if err := link.RawAttachProgram(link.RawAttachProgramOptions{
 		Target:  g.objs.ImdsSocks.FD(),
 		Program: g.objs.ImdsMsg,
@@ -109,6 +110,7 @@ func Load(pol *policy.Compiled, opts Options, log *zap.Logger) (g *Guard, err er
 		attach ebpf.AttachType
 		prog   *ebpf.Program
 	}{
+		{"egress", ebpf.AttachCGroupInetEgress, g.objs.ImdsEgress},
 		{"sockops", ebpf.AttachCGroupSockOps, g.objs.ImdsSockops},
 		{"connect4", ebpf.AttachCGroupInet4Connect, g.objs.ImdsConnect4},
 		{"connect6", ebpf.AttachCGroupInet6Connect, g.objs.ImdsConnect6},
