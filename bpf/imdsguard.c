@@ -42,6 +42,7 @@ static __always_inline void emit_connect(struct bpf_sock_addr *ctx, const struct
 	e->cgroup_id = bpf_get_current_cgroup_id();
 	e->netns_cookie = cookie;
 	e->pid = pid_tgid >> 32;
+	e->ppid = current_ppid();
 	e->tid = (__u32)pid_tgid;
 	e->uid = (__u32)uid_gid;
 	e->gid = uid_gid >> 32;
@@ -52,7 +53,7 @@ static __always_inline void emit_connect(struct bpf_sock_addr *ctx, const struct
 	e->reason = reason;
 	e->flags = flags;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, ringbuf_wakeup());
 }
 
 /* Returns 1 to let connect() proceed, 0 to fail it with EPERM. */
@@ -227,6 +228,7 @@ static __always_inline void emit_request(struct sk_msg_md *msg, const struct con
 	e->cgroup_id = bpf_get_current_cgroup_id();
 	e->netns_cookie = bpf_get_netns_cookie(msg);
 	e->pid = pid_tgid >> 32;
+	e->ppid = current_ppid();
 	e->tid = (__u32)pid_tgid;
 	e->uid = (__u32)uid_gid;
 	e->gid = uid_gid >> 32;
@@ -245,7 +247,7 @@ static __always_inline void emit_request(struct sk_msg_md *msg, const struct con
 	__builtin_memcpy(e->method, r->method, METHOD_LEN);
 	__builtin_memcpy(e->path, r->path, PATH_LEN);
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, ringbuf_wakeup());
 }
 
 /* Copies the first len bytes of the message into buf; returns the count.
@@ -512,7 +514,7 @@ int imds_egress(struct __sk_buff *skb)
 			} else {
 				bpf_skb_load_bytes(skb, 24, e->addr, 16);
 			}
-			bpf_ringbuf_submit(e, 0);
+			bpf_ringbuf_submit(e, ringbuf_wakeup());
 		}
 	}
 	return fail;

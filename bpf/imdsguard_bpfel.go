@@ -45,7 +45,9 @@ type ImdsguardEvent struct {
 	CgroupId    uint64
 	NetnsCookie uint64
 	Pid         uint32
+	Ppid        uint32
 	Tid         uint32
+	Pad0        uint32
 	Uid         uint32
 	Gid         uint32
 	Addr        [16]uint8

@@ -77,6 +77,7 @@ func Decode(raw *bpf.ImdsguardEvent, bootOffset time.Duration) Event {
 		CredentialAccess: raw.Flags&bpf.EventCredentialAccess != 0,
 		HasToken:         raw.Flags&bpf.EventHasToken != 0,
 		PID:              raw.Pid,
+		PPID:             raw.Ppid,
 		Comm:             cString(raw.Comm[:]),
 		UID:              raw.Uid,
 		GID:              raw.Gid,

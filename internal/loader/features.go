@@ -57,6 +57,8 @@ func requirements() []requirement {
 		asm.FnGetCurrentCgroupId,
 		asm.FnGetCurrentComm,
 		asm.FnRingbufReserve,
+		asm.FnGetCurrentTask,
+		asm.FnProbeReadKernel,
 	} {
 		reqs = append(reqs, requirement{
 			name:  fmt.Sprintf("helper %s in sk_msg programs", fn),

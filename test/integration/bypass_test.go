@@ -37,7 +37,7 @@ except Exception as e:
 	if n := srv.ReceivedBytes(); n != 0 {
 		t.Fatalf("IMDS received %d bytes of an unjudged Fast Open request", n)
 	}
-	ev := d.waitEvent("unjudged write", func(e event) bool { return e.Reason == "unjudged_write" })
+	ev := d.WaitEvent("unjudged write", func(e event) bool { return e.Reason == "unjudged_write" })
 	if ev.Action != "deny" || ev.Endpoint != "169.254.169.254:80" || ev.Cgroup != l.CgroupRel {
 		t.Fatalf("event %+v, want deny unjudged_write on 169.254.169.254:80 in the lab cgroup", ev)
 	}
@@ -102,5 +102,5 @@ except Exception as e:
 	if n := srv.ReceivedBytes(); n != 0 {
 		t.Fatalf("IMDS received %d bytes of a token-less request", n)
 	}
-	d.waitEvent("unjudged write", func(e event) bool { return e.Reason == "unjudged_write" && e.Action == "deny" })
+	d.WaitEvent("unjudged write", func(e event) bool { return e.Reason == "unjudged_write" && e.Action == "deny" })
 }

@@ -37,7 +37,7 @@ func TestPodConnectRefusedWithEPERM(t *testing.T) {
 			if r.ConnectMS > 500 {
 				t.Errorf("refusal took %.1f ms, want well under the 5 s client timeout", r.ConnectMS)
 			}
-			ev := d.waitEvent("deny for pod pid", func(e event) bool { return e.PID == r.PID && e.Kind == "connect" })
+			ev := d.WaitEvent("deny for pod pid", func(e event) bool { return e.PID == r.PID && e.Kind == "connect" })
 			if ev.Kind != "connect" || ev.Action != "deny" || ev.Reason != "non_host_netns" || ev.Endpoint != a.endpoint {
 				t.Errorf("event %+v, want connect deny non_host_netns on %s", ev, a.endpoint)
 			}
@@ -66,7 +66,7 @@ func TestHostClientGetsIMDS(t *testing.T) {
 				t.Fatalf("host client via %s: errno %q status %d body %q error %q, want 200 %s",
 					a.addr, r.ConnectErrno, r.Status, r.Body, r.Error, imdsserver.DefaultInstanceID)
 			}
-			ev := d.waitEvent("allow for host pid", func(e event) bool { return e.PID == r.PID && e.Kind == "connect" })
+			ev := d.WaitEvent("allow for host pid", func(e event) bool { return e.PID == r.PID && e.Kind == "connect" })
 			if ev.Action != "allow" || ev.Reason != "" || !ev.HostNetns || ev.Endpoint != a.endpoint || ev.Comm != "labclient" {
 				t.Errorf("event %+v, want allow from the host netns on %s", ev, a.endpoint)
 			}
@@ -90,11 +90,11 @@ func TestPodKeepsOtherLinkLocalServices(t *testing.T) {
 				addr, r.ConnectErrno, r.Status, r.Body, r.Error, body)
 		}
 	}
-	if code := d.stop(); code != 0 {
+	if code := d.Stop(); code != 0 {
 		t.Fatalf("imdsguard exit code %d", code)
 	}
 	// Untouched means not even reported.
-	if evs := d.allEvents(); len(evs) != 0 {
+	if evs := d.Events(); len(evs) != 0 {
 		t.Fatalf("non-IMDS connections produced events: %+v", evs)
 	}
 }
@@ -109,7 +109,7 @@ func TestAuditModeLetsPodThroughAndReports(t *testing.T) {
 		if r.ConnectErrno != "" || r.Status != 200 {
 			t.Fatalf("audit mode, pod via %s: errno %q status %d, want 200", a.addr, r.ConnectErrno, r.Status)
 		}
-		ev := d.waitEvent("audit for pod pid", func(e event) bool { return e.PID == r.PID && e.Kind == "connect" })
+		ev := d.WaitEvent("audit for pod pid", func(e event) bool { return e.PID == r.PID && e.Kind == "connect" })
 		if ev.Action != "audit" || ev.Reason != "non_host_netns" || ev.HostNetns || ev.Endpoint != a.endpoint {
 			t.Errorf("event %+v, want audit non_host_netns on %s", ev, a.endpoint)
 		}
@@ -129,10 +129,14 @@ func TestEventNamesProcessAndCgroup(t *testing.T) {
 	if r.ConnectErrno != "EPERM" {
 		t.Fatalf("connect errno %q, want EPERM", r.ConnectErrno)
 	}
-	ev := d.waitEvent("deny for client pid", func(e event) bool { return e.PID == r.PID })
+	ev := d.WaitEvent("deny for client pid", func(e event) bool { return e.PID == r.PID })
 	wantCgroup := l.CgroupRel + "/" + filepath.Base(app)
 	if ev.Cgroup != wantCgroup || ev.CgroupID != appID || ev.Comm != "labclient" || ev.PID != r.PID {
 		t.Fatalf("event %+v, want pid %d comm labclient cgroup %s (id %d)", ev, r.PID, wantCgroup, appID)
+	}
+	// the client's parent is this test process (nsenter execs the client)
+	if ev.PPID != os.Getpid() {
+		t.Errorf("event ppid %d, want %d", ev.PPID, os.Getpid())
 	}
 	if ev.Time == "" || !strings.HasSuffix(ev.Time, "Z") {
 		t.Errorf("event time %q, want RFC 3339 UTC", ev.Time)
@@ -147,8 +151,8 @@ func TestDaemonExitDetachesEverything(t *testing.T) {
 	if got := attachedPrograms(t, l.Cgroup); got == 0 {
 		t.Fatal("no program attached to the lab cgroup while the daemon runs")
 	}
-	if code := d.stop(); code != 0 {
-		t.Fatalf("imdsguard exit code %d after SIGTERM, want 0; stderr:\n%s", code, d.stderrText())
+	if code := d.Stop(); code != 0 {
+		t.Fatalf("imdsguard exit code %d after SIGTERM, want 0; stderr:\n%s", code, d.Stderr())
 	}
 	if got := attachedPrograms(t, l.Cgroup); got != 0 {
 		t.Fatalf("%d programs still attached after exit", got)

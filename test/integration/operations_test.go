@@ -26,22 +26,22 @@ func TestFullRingBufferIsReportedAndTotalsStayExact(t *testing.T) {
 
 	const attempts = 200
 	// Freeze the daemon so nothing drains the one-page ring buffer.
-	if err := d.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+	if err := d.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	r := runClient(t, l, lab.Pod, "", "-mode", "connect", "-repeat", "200", "-addr", net.JoinHostPort(lab.IMDSv4, "80"))
-	if err := d.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+	if err := d.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
 	if r.ConnectErrnos["EPERM"] != attempts {
 		t.Fatalf("connect outcomes %v, want %d x EPERM", r.ConnectErrnos, attempts)
 	}
 
-	warn := waitLogLine(t, d, "events lost", 10*time.Second)
-	if code := d.stop(); code != 0 {
+	warn := d.WaitLog("events lost", 10*time.Second)
+	if code := d.Stop(); code != 0 {
 		t.Fatalf("exit code %d", code)
 	}
-	exit := waitLogLine(t, d, "detached; exiting", time.Second)
+	exit := d.WaitLog("detached; exiting", time.Second)
 
 	var w struct {
 		LostTotal uint64 `json:"lost_total"`
@@ -60,29 +60,13 @@ func TestFullRingBufferIsReportedAndTotalsStayExact(t *testing.T) {
 		t.Errorf("kernel total of denied connects = %d, want exactly %d (totals %v)", got, attempts, x.Totals)
 	}
 	delivered := 0
-	for _, ev := range d.allEvents() {
+	for _, ev := range d.Events() {
 		if ev.PID == r.PID {
 			delivered++
 		}
 	}
 	if uint64(delivered)+x.EventsLost != attempts || x.EventsLost != w.LostTotal {
 		t.Errorf("%d events delivered + %d lost (warning said %d), want %d attempts", delivered, x.EventsLost, w.LostTotal, attempts)
-	}
-}
-
-func waitLogLine(t testing.TB, d *daemon, msg string, timeout time.Duration) string {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		for _, line := range strings.Split(d.stderrText(), "\n") {
-			if strings.Contains(line, msg) {
-				return line
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line %q within %s; stderr:\n%s", msg, timeout, d.stderrText())
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -184,6 +168,6 @@ func TestAgainstAmazonEC2MetadataMock(t *testing.T) {
 	if host.TokenStatus != 200 || host.Status != 200 || !strings.HasPrefix(host.Body, "i-") {
 		t.Fatalf("host against the mock: token status %d, status %d, body %q; want an instance id", host.TokenStatus, host.Status, host.Body)
 	}
-	d.waitEvent("deny for the pod", func(e event) bool { return e.PID == pod.PID && e.Action == "deny" })
-	d.waitEvent("allow for the host", func(e event) bool { return e.PID == host.PID && e.Action == "allow" })
+	d.WaitEvent("deny for the pod", func(e event) bool { return e.PID == pod.PID && e.Action == "deny" })
+	d.WaitEvent("allow for the host", func(e event) bool { return e.PID == host.PID && e.Action == "allow" })
 }

@@ -62,7 +62,7 @@ func TestCurlWithoutTokenFailsAtOnce(t *testing.T) {
 	if n := srv.ReceivedBytes(); n != 0 {
 		t.Fatalf("IMDS server received %d bytes of a refused request: %+v", n, srv.Conns())
 	}
-	ev := d.waitEvent("request deny", func(e event) bool { return e.Kind == "request" && e.Comm == "curl" })
+	ev := d.WaitEvent("request deny", func(e event) bool { return e.Kind == "request" && e.Comm == "curl" })
 	if ev.Action != "deny" || ev.Reason != "imdsv1_no_token" || ev.Method != "GET" || ev.Path != credPath ||
 		!ev.CredentialAccess || ev.HasToken == nil || *ev.HasToken || !ev.HostNetns || ev.Cgroup != l.CgroupRel {
 		t.Fatalf("event %+v, want deny imdsv1_no_token GET %s credential_access has_token=false", ev, credPath)
@@ -84,18 +84,16 @@ func TestCurlWithTokenGets200(t *testing.T) {
 	if code != 0 || !strings.HasSuffix(body, "\n200") || !strings.Contains(body, imdsserver.AccessKeyID) {
 		t.Fatalf("GET with token: exit %d stderr %q body %q, want 200 with credentials", code, stderr, body)
 	}
-	put := d.waitEvent("token PUT", func(e event) bool { return e.Kind == "request" && e.Method == "PUT" })
+	put := d.WaitEvent("token PUT", func(e event) bool { return e.Kind == "request" && e.Method == "PUT" })
 	if put.Action != "allow" || put.Path != "/latest/api/token" || put.CredentialAccess {
 		t.Errorf("token PUT event %+v", put)
 	}
-	get := d.waitEvent("credential GET", func(e event) bool { return e.Kind == "request" && e.Method == "GET" })
+	get := d.WaitEvent("credential GET", func(e event) bool { return e.Kind == "request" && e.Method == "GET" })
 	if get.Action != "allow" || get.Reason != "" || !get.CredentialAccess || get.HasToken == nil || !*get.HasToken {
 		t.Errorf("credential GET event %+v, want allow, credential_access, has_token", get)
 	}
 	// The token's value is never logged.
-	d.mu.Lock()
-	raw := strings.Join(d.raw, "\n")
-	d.mu.Unlock()
+	raw := strings.Join(d.Lines(), "\n")
 	if strings.Contains(raw, token) {
 		t.Fatalf("events contain the session token:\n%s", raw)
 	}
@@ -122,7 +120,7 @@ func TestAWSSDKGoV2FetchesCredentials(t *testing.T) {
 	if r.Error != "" || r.Role != imdsserver.DefaultRole || r.AccessKeyID != imdsserver.AccessKeyID {
 		t.Fatalf("aws-sdk-go-v2 under enforce: %+v", r)
 	}
-	for _, ev := range d.allEvents() {
+	for _, ev := range d.Events() {
 		if ev.Action != "allow" {
 			t.Errorf("event %+v: the SDK's requests must all pass", ev)
 		}
@@ -163,7 +161,7 @@ print(json.dumps({"access_key": c.access_key if c else None, "method": c.method 
 	if r.AccessKey != imdsserver.AccessKeyID || r.Method != "iam-role" {
 		t.Fatalf("botocore under enforce got %+v, want the role's key via iam-role", r)
 	}
-	for _, ev := range d.allEvents() {
+	for _, ev := range d.Events() {
 		if ev.Action != "allow" {
 			t.Errorf("event %+v: botocore's requests must all pass", ev)
 		}
@@ -252,7 +250,7 @@ func TestRawClientIsJudgedPerRequest(t *testing.T) {
 		t.Fatalf("server received:\n%q\nwant exactly the allowed requests:\n%q", got, wantBytes)
 	}
 	var verdicts []string
-	for _, ev := range d.allEvents() {
+	for _, ev := range d.Events() {
 		if ev.Kind == "request" && ev.PID == r.PID {
 			verdicts = append(verdicts, ev.Action+" "+ev.Path)
 		}
@@ -316,8 +314,8 @@ func TestConnectionsOpenedBeforeStartAreJudged(t *testing.T) {
 		"-write", enc(get(credPath, "tok")))
 
 	d := startDaemon(t, l)
-	if !strings.Contains(waitLogLine(t, d, `"msg":"enforcing"`, time.Second), `"adopted_connections":2`) {
-		t.Errorf("start log does not report 2 adopted connections:\n%s", d.stderrText())
+	if !strings.Contains(d.WaitLog(`"msg":"enforcing"`, time.Second), `"adopted_connections":2`) {
+		t.Errorf("start log does not report 2 adopted connections:\n%s", d.Stderr())
 	}
 	hostGo()
 	podGo()
@@ -336,11 +334,11 @@ func TestConnectionsOpenedBeforeStartAreJudged(t *testing.T) {
 	if want := get("/latest/meta-data/instance-id", "tok"); string(got) != want {
 		t.Fatalf("server received %q, want only %q", got, want)
 	}
-	ev := d.waitEvent("pod request", func(e event) bool { return e.Kind == "request" && e.PID == pod.PID })
+	ev := d.WaitEvent("pod request", func(e event) bool { return e.Kind == "request" && e.PID == pod.PID })
 	if ev.Action != "deny" || ev.Reason != "non_host_netns" || ev.HostNetns {
 		t.Errorf("pod request event %+v, want deny non_host_netns", ev)
 	}
-	ev = d.waitEvent("host request", func(e event) bool { return e.Kind == "request" && e.PID == host.PID && e.Action != "allow" })
+	ev = d.WaitEvent("host request", func(e event) bool { return e.Kind == "request" && e.PID == host.PID && e.Action != "allow" })
 	if ev.Action != "deny" || ev.Reason != "imdsv1_no_token" {
 		t.Errorf("host request event %+v, want deny imdsv1_no_token", ev)
 	}
@@ -355,7 +353,7 @@ func TestAuditModePassesRequestsAndReports(t *testing.T) {
 	if code != 0 || !strings.Contains(body, imdsserver.AccessKeyID) {
 		t.Fatalf("audit mode, token-less curl: exit %d stderr %q body %q", code, stderr, body)
 	}
-	ev := d.waitEvent("audited request", func(e event) bool { return e.Kind == "request" && e.Comm == "curl" })
+	ev := d.WaitEvent("audited request", func(e event) bool { return e.Kind == "request" && e.Comm == "curl" })
 	if ev.Action != "audit" || ev.Reason != "imdsv1_no_token" || !ev.CredentialAccess {
 		t.Fatalf("event %+v, want audit imdsv1_no_token credential_access", ev)
 	}
@@ -364,7 +362,7 @@ func TestAuditModePassesRequestsAndReports(t *testing.T) {
 	if r.Status == 0 {
 		t.Fatalf("audit mode, forwarded request: %+v", r)
 	}
-	d.waitEvent("audited forwarded request", func(e event) bool {
+	d.WaitEvent("audited forwarded request", func(e event) bool {
 		return e.Kind == "request" && e.PID == r.PID && e.Action == "audit" && e.Reason == "forwarded_request"
 	})
 	if got := len(srv.Requests()); got != 2 {
