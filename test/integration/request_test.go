@@ -369,3 +369,32 @@ func TestAuditModePassesRequestsAndReports(t *testing.T) {
 		t.Errorf("server answered %d requests, want both", got)
 	}
 }
+
+// requireToken: false turns the token rule off; requests are still judged
+// for the other rules and reported.
+func TestPolicyWithoutTokenRule(t *testing.T) {
+	l := lab.New(t)
+	srv := startIMDS(t, l, imdsserver.Options{})
+	pol := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(pol, []byte("requireToken: false\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, l, "--policy", pol)
+
+	body, stderr, code, _ := runInLab(t, l, lab.Node, nil, "curl", "-sS", "-m", "10", "http://"+imdsAddr+credPath)
+	if code != 0 || !strings.Contains(body, imdsserver.AccessKeyID) {
+		t.Fatalf("token-less curl with requireToken: false: exit %d stderr %q", code, stderr)
+	}
+	ev := d.WaitEvent("allowed token-less request", func(e event) bool { return e.Kind == "request" && e.Comm == "curl" })
+	if ev.Action != "allow" || ev.HasToken == nil || *ev.HasToken || !ev.CredentialAccess {
+		t.Fatalf("event %+v, want allow, has_token false, credential_access", ev)
+	}
+	// the forwarded-request rule still applies
+	r := runClient(t, l, lab.Node, "", "-mode", "http", "-addr", imdsAddr, "-header", "X-Forwarded-For: 203.0.113.9")
+	if r.Status != 0 || !strings.Contains(r.Error, "EACCES") {
+		t.Fatalf("forwarded request: %+v, want EACCES", r)
+	}
+	if got := len(srv.Requests()); got != 1 {
+		t.Errorf("server answered %d requests, want 1", got)
+	}
+}
