@@ -160,6 +160,7 @@ struct parser {
 	__u32 cl_digits;
 	__u32 cl_seen;
 	__u32 cl_first; /* the first Content-Length, to refuse conflicting ones */
+	__u32 token_headers; /* token headers seen: more than one is ambiguous */
 	__u32 flags; /* enum req_flag */
 	__u32 te;
 
@@ -290,6 +291,7 @@ static __always_inline void start_request(struct parser *p)
 	p->cl_digits = 0;
 	p->cl_seen = 0;
 	p->cl_first = 0;
+	p->token_headers = 0;
 	p->flags = 0;
 	p->te = 0;
 	p->nlen = 0;
@@ -480,6 +482,8 @@ static __always_inline long finish_request(struct parser *p, const struct config
 			reason = p->force_reason;
 		else if (p->te)
 			reason = REASON_PARSE_ERROR; /* chunked bodies cannot be followed */
+		else if (p->token_headers > 1)
+			reason = REASON_PARSE_ERROR; /* which one the server reads is unknown */
 		else if ((flags & REQ_FORWARDED) && (cfg->flags & CONFIG_REFUSE_FORWARDED))
 			reason = REASON_FORWARDED_REQUEST;
 		else if (is_token_put(p))
@@ -751,6 +755,8 @@ static long parse_step(__u32 i, void *ctx)
 				if ((p->name_alive & (1 << h)) && p->name_len == header_len(h))
 					p->header = h;
 			}
+			if (p->header == H_TOKEN)
+				p->token_headers++;
 			if (p->header == H_XFF)
 				p->flags |= REQ_FORWARDED;
 			if (p->header == H_TE)

@@ -69,43 +69,44 @@ type ImdsguardJudge struct {
 	_   structs.HostLayout
 	Buf [16384]uint8
 	P   struct {
-		_           structs.HostLayout
-		Pos         uint32
-		Len         uint32
-		State       uint32
-		Stop        uint32
-		ReqStart    uint32
-		Skip        uint32
-		Nreqs       uint32
-		Boundary    uint32
-		Unsynced    uint32
-		ForceReason uint32
-		MethodLen   uint32
-		SchemePos   uint32
-		VersionPos  uint32
-		RawPathLen  uint32
-		PctVal      uint32
-		NameLen     uint32
-		NameAlive   uint32
-		Header      uint32
-		ValueLen    uint32
-		ValueWs     uint32
-		Cl          uint32
-		ClDigits    uint32
-		ClSeen      uint32
-		ClFirst     uint32
-		Flags       uint32
-		Te          uint32
-		Nlen        uint32
-		SegStart    uint32
-		SegLen      uint32
-		SegC0       uint32
-		SegC1       uint32
-		Nseg        uint32
-		Segs        [32]uint32
-		Norm        [256]int8
-		Method      [8]int8
-		Reqs        [8]struct {
+		_            structs.HostLayout
+		Pos          uint32
+		Len          uint32
+		State        uint32
+		Stop         uint32
+		ReqStart     uint32
+		Skip         uint32
+		Nreqs        uint32
+		Boundary     uint32
+		Unsynced     uint32
+		ForceReason  uint32
+		MethodLen    uint32
+		SchemePos    uint32
+		VersionPos   uint32
+		RawPathLen   uint32
+		PctVal       uint32
+		NameLen      uint32
+		NameAlive    uint32
+		Header       uint32
+		ValueLen     uint32
+		ValueWs      uint32
+		Cl           uint32
+		ClDigits     uint32
+		ClSeen       uint32
+		ClFirst      uint32
+		TokenHeaders uint32
+		Flags        uint32
+		Te           uint32
+		Nlen         uint32
+		SegStart     uint32
+		SegLen       uint32
+		SegC0        uint32
+		SegC1        uint32
+		Nseg         uint32
+		Segs         [32]uint32
+		Norm         [256]int8
+		Method       [8]int8
+		Reqs         [8]struct {
 			_             structs.HostLayout
 			Start         uint32
 			End           uint32
