@@ -144,6 +144,7 @@ struct parser {
 	__u32 boundary; /* offset of the first byte not covered by a final verdict */
 	__u32 unsynced; /* SOCK_UNSYNCED: no leading blanks before the first request */
 	__u32 force_reason; /* refuse every parsed request for this reason (e.g. non-host netns) */
+	__u32 cfg_flags;    /* config flags in force for this writer (a rule may lift some) */
 
 	/* current request */
 	__u32 method_len;
@@ -484,11 +485,11 @@ static __always_inline long finish_request(struct parser *p, const struct config
 			reason = REASON_PARSE_ERROR; /* chunked bodies cannot be followed */
 		else if (p->token_headers > 1)
 			reason = REASON_PARSE_ERROR; /* which one the server reads is unknown */
-		else if ((flags & REQ_FORWARDED) && (cfg->flags & CONFIG_REFUSE_FORWARDED))
+		else if ((flags & REQ_FORWARDED) && (p->cfg_flags & CONFIG_REFUSE_FORWARDED))
 			reason = REASON_FORWARDED_REQUEST;
 		else if (is_token_put(p))
 			flags |= REQ_TOKEN_PUT;
-		else if (!(flags & REQ_HAS_TOKEN) && (cfg->flags & CONFIG_REQUIRE_TOKEN))
+		else if (!(flags & REQ_HAS_TOKEN) && (p->cfg_flags & CONFIG_REQUIRE_TOKEN))
 			reason = REASON_IMDSV1_NO_TOKEN;
 	}
 	if (p->nlen > 0 && credential_path(p, cfg))
@@ -825,11 +826,13 @@ static long parse_step(__u32 i, void *ctx)
  * *st only when its verdict is final.
  */
 static __always_inline void judge_message(struct judge *j, __u32 len, const struct config *cfg,
-					  struct sock_state *st, struct judgement *jm, __u8 force_reason)
+					  struct sock_state *st, struct judgement *jm, __u8 force_reason,
+					  __u32 clear_flags)
 {
 	struct parser *p = &j->p;
 	__u32 rerun_from = st->rerun_from;
 
+	p->cfg_flags = cfg->flags & ~clear_flags;
 	p->unsynced = st->flags & SOCK_UNSYNCED;
 	p->force_reason = force_reason;
 	p->pos = 0;

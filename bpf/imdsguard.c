@@ -26,7 +26,7 @@ struct {
 } sock_states SEC(".maps");
 
 static __always_inline void emit_connect(struct bpf_sock_addr *ctx, const struct endpoint_key *key,
-					 __u64 cookie, __u8 action, __u8 reason, __u8 flags)
+					 __u64 cookie, __u8 action, __u8 reason, __u8 flags, __u16 rule)
 {
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -52,31 +52,41 @@ static __always_inline void emit_connect(struct bpf_sock_addr *ctx, const struct
 	e->action = action;
 	e->reason = reason;
 	e->flags = flags;
+	e->gen = key->gen;
+	e->rule = rule;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_ringbuf_submit(e, ringbuf_wakeup());
 }
 
 /* Returns 1 to let connect() proceed, 0 to fail it with EPERM. */
-static __always_inline int judge_connect(struct bpf_sock_addr *ctx, const struct endpoint_key *key)
+static __always_inline int judge_connect(struct bpf_sock_addr *ctx, struct endpoint_key *key)
 {
+	__u32 gen = current_gen();
+	key->gen = gen;
 	if (!bpf_map_lookup_elem(&endpoints, key))
 		return 1;
 
-	struct config *cfg = get_config();
+	struct config *cfg = get_config_gen(gen);
 	if (!cfg)
 		return 0; /* unreachable once loaded; fail closed for IMDS */
 
+	__u16 idx = 0;
+	const struct rule *rule = match_rule(gen, &idx);
+	__u32 rflags = rule ? rule->flags : 0;
 	__u64 cookie = bpf_get_netns_cookie(ctx);
 	__u8 flags = 0;
 	__u8 reason = REASON_NONE;
-	if (cookie == cfg->host_netns_cookie)
+	int host = cookie == cfg->host_netns_cookie;
+	if (host)
 		flags |= EVENT_HOST_NETNS;
-	else if (cfg->flags & CONFIG_BLOCK_NON_HOST_NETNS)
+	if (rflags & RULE_DENY)
+		reason = REASON_POLICY_RULE;
+	else if (!host && (cfg->flags & CONFIG_BLOCK_NON_HOST_NETNS) && !(rflags & RULE_ALLOW_NON_HOST_NETNS))
 		reason = REASON_NON_HOST_NETNS;
 
 	__u8 action = verdict(cfg, reason);
 	count(COUNTER_SLOT(KIND_CONNECT, action, reason));
-	emit_connect(ctx, key, cookie, action, reason, flags);
+	emit_connect(ctx, key, cookie, action, reason, flags, rule ? idx + 1 : 0);
 	if (action == ACTION_DENY)
 		return 0;
 
@@ -182,6 +192,7 @@ int imds_sockops(struct bpf_sock_ops *skops)
 		return 1;
 	}
 	key.port = ctx_port(skops->remote_port);
+	key.gen = current_gen();
 	if (!bpf_map_lookup_elem(&endpoints, &key))
 		return 1;
 
@@ -213,7 +224,7 @@ static __always_inline void msg_endpoint(struct sk_msg_md *msg, struct event *e)
 }
 
 static __always_inline void emit_request(struct sk_msg_md *msg, const struct config *cfg,
-					 const struct req_result *r)
+					 const struct req_result *r, __u32 gen, __u16 rule)
 {
 	count(COUNTER_SLOT(KIND_REQUEST, r->action, r->reason));
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -236,6 +247,8 @@ static __always_inline void emit_request(struct sk_msg_md *msg, const struct con
 	e->kind = KIND_REQUEST;
 	e->action = r->action;
 	e->reason = r->reason;
+	e->gen = gen;
+	e->rule = rule;
 	if (e->netns_cookie == cfg->host_netns_cookie)
 		e->flags |= EVENT_HOST_NETNS;
 	if (r->flags & REQ_HAS_TOKEN)
@@ -286,7 +299,8 @@ SEC("sk_msg")
 int imds_msg(struct sk_msg_md *msg)
 {
 	__u32 zero = 0;
-	struct config *cfg = get_config();
+	__u32 gen = current_gen();
+	struct config *cfg = get_config_gen(gen);
 	if (!cfg)
 		return SK_DROP;
 	int fail = cfg->mode == MODE_AUDIT ? SK_PASS : SK_DROP;
@@ -318,21 +332,31 @@ int imds_msg(struct sk_msg_md *msg)
 		return fail;
 	}
 
-	/* A socket of another network namespace gets here only if it was
-	 * adopted at start or connected in audit mode: refuse its requests. */
+	/* The writer's rule: deny refuses every request, allowV1 lifts the
+	 * token rule, allowNonHostNetns the netns one. A socket of another
+	 * network namespace gets here only if it was adopted at start or
+	 * connected in audit mode: its requests are refused. */
+	__u16 idx = 0;
+	const struct rule *rule = match_rule(gen, &idx);
+	__u32 rflags = rule ? rule->flags : 0;
+	__u16 rule_id = rule ? idx + 1 : 0;
 	__u8 force = 0;
-	if ((cfg->flags & CONFIG_BLOCK_NON_HOST_NETNS) && bpf_get_netns_cookie(msg) != cfg->host_netns_cookie)
+	if (rflags & RULE_DENY)
+		force = REASON_POLICY_RULE;
+	else if ((cfg->flags & CONFIG_BLOCK_NON_HOST_NETNS) && !(rflags & RULE_ALLOW_NON_HOST_NETNS) &&
+		 bpf_get_netns_cookie(msg) != cfg->host_netns_cookie)
 		force = REASON_NON_HOST_NETNS;
+	__u32 clear = (rflags & RULE_ALLOW_V1) ? CONFIG_REQUIRE_TOKEN : 0;
 
 	struct judgement jm = {.msg_size = size};
-	judge_message(j, len, cfg, st, &jm, force);
+	judge_message(j, len, cfg, st, &jm, force, clear);
 
 	for (__u32 k = 0; k < MAX_REQS; k++) {
 		if (k < jm.emit_from)
 			continue;
 		if (k >= jm.emit_to)
 			break;
-		emit_request(msg, cfg, &j->p.reqs[k]);
+		emit_request(msg, cfg, &j->p.reqs[k], gen, rule_id);
 	}
 	if (jm.cork)
 		bpf_msg_cork_bytes(msg, jm.cork);
@@ -391,6 +415,7 @@ int imds_adopt(struct bpf_iter__tcp *ctx)
 		return 0;
 	}
 	key.port = skc->skc_dport;
+	key.gen = current_gen();
 	if (!bpf_map_lookup_elem(&endpoints, &key))
 		return 0;
 

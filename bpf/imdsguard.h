@@ -86,7 +86,7 @@ enum counter_extra {
 struct endpoint_key {
 	__u8 addr[16];
 	__be16 port;
-	__u16 pad;
+	__u16 gen; /* policy generation (0 or 1), see policy_gen */
 };
 
 struct endpoint_value {
@@ -125,7 +125,9 @@ struct event {
 	__u8 flags;
 	__u16 path_len; /* length of the whole path, may exceed PATH_LEN */
 	__u8 method_len;
-	__u8 pad[5];
+	__u8 gen;   /* policy generation the verdict came from */
+	__u16 rule; /* index + 1 of the policy rule that matched, 0 for none */
+	__u8 pad[2];
 	char comm[TASK_COMM_LEN];
 	char method[METHOD_LEN];
 	char path[PATH_LEN];
@@ -141,12 +143,75 @@ struct {
 	__type(value, struct endpoint_value);
 } endpoints SEC(".maps");
 
+/*
+ * The policy lives in two generations. Userspace writes a new policy into
+ * the generation not in use, then flips policy_gen with one map update, so
+ * every program run reads one generation from start to end: no request is
+ * judged by a mix of old and new, and there is never no policy.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
+	__type(value, __u32);
+} policy_gen SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
 	__type(value, struct config);
 } config_map SEC(".maps");
+
+/* Rules, first match wins (policy.rules). */
+#define MAX_RULES 1024
+#define RULES_PER_CGROUP 16
+#define TASK_COMM_WORDS 2
+
+enum rule_flag {
+	RULE_DENY = 1 << 0,
+	RULE_ALLOW_V1 = 1 << 1,
+	RULE_ALLOW_NON_HOST_NETNS = 1 << 2,
+	RULE_MATCH_COMM = 1 << 3,
+	RULE_MATCH_UID = 1 << 4,
+};
+
+struct rule {
+	__u32 flags;
+	__u32 uid;
+	__u64 comm[TASK_COMM_WORDS]; /* NUL-padded, compared as two words */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct rule);
+} rules SEC(".maps");
+
+/*
+ * For each cgroup, the rules that can match a process in it, in policy
+ * order: userspace resolves the rules' cgroup globs to ids and leaves out
+ * rules a process of that cgroup can never match. Cgroup id 0 holds the
+ * list for every other cgroup (the rules without a cgroup condition).
+ */
+struct cgroup_key {
+	__u64 cgroup_id;
+	__u32 gen;
+	__u32 pad;
+};
+
+struct rule_list {
+	__u32 n;
+	__u16 idx[RULES_PER_CGROUP];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * 65536);
+	__type(key, struct cgroup_key);
+	__type(value, struct rule_list);
+} cgroup_rules SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -200,10 +265,55 @@ static __always_inline __u32 current_ppid(void)
 	return ppid;
 }
 
-static __always_inline struct config *get_config(void)
+static __always_inline __u32 current_gen(void)
 {
 	__u32 zero = 0;
-	return bpf_map_lookup_elem(&config_map, &zero);
+	__u32 *g = bpf_map_lookup_elem(&policy_gen, &zero);
+	return g ? (*g & 1) : 0;
+}
+
+static __always_inline struct config *get_config_gen(__u32 gen)
+{
+	return bpf_map_lookup_elem(&config_map, &gen);
+}
+
+static __always_inline struct config *get_config(void)
+{
+	return get_config_gen(current_gen());
+}
+
+/* The first rule matching the current task, or 0; *idx gets its index. */
+static __always_inline const struct rule *match_rule(__u32 gen, __u16 *idx)
+{
+	struct cgroup_key key = {.cgroup_id = bpf_get_current_cgroup_id(), .gen = gen};
+	struct rule_list *list = bpf_map_lookup_elem(&cgroup_rules, &key);
+	if (!list) {
+		key.cgroup_id = 0;
+		list = bpf_map_lookup_elem(&cgroup_rules, &key);
+		if (!list)
+			return 0;
+	}
+	__u32 n = list->n;
+	if (n == 0)
+		return 0;
+	__u32 uid = (__u32)bpf_get_current_uid_gid();
+	__u64 comm[TASK_COMM_WORDS] = {};
+	bpf_get_current_comm(comm, sizeof(comm));
+	for (__u32 i = 0; i < RULES_PER_CGROUP; i++) {
+		if (i >= n)
+			break;
+		__u32 k = gen * MAX_RULES + list->idx[i];
+		const struct rule *r = bpf_map_lookup_elem(&rules, &k);
+		if (!r)
+			continue;
+		if ((r->flags & RULE_MATCH_UID) && r->uid != uid)
+			continue;
+		if ((r->flags & RULE_MATCH_COMM) && (r->comm[0] != comm[0] || r->comm[1] != comm[1]))
+			continue;
+		*idx = list->idx[i];
+		return r;
+	}
+	return 0;
 }
 
 static __always_inline __u8 verdict(const struct config *cfg, __u8 reason)

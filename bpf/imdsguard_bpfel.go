@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type ImdsguardCgroupKey struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Gen      uint32
+	Pad      uint32
+}
+
 type ImdsguardConfig struct {
 	_               structs.HostLayout
 	HostNetnsCookie uint64
@@ -31,7 +38,7 @@ type ImdsguardEndpointKey struct {
 	_    structs.HostLayout
 	Addr [16]uint8
 	Port uint16
-	Pad  uint16
+	Gen  uint16
 }
 
 type ImdsguardEndpointValue struct {
@@ -58,7 +65,9 @@ type ImdsguardEvent struct {
 	Flags       uint8
 	PathLen     uint16
 	MethodLen   uint8
-	Pad         [5]uint8
+	Gen         uint8
+	Rule        uint16
+	Pad         [2]uint8
 	Comm        [16]int8
 	Method      [8]int8
 	Path        [128]int8
@@ -80,6 +89,7 @@ type ImdsguardJudge struct {
 		Boundary     uint32
 		Unsynced     uint32
 		ForceReason  uint32
+		CfgFlags     uint32
 		MethodLen    uint32
 		SchemePos    uint32
 		VersionPos   uint32
@@ -124,6 +134,19 @@ type ImdsguardJudge struct {
 	Busy uint32
 }
 
+type ImdsguardRule struct {
+	_     structs.HostLayout
+	Flags uint32
+	Uid   uint32
+	Comm  [2]uint64
+}
+
+type ImdsguardRuleList struct {
+	_   structs.HostLayout
+	N   uint32
+	Idx [16]uint16
+}
+
 type ImdsguardSockState struct {
 	_         structs.HostLayout
 	Skip      uint32
@@ -137,12 +160,15 @@ type ImdsguardSockState struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	ImdsguardMapCgroupRules   = "cgroup_rules"
 	ImdsguardMapConfigMap     = "config_map"
 	ImdsguardMapCounters      = "counters"
 	ImdsguardMapEndpoints     = "endpoints"
 	ImdsguardMapEvents        = "events"
 	ImdsguardMapImdsSocks     = "imds_socks"
 	ImdsguardMapJudges        = "judges"
+	ImdsguardMapPolicyGen     = "policy_gen"
+	ImdsguardMapRules         = "rules"
 	ImdsguardMapSockStates    = "sock_states"
 	ImdsguardProgImdsAdopt    = "imds_adopt"
 	ImdsguardProgImdsConnect4 = "imds_connect4"
@@ -207,13 +233,16 @@ type ImdsguardProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ImdsguardMapSpecs struct {
-	ConfigMap  *ebpf.MapSpec `ebpf:"config_map"`
-	Counters   *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	ImdsSocks  *ebpf.MapSpec `ebpf:"imds_socks"`
-	Judges     *ebpf.MapSpec `ebpf:"judges"`
-	SockStates *ebpf.MapSpec `ebpf:"sock_states"`
+	CgroupRules *ebpf.MapSpec `ebpf:"cgroup_rules"`
+	ConfigMap   *ebpf.MapSpec `ebpf:"config_map"`
+	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	ImdsSocks   *ebpf.MapSpec `ebpf:"imds_socks"`
+	Judges      *ebpf.MapSpec `ebpf:"judges"`
+	PolicyGen   *ebpf.MapSpec `ebpf:"policy_gen"`
+	Rules       *ebpf.MapSpec `ebpf:"rules"`
+	SockStates  *ebpf.MapSpec `ebpf:"sock_states"`
 }
 
 // ImdsguardVariableSpecs contains global variables before they are loaded into the kernel.
@@ -243,23 +272,29 @@ func (o *ImdsguardObjects) Close() error {
 //
 // It can be passed to LoadImdsguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ImdsguardMaps struct {
-	ConfigMap  *ebpf.Map `ebpf:"config_map"`
-	Counters   *ebpf.Map `ebpf:"counters"`
-	Endpoints  *ebpf.Map `ebpf:"endpoints"`
-	Events     *ebpf.Map `ebpf:"events"`
-	ImdsSocks  *ebpf.Map `ebpf:"imds_socks"`
-	Judges     *ebpf.Map `ebpf:"judges"`
-	SockStates *ebpf.Map `ebpf:"sock_states"`
+	CgroupRules *ebpf.Map `ebpf:"cgroup_rules"`
+	ConfigMap   *ebpf.Map `ebpf:"config_map"`
+	Counters    *ebpf.Map `ebpf:"counters"`
+	Endpoints   *ebpf.Map `ebpf:"endpoints"`
+	Events      *ebpf.Map `ebpf:"events"`
+	ImdsSocks   *ebpf.Map `ebpf:"imds_socks"`
+	Judges      *ebpf.Map `ebpf:"judges"`
+	PolicyGen   *ebpf.Map `ebpf:"policy_gen"`
+	Rules       *ebpf.Map `ebpf:"rules"`
+	SockStates  *ebpf.Map `ebpf:"sock_states"`
 }
 
 func (m *ImdsguardMaps) Close() error {
 	return _ImdsguardClose(
+		m.CgroupRules,
 		m.ConfigMap,
 		m.Counters,
 		m.Endpoints,
 		m.Events,
 		m.ImdsSocks,
 		m.Judges,
+		m.PolicyGen,
+		m.Rules,
 		m.SockStates,
 	)
 }

@@ -24,6 +24,7 @@ struct judge_run {
 	__u32 len;      /* bytes at data (at most JUDGE_BUF) */
 	__u32 msg_size; /* size of the whole message */
 	__u32 force_reason;
+	__u32 clear_flags; /* config flags a rule lifts (allowV1: CONFIG_REQUIRE_TOKEN) */
 	/* struct sock_state, flattened: the verifier refuses loads through a
 	 * context pointer the compiler has offset to reach a nested struct */
 	__u32 skip;
@@ -59,7 +60,7 @@ int judge_test(struct judge_run *run)
 
 	struct sock_state st = {.skip = run->skip, .rerun_from = run->rerun_from, .flags = run->flags};
 	struct judgement jm = {.msg_size = run->msg_size};
-	judge_message(j, len, cfg, &st, &jm, run->force_reason);
+	judge_message(j, len, cfg, &st, &jm, run->force_reason, run->clear_flags);
 
 	run->skip = st.skip;
 	run->rerun_from = st.rerun_from;

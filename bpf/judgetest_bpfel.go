@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type JudgeTestCgroupKey struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Gen      uint32
+	Pad      uint32
+}
+
 type JudgeTestConfig struct {
 	_               structs.HostLayout
 	HostNetnsCookie uint64
@@ -31,7 +38,7 @@ type JudgeTestEndpointKey struct {
 	_    structs.HostLayout
 	Addr [16]uint8
 	Port uint16
-	Pad  uint16
+	Gen  uint16
 }
 
 type JudgeTestEndpointValue struct {
@@ -54,6 +61,7 @@ type JudgeTestJudge struct {
 		Boundary     uint32
 		Unsynced     uint32
 		ForceReason  uint32
+		CfgFlags     uint32
 		MethodLen    uint32
 		SchemePos    uint32
 		VersionPos   uint32
@@ -91,6 +99,7 @@ type JudgeTestJudgeRun struct {
 	Len         uint32
 	MsgSize     uint32
 	ForceReason uint32
+	ClearFlags  uint32
 	Skip        uint32
 	RerunFrom   uint32
 	Flags       uint32
@@ -102,7 +111,6 @@ type JudgeTestJudgeRun struct {
 	Nreqs       uint32
 	Pad         uint32
 	Reqs        [8]JudgeTestReqResult
-	_           [4]byte
 }
 
 type JudgeTestReqResult struct {
@@ -120,14 +128,30 @@ type JudgeTestReqResult struct {
 	Path          [128]int8
 }
 
+type JudgeTestRule struct {
+	_     structs.HostLayout
+	Flags uint32
+	Uid   uint32
+	Comm  [2]uint64
+}
+
+type JudgeTestRuleList struct {
+	_   structs.HostLayout
+	N   uint32
+	Idx [16]uint16
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	JudgeTestMapCgroupRules    = "cgroup_rules"
 	JudgeTestMapConfigMap      = "config_map"
 	JudgeTestMapCounters       = "counters"
 	JudgeTestMapEndpoints      = "endpoints"
 	JudgeTestMapEvents         = "events"
+	JudgeTestMapPolicyGen      = "policy_gen"
+	JudgeTestMapRules          = "rules"
 	JudgeTestMapTestJudges     = "test_judges"
 	JudgeTestProgJudgeTest     = "judge_test"
 	JudgeTestVarUnusedEvent    = "unused_event"
@@ -183,11 +207,14 @@ type JudgeTestProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type JudgeTestMapSpecs struct {
-	ConfigMap  *ebpf.MapSpec `ebpf:"config_map"`
-	Counters   *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints  *ebpf.MapSpec `ebpf:"endpoints"`
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	TestJudges *ebpf.MapSpec `ebpf:"test_judges"`
+	CgroupRules *ebpf.MapSpec `ebpf:"cgroup_rules"`
+	ConfigMap   *ebpf.MapSpec `ebpf:"config_map"`
+	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	PolicyGen   *ebpf.MapSpec `ebpf:"policy_gen"`
+	Rules       *ebpf.MapSpec `ebpf:"rules"`
+	TestJudges  *ebpf.MapSpec `ebpf:"test_judges"`
 }
 
 // JudgeTestVariableSpecs contains global variables before they are loaded into the kernel.
@@ -218,19 +245,25 @@ func (o *JudgeTestObjects) Close() error {
 //
 // It can be passed to LoadJudgeTestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type JudgeTestMaps struct {
-	ConfigMap  *ebpf.Map `ebpf:"config_map"`
-	Counters   *ebpf.Map `ebpf:"counters"`
-	Endpoints  *ebpf.Map `ebpf:"endpoints"`
-	Events     *ebpf.Map `ebpf:"events"`
-	TestJudges *ebpf.Map `ebpf:"test_judges"`
+	CgroupRules *ebpf.Map `ebpf:"cgroup_rules"`
+	ConfigMap   *ebpf.Map `ebpf:"config_map"`
+	Counters    *ebpf.Map `ebpf:"counters"`
+	Endpoints   *ebpf.Map `ebpf:"endpoints"`
+	Events      *ebpf.Map `ebpf:"events"`
+	PolicyGen   *ebpf.Map `ebpf:"policy_gen"`
+	Rules       *ebpf.Map `ebpf:"rules"`
+	TestJudges  *ebpf.Map `ebpf:"test_judges"`
 }
 
 func (m *JudgeTestMaps) Close() error {
 	return _JudgeTestClose(
+		m.CgroupRules,
 		m.ConfigMap,
 		m.Counters,
 		m.Endpoints,
 		m.Events,
+		m.PolicyGen,
+		m.Rules,
 		m.TestJudges,
 	)
 }

@@ -18,6 +18,15 @@ func checkCommand(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// What the kernel cannot hold is an error too (cgroup-specific limits
+	// are checked against the live cgroup tree when the daemon loads it).
+	compiled, err := pol.Compile()
+	if err != nil {
+		return err
+	}
+	if _, err := compiled.DefaultCandidates(); err != nil {
+		return fmt.Errorf("%s: rules: %w", *path, err)
+	}
 	out, err := pol.YAML()
 	if err != nil {
 		return fmt.Errorf("rendering policy: %w", err)

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/imdsguard/imdsguard/internal/cgroupfs"
+	"github.com/imdsguard/imdsguard/internal/enforcer"
 	"github.com/imdsguard/imdsguard/internal/events"
 	"github.com/imdsguard/imdsguard/internal/loader"
 	"github.com/imdsguard/imdsguard/internal/policy"
@@ -56,14 +57,7 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	log := newLogger(stderr, level)
 	defer log.Sync() //nolint:errcheck // nothing to do if stderr is gone
 
-	pol, err := loadPolicy(f.policy)
-	if err != nil {
-		return err
-	}
-	if f.mode != "" {
-		pol.Mode = f.mode
-	}
-	compiled, err := pol.Compile()
+	pol, err := enforcer.LoadPolicy(f.policy, f.mode)
 	if err != nil {
 		return err
 	}
@@ -93,8 +87,17 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	if err := loader.CheckKernel(); err != nil {
 		return err
 	}
+	plan, err := enforcer.MakePlan(pol, cgroupMount)
+	if err != nil {
+		return err
+	}
 
-	guard, err := loader.Load(compiled, loader.Options{Cgroup: cgroupDir, HostNetnsCookie: hostCookie, RingBufBytes: uint32(f.ringbuf)}, log)
+	guard, err := loader.Load(plan.Compiled, loader.Options{
+		Cgroup:          cgroupDir,
+		HostNetnsCookie: hostCookie,
+		RingBufBytes:    uint32(f.ringbuf),
+		CgroupRules:     plan.Cgroups,
+	}, log)
 	if err != nil {
 		return err
 	}
@@ -118,7 +121,14 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	} else {
 		defer cgroups.Close()
 	}
-	reader, err := events.NewReader(guard.Events(), cgroups, events.NewJSONSink(stdout), log)
+	sink := events.NewJSONSink(stdout)
+	enf := enforcer.New(guard, plan, enforcer.Options{
+		PolicyPath:   f.policy,
+		ModeOverride: f.mode,
+		CgroupMount:  cgroupMount,
+		Rescan:       500 * time.Millisecond,
+	}, sink, log)
+	reader, err := events.NewReader(guard.Events(), cgroups, enf.RuleName, sink, log)
 	if err != nil {
 		return err
 	}
@@ -131,6 +141,14 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	enfDone := make(chan struct{})
+	go func() {
+		defer close(enfDone)
+		enf.Run(ctx, hup)
+	}()
 
 	log.Info("enforcing",
 		zap.String("mode", pol.Mode),
@@ -141,11 +159,14 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 		zap.Bool("require_token", *pol.RequireToken),
 		zap.Bool("refuse_forwarded", *pol.RefuseForwarded),
 		zap.Strings("credential_paths", pol.CredentialPaths),
+		zap.Int("rules", len(pol.Rules)),
+		zap.String("policy_hash", plan.Hash),
 		zap.Uint64("adopted_connections", adopted),
 		zap.Uint64("host_netns_cookie", hostCookie),
 		zap.String("version", version))
 
 	watchLostEvents(ctx, guard, log)
+	<-enfDone
 
 	// Detach first so no new events arrive, then drain what is buffered.
 	if err := guard.Detach(); err != nil {
@@ -158,6 +179,7 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	if c, err := guard.Counters(); err == nil {
 		fields = append(fields, zap.Object("totals", totals(c)), zap.Uint64("events_lost", c.EventsLost()))
 	}
+	fields = append(fields, zap.Any("policy_reloads", enf.Reloads()))
 	log.Info("detached; exiting", fields...)
 	return nil
 }

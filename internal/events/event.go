@@ -34,6 +34,34 @@ type Event struct {
 	CgroupID         uint64
 	NetnsCookie      uint64
 	HostNetns        bool
+	Rule             string
+	RuleIndex        uint16 // index + 1 in the policy generation Gen, 0 for none
+	Gen              uint8
+}
+
+// PolicyEvent reports a policy reload.
+type PolicyEvent struct {
+	Time    time.Time
+	Result  string // loaded, invalid, failed
+	Trigger string // SIGHUP, file change
+	Source  string
+	Hash    string
+	Rules   int
+	Error   string
+}
+
+// MarshalLogObject writes the event's fields in a fixed order.
+func (e *PolicyEvent) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddString("kind", "policy")
+	enc.AddString("result", e.Result)
+	enc.AddString("trigger", e.Trigger)
+	enc.AddString("source", e.Source)
+	enc.AddString("policy_hash", e.Hash)
+	enc.AddInt("rules", e.Rules)
+	if e.Error != "" {
+		enc.AddString("error", e.Error)
+	}
+	return nil
 }
 
 // MarshalLogObject writes the event's fields in a fixed order.
@@ -59,6 +87,7 @@ func (e *Event) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	// keep exactly in most SIEM parsers.
 	enc.AddString("netns_cookie", strconv.FormatUint(e.NetnsCookie, 10))
 	enc.AddBool("host_netns", e.HostNetns)
+	enc.AddString("rule", e.Rule)
 	return nil
 }
 
@@ -84,6 +113,8 @@ func Decode(raw *bpf.ImdsguardEvent, bootOffset time.Duration) Event {
 		CgroupID:         raw.CgroupId,
 		NetnsCookie:      raw.NetnsCookie,
 		HostNetns:        raw.Flags&bpf.EventHostNetns != 0,
+		RuleIndex:        raw.Rule,
+		Gen:              raw.Gen,
 	}
 }
 

@@ -26,18 +26,22 @@ type Sink interface {
 type Reader struct {
 	rb         *ringbuf.Reader
 	cgroups    *CgroupResolver
+	rules      RuleNamer
 	sink       Sink
 	bootOffset time.Duration
 	log        *zap.Logger
 }
 
-// NewReader reads events from the ring buffer map.
-func NewReader(events *ebpf.Map, cgroups *CgroupResolver, sink Sink, log *zap.Logger) (*Reader, error) {
+// RuleNamer names rule idx of policy generation gen.
+type RuleNamer func(gen uint8, idx uint16) string
+
+// NewReader reads events from the ring buffer map. rules may be nil.
+func NewReader(events *ebpf.Map, cgroups *CgroupResolver, rules RuleNamer, sink Sink, log *zap.Logger) (*Reader, error) {
 	rb, err := ringbuf.NewReader(events)
 	if err != nil {
 		return nil, fmt.Errorf("opening ring buffer: %w", err)
 	}
-	return &Reader{rb: rb, cgroups: cgroups, sink: sink, bootOffset: MonotonicOffset(), log: log}, nil
+	return &Reader{rb: rb, cgroups: cgroups, rules: rules, sink: sink, bootOffset: MonotonicOffset(), log: log}, nil
 }
 
 // pollInterval is how often Run reads the ring buffer. The programs submit
@@ -92,6 +96,9 @@ func (r *Reader) Close() error { return r.rb.Close() }
 func (r *Reader) enrich(ev *Event) {
 	if r.cgroups != nil {
 		ev.Cgroup = r.cgroups.Path(ev.CgroupID)
+	}
+	if ev.RuleIndex > 0 && r.rules != nil {
+		ev.Rule = r.rules(ev.Gen, ev.RuleIndex-1)
 	}
 	if ev.PPID == 0 && ev.PID != 0 {
 		ev.PPID = parentPID(ev.PID) // kernels that do not let the program read it

@@ -29,3 +29,8 @@ func NewJSONSink(w io.Writer) *JSONSink {
 func (s *JSONSink) Emit(ev *Event) {
 	_ = s.core.Write(zapcore.Entry{Time: ev.Time.UTC(), Level: zap.InfoLevel}, []zap.Field{zap.Inline(ev)})
 }
+
+// EmitPolicy writes a policy reload event.
+func (s *JSONSink) EmitPolicy(ev *PolicyEvent) {
+	_ = s.core.Write(zapcore.Entry{Time: ev.Time.UTC(), Level: zap.InfoLevel}, []zap.Field{zap.Inline(ev)})
+}

@@ -29,13 +29,18 @@ type Options struct {
 	// RingBufBytes overrides the event ring buffer size (a power of two,
 	// multiple of the page size); 0 keeps the default of 256 KiB.
 	RingBufBytes uint32
+	// CgroupRules are the rule lists of the policy's cgroups (see
+	// CgroupRules).
+	CgroupRules CgroupRules
 }
 
 // Guard is a loaded and attached set of programs.
 type Guard struct {
-	objs  bpf.ImdsguardObjects
-	links []namedLink
-	log   *zap.Logger
+	objs       bpf.ImdsguardObjects
+	links      []namedLink
+	log        *zap.Logger
+	hostCookie uint64
+	gen        uint32 // generation in force
 }
 
 type namedLink struct {
@@ -86,11 +91,12 @@ func Load(pol *policy.Compiled, opts Options, log *zap.Logger) (g *Guard, err er
 		}
 	}()
 
-	if err := g.writeConfig(pol, opts.HostNetnsCookie); err != nil {
+	g.hostCookie = opts.HostNetnsCookie
+	if err := g.writePolicy(0, pol, opts.CgroupRules); err != nil {
 		return nil, err
 	}
-	if err := g.writeEndpoints(pol); err != nil {
-		return nil, err
+	if err := g.objs.PolicyGen.Update(uint32(0), uint32(0), ebpf.UpdateAny); err != nil {
+		return nil, fmt.Errorf("writing policy generation: %w", err)
 	}
 
 	// sk_msg first, so every socket sockops adds is judged from its first
@@ -124,25 +130,6 @@ func Load(pol *policy.Compiled, opts Options, log *zap.Logger) (g *Guard, err er
 		log.Debug("attached", zap.String("hook", h.name), zap.String("cgroup", opts.Cgroup))
 	}
 	return g, nil
-}
-
-func (g *Guard) writeConfig(pol *policy.Compiled, hostCookie uint64) error {
-	cfg := pol.Config
-	cfg.HostNetnsCookie = hostCookie
-	if err := g.objs.ConfigMap.Update(uint32(0), &cfg, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("writing config map: %w", err)
-	}
-	return nil
-}
-
-func (g *Guard) writeEndpoints(pol *policy.Compiled) error {
-	for i, k := range pol.Endpoints {
-		v := bpf.ImdsguardEndpointValue{Id: uint32(i)}
-		if err := g.objs.Endpoints.Update(&k, &v, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("writing endpoints map: %w", err)
-		}
-	}
-	return nil
 }
 
 // Hooks names the attached hooks.

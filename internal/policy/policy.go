@@ -7,14 +7,12 @@ package policy
 
 import (
 	_ "embed"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path"
+	"slices"
 	"strings"
-
-	"sigs.k8s.io/yaml"
 
 	"github.com/imdsguard/imdsguard/bpf"
 )
@@ -47,11 +45,12 @@ func DefaultEndpoints() []string { return []string{"169.254.169.254:80", "[fd00:
 //go:embed default.yaml
 var defaultYAML []byte
 
-// Policy is the effective policy. The YAML key names are a public contract.
+// Policy is the effective policy. The YAML key names are a public contract;
+// docs/policy.md describes every key.
 //
-// Keys for later features (rules, …) are not accepted until the daemon
-// enforces them: a policy that asks for protection the daemon cannot give
-// must fail to load rather than run with less.
+// Keys for later features are not accepted until the daemon enforces them:
+// a policy that asks for protection the daemon cannot give must fail to
+// load rather than run with less.
 type Policy struct {
 	APIVersion        string   `json:"apiVersion"`
 	Kind              string   `json:"kind"`
@@ -61,6 +60,29 @@ type Policy struct {
 	RefuseForwarded   *bool    `json:"refuseForwarded,omitempty"`
 	Endpoints         []string `json:"endpoints"`
 	CredentialPaths   []string `json:"credentialPaths"`
+	// Rules are exceptions to the settings above, for the processes they
+	// match; the first matching rule wins. Never nil after Parse.
+	Rules []Rule `json:"rules"`
+}
+
+// Rule is one exception: the processes Match selects are denied all IMDS
+// access (Deny), or may make token-less requests (AllowV1) and/or connect
+// from another network namespace (AllowNonHostNetns). A rule replaces the
+// defaults only in what it grants.
+type Rule struct {
+	Name              string `json:"name"`
+	Match             Match  `json:"match"`
+	AllowV1           bool   `json:"allowV1,omitempty"`
+	AllowNonHostNetns bool   `json:"allowNonHostNetns,omitempty"`
+	Deny              bool   `json:"deny,omitempty"`
+}
+
+// Match selects processes. Its fields combine with AND; a zero Match
+// matches every process.
+type Match struct {
+	Cgroup string  `json:"cgroup,omitempty"` // glob on the cgroup v2 path (see MatchCgroup)
+	Comm   string  `json:"comm,omitempty"`   // the process name, exactly (at most 15 bytes)
+	UID    *uint32 `json:"uid,omitempty"`
 }
 
 // Default returns the embedded default policy.
@@ -84,21 +106,20 @@ func Load(path string) (*Policy, error) {
 	return Parse(data, path)
 }
 
-// Parse decodes a policy strictly, fills in defaults and validates it. All
-// validation problems are reported together, each naming the file and key.
+// Parse decodes a policy strictly, fills in defaults and validates it.
+// source names the file in messages. Every problem is reported at once:
+// the error joins one *ParseError per problem, each naming the file, line
+// and key ("policy.yaml:7: rules[1].match.cgroup: …").
 func Parse(data []byte, source string) (*Policy, error) {
+	d := newDecoder(source)
 	var p Policy
-	if len(strings.TrimSpace(string(data))) > 0 {
-		if err := yaml.UnmarshalStrict(data, &p); err != nil {
-			return nil, fmt.Errorf("%s: %w", source, err)
-		}
+	if root := d.document(data); root != nil {
+		d.policy(root, &p)
 	}
 	p.fillDefaults()
-	if errs := p.validate(); len(errs) > 0 {
-		for i, e := range errs {
-			errs[i] = fmt.Errorf("%s: %w", source, e)
-		}
-		return nil, errors.Join(errs...)
+	d.validate(&p)
+	if err := d.err(); err != nil {
+		return nil, err
 	}
 	return &p, nil
 }
@@ -125,43 +146,9 @@ func (p *Policy) fillDefaults() {
 	if p.Endpoints == nil {
 		p.Endpoints = DefaultEndpoints()
 	}
-}
-
-func (p *Policy) validate() []error {
-	var errs []error
-	if p.APIVersion != APIVersion {
-		errs = append(errs, fmt.Errorf("apiVersion: %q is not supported (want %q)", p.APIVersion, APIVersion))
+	if p.Rules == nil {
+		p.Rules = []Rule{}
 	}
-	if p.Kind != Kind {
-		errs = append(errs, fmt.Errorf("kind: %q is not supported (want %q)", p.Kind, Kind))
-	}
-	if err := ValidateMode(p.Mode); err != nil {
-		errs = append(errs, fmt.Errorf("mode: %w", err))
-	}
-	if len(p.Endpoints) == 0 {
-		errs = append(errs, errors.New("endpoints: must list at least one endpoint"))
-	}
-	seen := map[netip.AddrPort]bool{}
-	for i, s := range p.Endpoints {
-		ap, err := ParseEndpoint(s)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("endpoints[%d]: %w", i, err))
-			continue
-		}
-		if seen[ap] {
-			errs = append(errs, fmt.Errorf("endpoints[%d]: %q is listed twice", i, s))
-		}
-		seen[ap] = true
-	}
-	if len(p.CredentialPaths) > maxCredentialPaths {
-		errs = append(errs, fmt.Errorf("credentialPaths: at most %d paths", maxCredentialPaths))
-	}
-	for i, cp := range p.CredentialPaths {
-		if _, err := CredentialPrefix(cp); err != nil {
-			errs = append(errs, fmt.Errorf("credentialPaths[%d]: %w", i, err))
-		}
-	}
-	return errs
 }
 
 // maxCredentialPaths is how many prefixes the kernel's config holds.
@@ -228,6 +215,8 @@ func ParseEndpoint(s string) (netip.AddrPort, error) {
 type Compiled struct {
 	Config    bpf.ImdsguardConfig
 	Endpoints []bpf.ImdsguardEndpointKey
+	Rules     []bpf.ImdsguardRule
+	rules     []Rule
 }
 
 // Compile turns a validated policy into map entries.
@@ -261,6 +250,11 @@ func (p *Policy) Compile() (*Compiled, error) {
 		}
 	}
 	c.Config.PrefixCount = uint32(len(p.CredentialPaths))
+	rules, err := compileRules(p.Rules)
+	if err != nil {
+		return nil, err
+	}
+	c.Rules, c.rules = rules, slices.Clone(p.Rules)
 	for _, s := range p.Endpoints {
 		ap, err := ParseEndpoint(s)
 		if err != nil {
@@ -283,7 +277,8 @@ func EndpointKey(ap netip.AddrPort) bpf.ImdsguardEndpointKey {
 	return k
 }
 
-// YAML renders the effective policy.
+// YAML renders the effective policy, every key in schema order (see
+// render.go). Parse reads it back to the same policy.
 func (p *Policy) YAML() ([]byte, error) {
-	return yaml.Marshal(p)
+	return p.render()
 }

@@ -39,6 +39,10 @@ type Event struct {
 	CgroupID         uint64 `json:"cgroup_id"`
 	NetnsCookie      string `json:"netns_cookie"`
 	HostNetns        bool   `json:"host_netns"`
+	Rule             string `json:"rule"`
+	// policy events
+	Result string `json:"result"`
+	Error  string `json:"error"`
 }
 
 // Daemon is a running `imdsguard run` guarding the lab's cgroup, with the

@@ -92,7 +92,7 @@ func TestStartFailuresAreOneClearLine(t *testing.T) {
 		{"stray argument", append(base, "extra"), false, 2, `unexpected argument "extra"`},
 		{"not a cgroup", []string{"run", "--cgroup", t.TempDir()}, false, 1, "is not a cgroup v2 directory"},
 		{"no such netns", []string{"run", "--cgroup", l.Cgroup, "--host-netns", "/nonexistent/netns"}, false, 1, "host network namespace: opening /nonexistent/netns"},
-		{"bad policy", append(base, "--policy", badPolicy), false, 1, badPolicy + `: mode: "permissive" is not a mode`},
+		{"bad policy", append(base, "--policy", badPolicy), false, 1, badPolicy + `:1: mode: "permissive" is not a mode`},
 		{"missing policy", append(base, "--policy", badPolicy+".missing"), false, 1, "reading policy"},
 		{"not root", base, true, 1, "must run as root (missing CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN)"},
 	}

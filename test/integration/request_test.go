@@ -25,9 +25,20 @@ var imdsAddr = net.JoinHostPort(lab.IMDSv4, "80")
 // stdout, stderr, exit code and run time.
 func runInLab(t testing.TB, l *lab.Lab, ns lab.NS, env []string, name string, args ...string) (string, string, int, time.Duration) {
 	t.Helper()
+	return runInLabEnv(t, l, ns, l.Cgroup, env, name, args...)
+}
+
+// runInLabCgroup is runInLab in another cgroup of the lab.
+func runInLabCgroup(t testing.TB, l *lab.Lab, ns lab.NS, dir string, name string, args ...string) (string, string, int, time.Duration) {
+	t.Helper()
+	return runInLabEnv(t, l, ns, dir, nil, name, args...)
+}
+
+func runInLabEnv(t testing.TB, l *lab.Lab, ns lab.NS, dir string, env []string, name string, args ...string) (string, string, int, time.Duration) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := l.Command(ctx, ns, name, args...)
+	cmd := l.CommandInCgroup(ctx, ns, dir, name, args...)
 	if env != nil {
 		cmd.Env = env
 	}

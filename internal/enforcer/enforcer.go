@@ -1,0 +1,303 @@
+// Package enforcer keeps the policy in the kernel in step with the policy
+// file and the cgroup tree: it compiles a policy against the cgroups that
+// exist, puts it in force atomically, reloads it on SIGHUP or when the file
+// changes (also a Kubernetes ConfigMap's symlink swap), and gives cgroups
+// created later their rules within one rescan interval.
+package enforcer
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"go.uber.org/zap"
+
+	"github.com/imdsguard/imdsguard/internal/cgroupfs"
+	"github.com/imdsguard/imdsguard/internal/events"
+	"github.com/imdsguard/imdsguard/internal/loader"
+	"github.com/imdsguard/imdsguard/internal/policy"
+)
+
+// Plan is a policy compiled for the cgroups that exist now.
+type Plan struct {
+	Policy   *policy.Policy
+	Compiled *policy.Compiled
+	Cgroups  loader.CgroupRules // rule lists of cgroups that differ from the default, and the default under id 0
+	Hash     string
+	tree     map[uint64]string
+	defaults []uint16
+}
+
+// MakePlan compiles pol and resolves its cgroup globs against the cgroup
+// tree at mount.
+func MakePlan(pol *policy.Policy, mount string) (*Plan, error) {
+	compiled, err := pol.Compile()
+	if err != nil {
+		return nil, err
+	}
+	defaults, err := compiled.DefaultCandidates()
+	if err != nil {
+		return nil, fmt.Errorf("compiling rules: %w", err)
+	}
+	p := &Plan{Policy: pol, Compiled: compiled, Cgroups: loader.CgroupRules{0: defaults}, defaults: defaults, tree: map[uint64]string{}}
+	if compiled.HasCgroupRules() {
+		if p.tree, err = cgroupfs.Scan(mount); err != nil {
+			return nil, fmt.Errorf("reading the cgroup tree: %w", err)
+		}
+		for id, path := range p.tree {
+			cands, err := compiled.Candidates(path)
+			if err != nil {
+				return nil, fmt.Errorf("compiling rules: %w", err)
+			}
+			if compiled.NeedsEntry(cands, defaults) {
+				p.Cgroups[id] = cands
+			}
+		}
+	}
+	y, err := pol.YAML()
+	if err != nil {
+		return nil, fmt.Errorf("rendering policy: %w", err)
+	}
+	sum := sha256.Sum256(y)
+	p.Hash = hex.EncodeToString(sum[:6])
+	return p, nil
+}
+
+// Options configure an Enforcer.
+type Options struct {
+	PolicyPath   string        // "" for the embedded default (nothing to watch)
+	ModeOverride string        // --mode: applied to every policy loaded
+	CgroupMount  string        // the cgroup v2 mount, for cgroup paths
+	Rescan       time.Duration // how often new cgroups are looked for
+}
+
+// PolicySink receives reload results.
+type PolicySink interface {
+	EmitPolicy(*events.PolicyEvent)
+}
+
+// Enforcer owns the policy in force.
+type Enforcer struct {
+	guard *loader.Guard
+	opts  Options
+	log   *zap.Logger
+	sink  PolicySink
+
+	mu      sync.Mutex
+	plan    *Plan
+	names   [2][]string // rule names by generation, for events
+	reloads map[string]uint64
+}
+
+// New takes over a guard loaded with plan.
+func New(guard *loader.Guard, plan *Plan, opts Options, sink PolicySink, log *zap.Logger) *Enforcer {
+	e := &Enforcer{guard: guard, opts: opts, log: log, sink: sink, plan: plan, reloads: map[string]uint64{}}
+	e.names[guard.Generation()&1] = ruleNames(plan.Compiled)
+	return e
+}
+
+func ruleNames(c *policy.Compiled) []string {
+	names := make([]string, len(c.Rules))
+	for i := range names {
+		names[i] = c.RuleName(i)
+	}
+	return names
+}
+
+// RuleName names rule idx of policy generation gen, for events.
+func (e *Enforcer) RuleName(gen uint8, idx uint16) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	names := e.names[gen&1]
+	if int(idx) < len(names) {
+		return names[idx]
+	}
+	return ""
+}
+
+// Plan returns the plan in force.
+func (e *Enforcer) Plan() *Plan {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.plan
+}
+
+// Reloads counts reload attempts by result: "loaded", "unchanged",
+// "invalid" (the file did not validate), "failed" (the kernel refused it).
+func (e *Enforcer) Reloads() map[string]uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make(map[string]uint64, len(e.reloads))
+	for k, v := range e.reloads {
+		out[k] = v
+	}
+	return out
+}
+
+// LoadPolicy reads and validates a policy file, applying the mode override.
+func LoadPolicy(path, modeOverride string) (*policy.Policy, error) {
+	var pol *policy.Policy
+	var err error
+	if path == "" {
+		pol, err = policy.Default()
+	} else {
+		pol, err = policy.Load(path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if modeOverride != "" {
+		pol.Mode = modeOverride
+	}
+	return pol, nil
+}
+
+// Reload reads the policy file again and puts it in force. An invalid file,
+// or one the kernel refuses, leaves the policy in force untouched; either
+// way the result is logged, counted and reported as an event.
+func (e *Enforcer) Reload(trigger string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	pe := &events.PolicyEvent{Time: time.Now(), Source: e.opts.PolicyPath, Trigger: trigger}
+	result, err := e.reloadLocked(pe)
+	pe.Result = result
+	e.reloads[result]++
+	if err != nil {
+		pe.Error = err.Error()
+		e.log.Error("policy reload refused; the previous policy stays in force",
+			zap.String("trigger", trigger), zap.String("result", result), zap.Error(err),
+			zap.String("policy_hash", e.plan.Hash))
+	} else if result == "loaded" {
+		e.log.Info("policy reloaded", zap.String("trigger", trigger), zap.String("policy_hash", pe.Hash),
+			zap.Int("rules", pe.Rules), zap.Uint32("generation", e.guard.Generation()))
+	}
+	if result != "unchanged" && e.sink != nil {
+		e.sink.EmitPolicy(pe)
+	}
+	return err
+}
+
+func (e *Enforcer) reloadLocked(pe *events.PolicyEvent) (string, error) {
+	pol, err := LoadPolicy(e.opts.PolicyPath, e.opts.ModeOverride)
+	if err != nil {
+		return "invalid", err
+	}
+	plan, err := MakePlan(pol, e.opts.CgroupMount)
+	if err != nil {
+		return "invalid", err
+	}
+	pe.Hash, pe.Rules = plan.Hash, len(plan.Compiled.Rules)
+	if plan.Hash == e.plan.Hash {
+		return "unchanged", nil
+	}
+	if err := e.guard.Apply(plan.Compiled, plan.Cgroups); err != nil {
+		return "failed", err
+	}
+	e.names[e.guard.Generation()&1] = ruleNames(plan.Compiled)
+	e.plan = plan
+	return "loaded", nil
+}
+
+// Rescan gives cgroups created since the last scan their rules and forgets
+// removed ones.
+func (e *Enforcer) Rescan() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	p := e.plan
+	if !p.Compiled.HasCgroupRules() {
+		return nil
+	}
+	tree, err := cgroupfs.Scan(e.opts.CgroupMount)
+	if err != nil {
+		return fmt.Errorf("reading the cgroup tree: %w", err)
+	}
+	set := loader.CgroupRules{}
+	var remove []uint64
+	for id, path := range tree {
+		if _, known := p.tree[id]; known {
+			continue
+		}
+		cands, err := p.Compiled.Candidates(path)
+		if err != nil {
+			// Cannot represent its rules: refuse nothing silently — say so.
+			e.log.Error("cgroup gets only the default rules", zap.String("cgroup", path), zap.Error(err))
+			continue
+		}
+		if p.Compiled.NeedsEntry(cands, p.defaults) {
+			set[id] = cands
+		}
+	}
+	for id := range p.tree {
+		if _, still := tree[id]; !still {
+			if _, had := p.Cgroups[id]; had {
+				remove = append(remove, id)
+			}
+		}
+	}
+	if err := e.guard.SetCgroupRules(set, remove); err != nil {
+		return err
+	}
+	for id, c := range set {
+		p.Cgroups[id] = c
+	}
+	for _, id := range remove {
+		delete(p.Cgroups, id)
+	}
+	p.tree = tree
+	if len(set)+len(remove) > 0 {
+		e.log.Debug("cgroup rules updated", zap.Int("added", len(set)), zap.Int("removed", len(remove)))
+	}
+	return nil
+}
+
+// Run rescans the cgroup tree and reloads the policy on hup and on changes
+// to the policy file, until ctx ends.
+func (e *Enforcer) Run(ctx context.Context, hup <-chan os.Signal) {
+	rescan := time.NewTicker(e.opts.Rescan)
+	defer rescan.Stop()
+
+	var fileEvents <-chan fsnotify.Event
+	var fileErrors <-chan error
+	if e.opts.PolicyPath != "" {
+		w, err := fsnotify.NewWatcher()
+		if err != nil {
+			e.log.Warn("not watching the policy file; reload with SIGHUP", zap.Error(err))
+		} else {
+			defer w.Close()
+			// The directory, not the file: editors replace files and
+			// Kubernetes swaps a ConfigMap's "..data" symlink.
+			if err := w.Add(filepath.Dir(e.opts.PolicyPath)); err != nil {
+				e.log.Warn("not watching the policy file; reload with SIGHUP", zap.Error(err))
+			} else {
+				fileEvents, fileErrors = w.Events, w.Errors
+			}
+		}
+	}
+	// Changes come in bursts (write, chmod, rename): act once they settle.
+	var settle <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			e.Reload("SIGHUP")
+		case <-fileEvents:
+			settle = time.After(100 * time.Millisecond)
+		case err := <-fileErrors:
+			e.log.Warn("watching the policy file", zap.Error(err))
+		case <-settle:
+			settle = nil
+			e.Reload("file change")
+		case <-rescan.C:
+			if err := e.Rescan(); err != nil {
+				e.log.Warn("rescanning cgroups", zap.Error(err))
+			}
+		}
+	}
+}

@@ -1,0 +1,134 @@
+package policy
+
+import (
+	"encoding/binary"
+	"fmt"
+	"slices"
+
+	"github.com/imdsguard/imdsguard/bpf"
+)
+
+// Limits of the kernel's rule tables (imdsguard.h).
+const (
+	// MaxRules is how many rules a policy may hold (MAX_RULES).
+	MaxRules = 1000
+	// RulesPerCgroup is how many rules can apply to one cgroup
+	// (RULES_PER_CGROUP): the rules whose cgroup glob matches it, and those
+	// without a cgroup condition, up to the first that matches
+	// unconditionally.
+	RulesPerCgroup = 16
+)
+
+// Bits of rule.flags (enum rule_flag).
+const (
+	ruleDeny              = 1 << 0
+	ruleAllowV1           = 1 << 1
+	ruleAllowNonHostNetns = 1 << 2
+	ruleMatchComm         = 1 << 3
+	ruleMatchUID          = 1 << 4
+)
+
+// compileRules turns the rules into the kernel's rule table.
+func compileRules(rules []Rule) ([]bpf.ImdsguardRule, error) {
+	if len(rules) > MaxRules {
+		return nil, fmt.Errorf("compiling rules: at most %d rules", MaxRules)
+	}
+	out := make([]bpf.ImdsguardRule, len(rules))
+	for i, r := range rules {
+		k := &out[i]
+		if r.Deny {
+			k.Flags |= ruleDeny
+		}
+		if r.AllowV1 {
+			k.Flags |= ruleAllowV1
+		}
+		if r.AllowNonHostNetns {
+			k.Flags |= ruleAllowNonHostNetns
+		}
+		if r.Match.Comm != "" {
+			if len(r.Match.Comm) > 15 {
+				return nil, fmt.Errorf("compiling rule %q: comm longer than 15 bytes", r.Name)
+			}
+			k.Flags |= ruleMatchComm
+			var b [16]byte
+			copy(b[:], r.Match.Comm)
+			k.Comm[0] = binary.NativeEndian.Uint64(b[0:8])
+			k.Comm[1] = binary.NativeEndian.Uint64(b[8:16])
+		}
+		if r.Match.UID != nil {
+			k.Flags |= ruleMatchUID
+			k.Uid = *r.Match.UID
+		}
+	}
+	return out, nil
+}
+
+// Candidates returns, in policy order, the indices of the rules a process in
+// the cgroup at path (relative to the cgroup v2 mount, "/" for the root) can
+// match: those whose cgroup glob matches the path and those without a cgroup
+// condition, up to and including the first one that matches every process
+// of the cgroup (no comm or uid condition) — nothing after it can win.
+func (c *Compiled) Candidates(path string) ([]uint16, error) {
+	var out []uint16
+	for i, r := range c.rules {
+		if r.Match.Cgroup != "" && !MatchCgroup(r.Match.Cgroup, path) {
+			continue
+		}
+		out = append(out, uint16(i))
+		if r.Match.Comm == "" && r.Match.UID == nil {
+			break
+		}
+	}
+	if len(out) > RulesPerCgroup {
+		names := make([]string, len(out))
+		for i, idx := range out {
+			names[i] = c.rules[idx].Name
+		}
+		return nil, fmt.Errorf("cgroup %s: %d rules can apply to it (%v), at most %d", path, len(out), names, RulesPerCgroup)
+	}
+	return out, nil
+}
+
+// DefaultCandidates is the rule list of every cgroup that no rule's cgroup
+// glob matches: the rules without a cgroup condition.
+func (c *Compiled) DefaultCandidates() ([]uint16, error) {
+	var out []uint16
+	for i, r := range c.rules {
+		if r.Match.Cgroup != "" {
+			continue
+		}
+		out = append(out, uint16(i))
+		if r.Match.Comm == "" && r.Match.UID == nil {
+			break
+		}
+	}
+	if len(out) > RulesPerCgroup {
+		return nil, fmt.Errorf("%d rules without a cgroup condition apply to every cgroup, at most %d", len(out), RulesPerCgroup)
+	}
+	return out, nil
+}
+
+// NeedsEntry reports whether a cgroup's candidates differ from the default
+// list, i.e. whether the kernel needs an entry for it.
+func (c *Compiled) NeedsEntry(cands, defaults []uint16) bool {
+	return !slices.Equal(cands, defaults)
+}
+
+// RuleName returns the name of rule i ("" when out of range).
+func (c *Compiled) RuleName(i int) string {
+	if i < 0 || i >= len(c.rules) {
+		return ""
+	}
+	return c.rules[i].Name
+}
+
+// HasCgroupRules reports whether any rule has a cgroup condition (and the
+// cgroup tree must therefore be watched).
+func (c *Compiled) HasCgroupRules() bool {
+	for _, r := range c.rules {
+		if r.Match.Cgroup != "" {
+			return true
+		}
+	}
+	return false
+}

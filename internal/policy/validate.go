@@ -1,0 +1,231 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strings"
+)
+
+// Limits.
+const (
+	// maxEndpoints is half the kernel's endpoints map (64 entries): the
+	// two policy generations share it, and both are there during a reload.
+	maxEndpoints = 32
+	// maxRules is how many rules a policy may hold (the kernel's rules
+	// map holds 1024 per generation).
+	maxRules = 1000
+	// maxComm is the longest process name the kernel keeps
+	// (TASK_COMM_LEN less its NUL).
+	maxComm = 15
+)
+
+var ruleName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// validate checks the values the walk could not check on its own: lists
+// whose items depend on one another, and rules. Keys the walk refused are
+// not checked again; keys the file leaves out have their (valid) defaults.
+func (d *decoder) validate(p *Policy) {
+	d.validateEndpoints(p.Endpoints)
+	d.validateCredentialPaths(p.CredentialPaths)
+	d.validateRules(p.Rules)
+}
+
+func (d *decoder) validateEndpoints(eps []string) {
+	const key = "endpoints"
+	if d.failed[key] {
+		return
+	}
+	if len(eps) == 0 {
+		d.add(d.line(key), key, "must list at least one endpoint")
+	}
+	if len(eps) > maxEndpoints {
+		d.add(d.line(key), key, "at most %d endpoints (got %d)", maxEndpoints, len(eps))
+	}
+	first := map[netip.AddrPort]int{}
+	for i, s := range eps {
+		ip := indexPath(key, i)
+		if d.failed[ip] {
+			continue
+		}
+		ap, err := ParseEndpoint(s)
+		if err != nil {
+			d.add(d.line(ip), ip, "%v", err)
+			continue
+		}
+		if j, dup := first[ap]; dup {
+			d.add(d.line(ip), ip, "%q is listed twice: it is the same endpoint as %s%s", s, indexPath(key, j), d.at(indexPath(key, j)))
+			continue
+		}
+		first[ap] = i
+	}
+}
+
+func (d *decoder) validateCredentialPaths(cps []string) {
+	const key = "credentialPaths"
+	if d.failed[key] {
+		return
+	}
+	if len(cps) > maxCredentialPaths {
+		d.add(d.line(key), key, "at most %d paths (got %d)", maxCredentialPaths, len(cps))
+	}
+	first := map[string]int{}
+	for i, cp := range cps {
+		ip := indexPath(key, i)
+		if d.failed[ip] {
+			continue
+		}
+		prefix, err := CredentialPrefix(cp)
+		if err != nil {
+			d.add(d.line(ip), ip, "%v", err)
+			continue
+		}
+		if j, dup := first[prefix]; dup {
+			d.add(d.line(ip), ip, "%q is listed twice: it is the same path as %s%s; the version segment, case and a trailing \"/\" do not matter", cp, indexPath(key, j), d.at(indexPath(key, j)))
+			continue
+		}
+		first[prefix] = i
+	}
+}
+
+// at is " (line N)" for a key path the file has, else "".
+func (d *decoder) at(path string) string {
+	if l := d.line(path); l > 0 {
+		return fmt.Sprintf(" (line %d)", l)
+	}
+	return ""
+}
+
+func (d *decoder) validateRules(rules []Rule) {
+	if d.failed["rules"] {
+		return
+	}
+	if len(rules) > maxRules {
+		d.add(d.line("rules"), "rules", "at most %d rules (got %d)", maxRules, len(rules))
+	}
+	label := func(i int) string {
+		if ruleName.MatchString(rules[i].Name) {
+			return fmt.Sprintf("%q", rules[i].Name)
+		}
+		return indexPath("rules", i)
+	}
+	names := map[string]int{}             // name -> index of the rule that has it first
+	canShadow := make([]bool, len(rules)) // the rule is sound and can match
+	for i := range rules {
+		r := &rules[i]
+		rp := indexPath("rules", i)
+		np, mp := keyPath(rp, "name"), keyPath(rp, "match")
+		cp, commP := keyPath(mp, "cgroup"), keyPath(mp, "comm")
+		if d.failed[rp] {
+			continue // not a rule at all
+		}
+
+		switch {
+		case d.failed[np]:
+		case !d.has(np):
+			d.add(d.line(rp), np, "missing: every rule needs a name")
+		case !ruleName.MatchString(r.Name):
+			d.add(d.line(np), np, "%s is not a valid rule name: use 1 to 63 lower-case letters, digits and \"-\", starting and ending with a letter or digit", quote(r.Name))
+		default:
+			if j, dup := names[r.Name]; dup {
+				d.add(d.line(np), np, "duplicate rule name %q (first at line %d)", r.Name, d.line(keyPath(indexPath("rules", j), "name")))
+			} else {
+				names[r.Name] = i
+			}
+		}
+
+		sound := true         // the match is valid
+		neverMatches := false // the match can never hold
+		if d.has(cp) && !d.failed[cp] {
+			if err := ValidateCgroupGlob(r.Match.Cgroup); err != nil {
+				d.add(d.line(cp), cp, "%v", err)
+				sound = false
+			}
+		}
+		if d.has(commP) && !d.failed[commP] {
+			if msg, never := commProblem(r.Match.Comm); msg != "" {
+				d.add(d.line(commP), commP, "%s", msg)
+				sound, neverMatches = false, never
+			}
+		}
+		if d.failedUnder(rp) {
+			// The rule is not what the file meant; judging what it grants
+			// or whether it is shadowed would only add noise.
+			continue
+		}
+
+		grants := grantNames(r)
+		mline := d.line(mp)
+		if mline == 0 {
+			mline = d.line(rp)
+		}
+		switch {
+		case r.Deny && grants != "":
+			d.add(d.line(keyPath(rp, "deny")), keyPath(rp, "deny"), "deny cannot be combined with %s: a denied workload gets no IMDS access at all", grants)
+		case !r.Deny && grants == "":
+			d.add(d.line(rp), rp, "rule grants nothing: set deny, allowV1 or allowNonHostNetns")
+		case grants != "" && r.Match.Cgroup == "":
+			d.add(mline, mp, "a rule that grants %s must also match a cgroup: %s", grants, whyCgroup)
+		case grants != "" && matchesEveryCgroup(r.Match.Cgroup):
+			d.add(d.line(cp), cp, "%q matches every cgroup, but a rule that grants %s must match the cgroup of the workload it is for: %s", r.Match.Cgroup, grants, whyCgroup)
+		}
+
+		if !neverMatches {
+			for j := range i {
+				if canShadow[j] && covers(rules[j].Match, r.Match) {
+					d.add(d.line(rp), rp, "rule %s can never match: rule %s (line %d) matches everything it matches", label(i), label(j), d.line(indexPath("rules", j)))
+					break
+				}
+			}
+		}
+		canShadow[i] = sound
+	}
+}
+
+// whyCgroup says why a rule that grants something must match a cgroup.
+const whyCgroup = "comm and uid are chosen by the process itself (any program can name itself \"backup-agent\", and a uid covers everything run as it), " +
+	"while the cgroup is assigned by systemd or the kubelet, so only the cgroup pins the exception to one workload"
+
+// grantNames lists what a rule grants beyond the defaults: "allowV1",
+// "allowNonHostNetns", both joined with "and", or "".
+func grantNames(r *Rule) string {
+	var g []string
+	if r.AllowV1 {
+		g = append(g, "allowV1")
+	}
+	if r.AllowNonHostNetns {
+		g = append(g, "allowNonHostNetns")
+	}
+	return strings.Join(g, " and ")
+}
+
+// commProblem checks a comm value; never says the rule can never match.
+func commProblem(c string) (msg string, never bool) {
+	switch {
+	case c == "":
+		return "must not be empty", false
+	case strings.IndexByte(c, 0) >= 0:
+		return fmt.Sprintf("%s contains a NUL byte", quote(c)), false
+	case strings.Contains(c, "/"):
+		return fmt.Sprintf("%s contains \"/\": comm is the process name without its directory (e.g. \"curl\", not \"/usr/bin/curl\")", quote(c)), false
+	case len(c) > maxComm:
+		return fmt.Sprintf("%s is %d bytes, but the kernel keeps only the first %d bytes of a process name, so this rule can never match (write %q)", quote(c), len(c), maxComm, c[:maxComm]), true
+	}
+	return "", false
+}
+
+// covers reports whether every process match b matches is also matched by
+// a: a's conditions are a subset of b's (a cgroup of only "**" segments is
+// no condition). Globs are compared as text.
+func covers(a, b Match) bool {
+	if a.Cgroup != "" && !matchesEveryCgroup(a.Cgroup) && a.Cgroup != b.Cgroup {
+		return false
+	}
+	if a.Comm != "" && a.Comm != b.Comm {
+		return false
+	}
+	if a.UID != nil && (b.UID == nil || *a.UID != *b.UID) {
+		return false
+	}
+	return true
+}
