@@ -149,8 +149,12 @@ rules:
     match: {cgroup: "%s/late*"}
     deny: true
 `, l.CgroupRel))
-	startDaemon(t, l, "--policy", pol)
-	dir, _ := l.NewSubCgroup(t, "late1")
+	d := startDaemon(t, l, "--policy", pol, "--log-level", "debug")
+	dir := filepath.Join(l.Cgroup, "late1")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(dir) })
 	created := time.Now()
 	waitFor(t, 3*time.Second, "the late cgroup to be matched", func() bool {
 		r := runClient(t, l, lab.Node, dir, "-mode", "connect", "-addr", imdsAddr)
@@ -159,6 +163,11 @@ rules:
 	if took := time.Since(created); took > 1500*time.Millisecond {
 		t.Errorf("matched after %s, want within about a second", took)
 	}
+	// and forgotten once removed
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	d.WaitLog(`"removed":1`, 3*time.Second)
 }
 
 // 100 reloads, valid and invalid, while a client hammers IMDS with
