@@ -18,6 +18,7 @@ import (
 	"github.com/imdsguard/imdsguard/internal/enforcer"
 	"github.com/imdsguard/imdsguard/internal/events"
 	"github.com/imdsguard/imdsguard/internal/loader"
+	"github.com/imdsguard/imdsguard/internal/nflog"
 	"github.com/imdsguard/imdsguard/internal/policy"
 )
 
@@ -128,6 +129,21 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 		CgroupMount:  cgroupMount,
 		Rescan:       500 * time.Millisecond,
 	}, sink, log)
+	if err := enf.StartTable(f.hostNetns); err != nil {
+		return fmt.Errorf("nftables layer: %w", err)
+	}
+	defer func() {
+		if err := enf.StopTable(); err != nil {
+			log.Error("removing the nftables table", zap.Error(err))
+		}
+	}()
+	// What the table stops is reported too (in the host's namespace).
+	if tableLog, err := nflog.Open(enforcer.NftLogGroup, f.hostNetns); err != nil {
+		log.Warn("not reading the nftables log: packets the table stops are counted but not reported", zap.Error(err))
+	} else {
+		defer tableLog.Close()
+		go enforcer.ReadTableLog(tableLog, enf.Audit, sink, log)
+	}
 	reader, err := events.NewReader(guard.Events(), cgroups, enf.RuleName, sink, log)
 	if err != nil {
 		return err
@@ -179,7 +195,7 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	if c, err := guard.Counters(); err == nil {
 		fields = append(fields, zap.Object("totals", totals(c)), zap.Uint64("events_lost", c.EventsLost()))
 	}
-	fields = append(fields, zap.Any("policy_reloads", enf.Reloads()))
+	fields = append(fields, zap.Any("policy_reloads", enf.Reloads()), zap.Uint64("nftables_restores", enf.TableRestores()))
 	log.Info("detached; exiting", fields...)
 	return nil
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/imdsguard/imdsguard/internal/cgroupfs"
 	"github.com/imdsguard/imdsguard/internal/events"
 	"github.com/imdsguard/imdsguard/internal/loader"
+	"github.com/imdsguard/imdsguard/internal/nft"
 	"github.com/imdsguard/imdsguard/internal/policy"
 )
 
@@ -77,9 +78,10 @@ type Options struct {
 	Rescan       time.Duration // how often new cgroups are looked for
 }
 
-// PolicySink receives reload results.
+// PolicySink receives reload results and nftables table events.
 type PolicySink interface {
 	EmitPolicy(*events.PolicyEvent)
+	EmitTable(*events.TableEvent)
 }
 
 // Enforcer owns the policy in force.
@@ -93,11 +95,19 @@ type Enforcer struct {
 	plan    *Plan
 	names   [2][]string // rule names by generation, for events
 	reloads map[string]uint64
+
+	// the nftables layer (nftables.go); nil table when off or unsupported
+	table     *nft.Table
+	netnsFd   int
+	hostNetns [2]uint64
+	nftCfg    nft.Config
+	nftOn     bool
+	restores  uint64
 }
 
 // New takes over a guard loaded with plan.
 func New(guard *loader.Guard, plan *Plan, opts Options, sink PolicySink, log *zap.Logger) *Enforcer {
-	e := &Enforcer{guard: guard, opts: opts, log: log, sink: sink, plan: plan, reloads: map[string]uint64{}}
+	e := &Enforcer{guard: guard, opts: opts, log: log, sink: sink, plan: plan, reloads: map[string]uint64{}, netnsFd: -1}
 	e.names[guard.Generation()&1] = ruleNames(plan.Compiled)
 	return e
 }
@@ -201,6 +211,10 @@ func (e *Enforcer) reloadLocked(pe *events.PolicyEvent) (string, error) {
 	}
 	e.names[e.guard.Generation()&1] = ruleNames(plan.Compiled)
 	e.plan = plan
+	if err := e.syncTableLocked(); err != nil {
+		// The eBPF policy is in force; say loudly that the table is not.
+		e.log.Error("nftables layer not updated", zap.Error(err))
+	}
 	return "loaded", nil
 }
 
@@ -253,6 +267,9 @@ func (e *Enforcer) Rescan() error {
 	if len(set)+len(remove) > 0 {
 		e.log.Debug("cgroup rules updated", zap.Int("added", len(set)), zap.Int("removed", len(remove)))
 	}
+	if e.nftOn {
+		e.updateAllowedLocked()
+	}
 	return nil
 }
 
@@ -279,6 +296,10 @@ func (e *Enforcer) Run(ctx context.Context, hup <-chan os.Signal) {
 			}
 		}
 	}
+	// Someone may delete or flush the table (an admin, a tool that flushes
+	// the whole ruleset): put it back.
+	watchdog := time.NewTicker(2 * time.Second)
+	defer watchdog.Stop()
 	// Changes come in bursts (write, chmod, rename): act once they settle.
 	var settle <-chan time.Time
 	for {
@@ -298,6 +319,8 @@ func (e *Enforcer) Run(ctx context.Context, hup <-chan os.Signal) {
 			if err := e.Rescan(); err != nil {
 				e.log.Warn("rescanning cgroups", zap.Error(err))
 			}
+		case <-watchdog.C:
+			e.checkTable()
 		}
 	}
 }

@@ -148,3 +148,40 @@ func MonotonicOffset() time.Duration {
 	}
 	return time.Duration(time.Now().UnixNano() - ts.Nano())
 }
+
+// TableEvent reports something that happened to the nftables table.
+type TableEvent struct {
+	Time   time.Time
+	Result string // restored
+	Table  string
+}
+
+// MarshalLogObject writes the event's fields in a fixed order.
+func (e *TableEvent) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddString("kind", "nftables")
+	enc.AddString("result", e.Result)
+	enc.AddString("table", e.Table)
+	return nil
+}
+
+// PacketEvent is a packet the nftables layer stopped: routed to IMDS from
+// another network namespace without passing a host socket.
+type PacketEvent struct {
+	Time        time.Time
+	Action      bpf.Action
+	Endpoint    netip.AddrPort
+	Src         netip.AddrPort
+	InInterface string
+}
+
+// MarshalLogObject writes the event's fields in a fixed order.
+func (e *PacketEvent) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddString("kind", "packet")
+	enc.AddString("action", e.Action.String())
+	enc.AddString("reason", "routed_from_other_netns")
+	enc.AddString("endpoint", e.Endpoint.String())
+	enc.AddString("src", e.Src.String())
+	enc.AddString("in_interface", e.InInterface)
+	enc.AddBool("host_netns", false)
+	return nil
+}

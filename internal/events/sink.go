@@ -34,3 +34,13 @@ func (s *JSONSink) Emit(ev *Event) {
 func (s *JSONSink) EmitPolicy(ev *PolicyEvent) {
 	_ = s.core.Write(zapcore.Entry{Time: ev.Time.UTC(), Level: zap.InfoLevel}, []zap.Field{zap.Inline(ev)})
 }
+
+// EmitTable writes an nftables table event.
+func (s *JSONSink) EmitTable(ev *TableEvent) {
+	_ = s.core.Write(zapcore.Entry{Time: ev.Time.UTC(), Level: zap.InfoLevel}, []zap.Field{zap.Inline(ev)})
+}
+
+// EmitPacket writes a packet event.
+func (s *JSONSink) EmitPacket(ev *PacketEvent) {
+	_ = s.core.Write(zapcore.Entry{Time: ev.Time.UTC(), Level: zap.InfoLevel}, []zap.Field{zap.Inline(ev)})
+}

@@ -19,7 +19,7 @@ import (
 
 // The keys of each mapping, in schema order.
 var (
-	policyKeys = []string{"apiVersion", "kind", "mode", "requireToken", "blockNonHostNetns", "refuseForwarded", "endpoints", "credentialPaths", "rules"}
+	policyKeys = []string{"apiVersion", "kind", "mode", "requireToken", "blockNonHostNetns", "refuseForwarded", "nftables", "nftablesAction", "endpoints", "credentialPaths", "rules"}
 	ruleKeys   = []string{"name", "match", "allowV1", "allowNonHostNetns", "deny"}
 	matchKeys  = []string{"cgroup", "comm", "uid"}
 )
@@ -412,6 +412,15 @@ func (d *decoder) policy(root *yaml.Node, p *Policy) {
 			p.BlockNonHostNetns = d.boolPtr(v, path)
 		case "refuseForwarded":
 			p.RefuseForwarded = d.boolPtr(v, path)
+		case "nftables":
+			p.Nftables = d.boolPtr(v, path)
+		case "nftablesAction":
+			if s, ok := d.str(v, path); ok {
+				if s != NftablesDrop && s != NftablesReject {
+					d.add(v.Line, path, "%q is not an action (want %q or %q)", s, NftablesDrop, NftablesReject)
+				}
+				p.NftablesAction = s
+			}
 		case "endpoints":
 			p.Endpoints = d.strList(v, path)
 		case "credentialPaths":

@@ -102,7 +102,7 @@ func TestParseErrorsWithLines(t *testing.T) {
 		// Keys.
 		{"unknown key, suggestion", "mode: audit\nrequireTokens: true\n", []wantErr{{2, "requireTokens", `unknown key "requireTokens" (did you mean "requireToken"?)`}}},
 		{"unknown key, wrong case", "Mode: audit\n", []wantErr{{1, "Mode", `unknown key "Mode" (did you mean "mode"?)`}}},
-		{"unknown key, no suggestion", "mode: audit\nallowlist: []\n", []wantErr{{2, "allowlist", `unknown key "allowlist" (known keys: apiVersion, kind, mode, requireToken, blockNonHostNetns, refuseForwarded, endpoints, credentialPaths, rules)`}}},
+		{"unknown key, no suggestion", "mode: audit\nallowlist: []\n", []wantErr{{2, "allowlist", `unknown key "allowlist" (known keys: apiVersion, kind, mode, requireToken, blockNonHostNetns, refuseForwarded, nftables, nftablesAction, endpoints, credentialPaths, rules)`}}},
 		{"duplicate key", "mode: audit\nkind: Policy\nmode: enforce\n", []wantErr{{3, "mode", "duplicate key (first at line 1)"}}},
 		{"key not a string", "mode: audit\n1: x\n", []wantErr{{2, "", "keys must be plain strings, got the number 1"}}},
 		{"complex key", "? [a]\n: 1\n", []wantErr{{1, "", "keys must be plain strings, got a list"}}},
@@ -119,6 +119,8 @@ func TestParseErrorsWithLines(t *testing.T) {
 		// Types of the top-level keys.
 		{"mode not a string", "mode: 1\n", []wantErr{{1, "mode", `want a string, got the number 1 (quote it if you mean the string "1")`}}},
 		{"mode empty", "mode: ''\n", []wantErr{{1, "mode", `"" is not a mode`}}},
+		{"nftables action", "nftables: true\nnftablesAction: deny\n", []wantErr{{2, "nftablesAction", `"deny" is not an action (want "drop" or "reject")`}}},
+		{"nftables not a bool", "nftables: off\n", []wantErr{{1, "nftables", "want a boolean"}}},
 		{"bool as a number", "refuseForwarded: 1\n", []wantErr{{1, "refuseForwarded", "want a boolean (true or false), got the number 1"}}},
 		{"bool as a list", "refuseForwarded: [true]\n", []wantErr{{1, "refuseForwarded", "want a boolean (true or false), got a list"}}},
 		{"bool quoted", "blockNonHostNetns: \"false\"\n", []wantErr{{1, "blockNonHostNetns", `want a boolean (true or false), got the string "false"`}}},
@@ -299,6 +301,8 @@ mode: enforce
 requireToken: true
 blockNonHostNetns: true
 refuseForwarded: true
+nftables: true
+nftablesAction: drop
 endpoints:
   - 169.254.169.254:80
   - '[fd00:ec2::254]:80'

@@ -23,6 +23,12 @@ const (
 	Kind       = "Policy"
 )
 
+// What the nftables layer does with packets it stops.
+const (
+	NftablesDrop   = "drop"
+	NftablesReject = "reject" // a TCP reset
+)
+
 // Modes.
 const (
 	ModeEnforce = "enforce"
@@ -58,6 +64,8 @@ type Policy struct {
 	RequireToken      *bool    `json:"requireToken,omitempty"`
 	BlockNonHostNetns *bool    `json:"blockNonHostNetns,omitempty"`
 	RefuseForwarded   *bool    `json:"refuseForwarded,omitempty"`
+	Nftables          *bool    `json:"nftables,omitempty"`
+	NftablesAction    string   `json:"nftablesAction,omitempty"`
 	Endpoints         []string `json:"endpoints"`
 	CredentialPaths   []string `json:"credentialPaths"`
 	// Rules are exceptions to the settings above, for the processes they
@@ -134,7 +142,10 @@ func (p *Policy) fillDefaults() {
 	if p.Mode == "" {
 		p.Mode = ModeEnforce
 	}
-	for _, b := range []**bool{&p.RequireToken, &p.BlockNonHostNetns, &p.RefuseForwarded} {
+	if p.NftablesAction == "" {
+		p.NftablesAction = NftablesDrop
+	}
+	for _, b := range []**bool{&p.RequireToken, &p.BlockNonHostNetns, &p.RefuseForwarded, &p.Nftables} {
 		if *b == nil {
 			t := true
 			*b = &t

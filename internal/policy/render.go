@@ -8,7 +8,8 @@ import (
 )
 
 // render writes the policy as YAML with its keys in schema order: apiVersion,
-// kind, mode, requireToken, blockNonHostNetns, refuseForwarded, endpoints,
+// kind, mode, requireToken, blockNonHostNetns, refuseForwarded, nftables,
+// nftablesAction, endpoints,
 // credentialPaths, rules. Each rule is name, match (one flow mapping), then
 // what it grants. Keys with no value (nil pointers) are left out.
 func (p *Policy) render() ([]byte, error) {
@@ -26,10 +27,14 @@ func (p *Policy) render() ([]byte, error) {
 		{"requireToken", p.RequireToken},
 		{"blockNonHostNetns", p.BlockNonHostNetns},
 		{"refuseForwarded", p.RefuseForwarded},
+		{"nftables", p.Nftables},
 	} {
 		if b.v != nil {
 			add(root, b.key, boolNode(*b.v))
 		}
+	}
+	if p.NftablesAction != "" {
+		add(root, "nftablesAction", strNode(p.NftablesAction))
 	}
 	add(root, "endpoints", strListNode(p.Endpoints))
 	add(root, "credentialPaths", strListNode(p.CredentialPaths))

@@ -40,9 +40,11 @@ type Event struct {
 	NetnsCookie      string `json:"netns_cookie"`
 	HostNetns        bool   `json:"host_netns"`
 	Rule             string `json:"rule"`
-	// policy events
-	Result string `json:"result"`
-	Error  string `json:"error"`
+	// policy, nftables and packet events
+	Result      string `json:"result"`
+	Error       string `json:"error"`
+	Src         string `json:"src"`
+	InInterface string `json:"in_interface"`
 }
 
 // Daemon is a running `imdsguard run` guarding the lab's cgroup, with the

@@ -17,6 +17,7 @@ type binaries struct {
 	imdsguard string
 	labclient string
 	mock      string // amazon-ec2-metadata-mock
+	rawclient string
 }
 
 var bins binaries
@@ -41,6 +42,7 @@ func TestMain(m *testing.M) {
 			{&bins.imdsguard, "github.com/imdsguard/imdsguard/cmd/imdsguard"},
 			{&bins.labclient, "github.com/imdsguard/imdsguard/test/labclient"},
 			{&bins.mock, "github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock"},
+			{&bins.rawclient, "github.com/imdsguard/imdsguard/test/rawclient"},
 		} {
 			out := filepath.Join(dir, filepath.Base(b.pkg))
 			cmd := exec.Command(goTool(), "build", "-o", out, b.pkg)

@@ -16,10 +16,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Ping sends exactly one ICMP (v4 or v6) echo request from inside ns to addr
-// and waits up to timeout for the matching reply. It uses a raw socket
-// created in ns, so it needs no ping binary. A lost first packet (e.g. while
-// neighbour resolution is pending) makes it fail: it does not retry.
+// Ping sends an ICMP (v4 or v6) echo request from inside ns to addr, again
+// every 500 ms, and waits up to timeout for a matching reply. It uses a raw
+// socket created in ns, so it needs no ping binary.
 func (l *Lab) Ping(ns NS, addr string, timeout time.Duration) error {
 	ip, err := netip.ParseAddr(addr)
 	if err != nil {
@@ -61,22 +60,36 @@ func (l *Lab) Ping(ns NS, addr string, timeout time.Duration) error {
 		return fmt.Errorf("send echo to %s from %s: %w", addr, ns, err)
 	}
 
+	// Re-send every 500 ms until the timeout: on a busy machine the kernel's
+	// global ICMP rate limit can drop a reply, which says nothing about the
+	// lab's routes or neighbours.
 	deadline := time.Now().Add(timeout)
+	resend := time.Now().Add(500 * time.Millisecond)
 	buf := make([]byte, 1500)
 	for {
 		left := time.Until(deadline)
 		if left <= 0 {
 			return fmt.Errorf("no echo reply from %s in %s within %v", addr, ns, timeout)
 		}
-		tv := unix.NsecToTimeval(left.Nanoseconds())
+		if time.Now().After(resend) {
+			if err := unix.Sendto(fd, msg, 0, sa); err != nil {
+				return fmt.Errorf("send echo to %s from %s: %w", addr, ns, err)
+			}
+			resend = time.Now().Add(500 * time.Millisecond)
+		}
+		wait := min(left, time.Until(resend))
+		if wait <= 0 {
+			wait = time.Millisecond
+		}
+		tv := unix.NsecToTimeval(wait.Nanoseconds())
 		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 			return err
 		}
 		n, from, err := unix.Recvfrom(fd, buf, 0)
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+			continue
+		}
 		if err != nil {
-			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
-				continue
-			}
 			return fmt.Errorf("receive echo reply: %w", err)
 		}
 		pkt := buf[:n]

@@ -1,0 +1,311 @@
+package enforcer
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/imdsguard/imdsguard/bpf"
+	"github.com/imdsguard/imdsguard/internal/events"
+	"github.com/imdsguard/imdsguard/internal/nflog"
+	"github.com/imdsguard/imdsguard/internal/nft"
+	"github.com/imdsguard/imdsguard/internal/policy"
+)
+
+// NftLogGroup is the NFLOG group the table logs dropped packets to.
+const NftLogGroup = 0x1d5 // "imds"-ish, unlikely to clash with other users
+
+// nftConfig is the table a plan asks for.
+func nftConfig(p *Plan, allowed []netip.Addr) (nft.Config, error) {
+	cfg := nft.Config{
+		Reject:   p.Policy.NftablesAction == policy.NftablesReject,
+		Audit:    p.Policy.Mode == policy.ModeAudit,
+		LogGroup: NftLogGroup,
+		LogRate:  10,
+		Allowed:  allowed,
+	}
+	for _, s := range p.Policy.Endpoints {
+		ap, err := policy.ParseEndpoint(s)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Endpoints = append(cfg.Endpoints, ap)
+	}
+	return cfg, nil
+}
+
+// allowedSources are the addresses of the network namespaces of processes
+// in cgroups that a rule with allowNonHostNetns matches: the pods the
+// policy lets reach IMDS. nftables sees packets, not cgroups, so a pod is
+// named by its addresses. hostNetns identifies the host's namespace, which
+// is never a source (its packets are not forwarded).
+func allowedSources(p *Plan, mount string, hostNetns [2]uint64) []netip.Addr {
+	var globs []string
+	for _, r := range p.Policy.Rules {
+		if r.AllowNonHostNetns && !r.Deny && r.Match.Cgroup != "" {
+			globs = append(globs, r.Match.Cgroup)
+		}
+	}
+	if len(globs) == 0 {
+		return nil
+	}
+	seen := map[[2]uint64]bool{hostNetns: true}
+	var out []netip.Addr
+	for _, path := range p.tree {
+		if !slices.ContainsFunc(globs, func(g string) bool { return policy.MatchCgroup(g, path) }) {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(mount, path, "cgroup.procs"))
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(data)) {
+			pid, err := strconv.Atoi(f)
+			if err != nil {
+				continue
+			}
+			nsPath := fmt.Sprintf("/proc/%d/ns/net", pid)
+			var st unix.Stat_t
+			if unix.Stat(nsPath, &st) != nil {
+				continue
+			}
+			id := [2]uint64{st.Dev, st.Ino}
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
+			out = append(out, netnsAddrs(nsPath)...)
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Addr) int { return a.Compare(b) })
+	return slices.Compact(out)
+}
+
+// netnsAddrs lists the global unicast addresses of a network namespace.
+func netnsAddrs(nsPath string) []netip.Addr {
+	h, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return nil
+	}
+	defer h.Close()
+	nl, err := netlink.NewHandleAt(h)
+	if err != nil {
+		return nil
+	}
+	defer nl.Close()
+	addrs, err := nl.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		if ip.IsGlobalUnicast() || ip.IsPrivate() {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
+// netnsID identifies the network namespace at path (or the caller's).
+func netnsID(path string) ([2]uint64, error) {
+	if path == "" {
+		path = "/proc/self/ns/net"
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return [2]uint64{}, fmt.Errorf("stat %s: %w", path, err)
+	}
+	return [2]uint64{st.Dev, st.Ino}, nil
+}
+
+// StartTable sets up the nftables layer in the host's network namespace
+// (hostNetnsPath, or the daemon's own when ""). A kernel without nf_tables
+// gets one warning and the daemon runs with eBPF alone.
+func (e *Enforcer) StartTable(hostNetnsPath string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	id, err := netnsID(hostNetnsPath)
+	if err != nil {
+		return err
+	}
+	e.hostNetns = id
+	if hostNetnsPath != "" {
+		fd, err := unix.Open(hostNetnsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("opening %s: %w", hostNetnsPath, err)
+		}
+		e.netnsFd = fd
+	}
+	t := nft.New(e.netnsFd)
+	if err := t.Supported(); err != nil {
+		e.log.Warn("nftables unavailable: running with the eBPF layer only (packets routed from other namespaces are not covered)", zap.Error(err))
+		return nil
+	}
+	e.table = t
+	return e.syncTableLocked()
+}
+
+// syncTableLocked makes the table what the plan in force asks for.
+func (e *Enforcer) syncTableLocked() error {
+	if e.table == nil {
+		return nil
+	}
+	if !*e.plan.Policy.Nftables {
+		if e.nftOn {
+			e.nftOn = false
+			if err := e.table.Remove(); err != nil {
+				return err
+			}
+			e.log.Info("nftables layer off (policy nftables: false): table removed")
+		}
+		return nil
+	}
+	cfg, err := nftConfig(e.plan, allowedSources(e.plan, e.opts.CgroupMount, e.hostNetns))
+	if err != nil {
+		return err
+	}
+	if err := e.table.Apply(cfg); err != nil {
+		return err
+	}
+	e.nftCfg, e.nftOn = cfg, true
+	e.log.Debug("nftables table written", zap.Int("endpoints", len(cfg.Endpoints)), zap.Int("allowed_sources", len(cfg.Allowed)))
+	return nil
+}
+
+// updateAllowedLocked follows pods that come and go under allowNonHostNetns rules.
+func (e *Enforcer) updateAllowedLocked() {
+	now := allowedSources(e.plan, e.opts.CgroupMount, e.hostNetns)
+	var add, remove []netip.Addr
+	for _, a := range now {
+		if !slices.Contains(e.nftCfg.Allowed, a) {
+			add = append(add, a)
+		}
+	}
+	for _, a := range e.nftCfg.Allowed {
+		if !slices.Contains(now, a) {
+			remove = append(remove, a)
+		}
+	}
+	if len(add)+len(remove) == 0 {
+		return
+	}
+	if err := e.table.SetAllowed(add, remove); err != nil {
+		e.log.Warn("updating the nftables allowed sources", zap.Error(err))
+		return
+	}
+	e.nftCfg.Allowed = now
+}
+
+// checkTable restores the table if someone deleted or flushed it.
+func (e *Enforcer) checkTable() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.nftOn {
+		return
+	}
+	ok, err := e.table.Check(len(e.nftCfg.Endpoints) * nft.RulesPerEndpoint(e.nftCfg))
+	if err != nil {
+		e.log.Warn("checking the nftables table", zap.Error(err))
+		return
+	}
+	if ok {
+		return
+	}
+	if err := e.table.Apply(e.nftCfg); err != nil {
+		e.log.Error("restoring the nftables table", zap.Error(err))
+		return
+	}
+	e.restores++
+	e.log.Warn("nftables table inet " + nft.TableName + " was deleted or changed: restored")
+	if e.sink != nil {
+		e.sink.EmitTable(&events.TableEvent{Time: time.Now(), Result: "restored", Table: "inet " + nft.TableName})
+	}
+}
+
+// StopTable removes the table (daemon exit) and releases the namespace.
+func (e *Enforcer) StopTable() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var err error
+	if e.table != nil && e.nftOn {
+		err = e.table.Remove()
+		e.nftOn = false
+	}
+	if e.netnsFd >= 0 {
+		unix.Close(e.netnsFd)
+		e.netnsFd = -1
+	}
+	return err
+}
+
+// TableRestores counts restorations of a deleted or flushed table.
+func (e *Enforcer) TableRestores() uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.restores
+}
+
+// PacketSink receives packets the table stopped.
+type PacketSink interface {
+	EmitPacket(*events.PacketEvent)
+}
+
+// ReadTableLog turns the table's NFLOG messages into events until the
+// reader is closed. The table rate-limits what it logs; its counters stay
+// exact. A receive overrun is logged, never silent.
+func ReadTableLog(r *nflog.Reader, audit func() bool, sink PacketSink, log *zap.Logger) {
+	var lost uint64
+	for {
+		p, err := r.Read()
+		if errors.Is(err, nflog.ErrOverrun) {
+			lost++
+			log.Warn("nftables log messages lost (the table's counters stay exact)", zap.Uint64("overruns", lost))
+			continue
+		}
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				log.Warn("reading the nftables log", zap.Error(err))
+			}
+			return
+		}
+		if p.Prefix != nft.LogPrefix {
+			continue
+		}
+		action := bpf.ActionDeny
+		if audit() {
+			action = bpf.ActionAudit
+		}
+		sink.EmitPacket(&events.PacketEvent{
+			Time:        p.Time,
+			Action:      action,
+			Endpoint:    netip.AddrPortFrom(p.Dst, p.DstPort),
+			Src:         netip.AddrPortFrom(p.Src, p.SrcPort),
+			InInterface: p.InIfName,
+		})
+	}
+}
+
+// Audit reports whether the policy in force is in audit mode.
+func (e *Enforcer) Audit() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.plan.Policy.Mode == policy.ModeAudit
+}
