@@ -205,12 +205,22 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 func watchLostEvents(ctx context.Context, guard *loader.Guard, log *zap.Logger) {
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
-	var reported uint64
+	var reported, unguarded uint64
+	if c, err := guard.Counters(); err == nil {
+		unguarded = c.Unguarded() // adoption at start reported its own
+	}
 	check := func() {
 		c, err := guard.Counters()
 		if err != nil {
 			log.Warn("reading counters", zap.Error(err))
 			return
+		}
+		if n := c.Unguarded(); n > unguarded {
+			// The egress guard still holds back their payload: they fail
+			// closed, but say why.
+			log.Warn("new IMDS connections could not be put under the request judge (another program owns their sk_msg); their requests are held back",
+				zap.Uint64("connections", n-unguarded))
+			unguarded = n
 		}
 		if lost := c.EventsLost(); lost > reported {
 			log.Warn("event ring buffer full: events lost (verdict counters stay exact)",

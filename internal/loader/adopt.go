@@ -31,13 +31,19 @@ func (g *Guard) Adopt() (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	var errs []error
-	for _, ns := range networkNamespaces() {
-		if err := inNetns(ns, func() error { return runIter(it) }); err != nil {
-			// A namespace whose last process just exited is not an error.
-			if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ESRCH) {
-				errs = append(errs, fmt.Errorf("adopting connections in %s: %w", ns, err))
-			}
+	for i, ns := range networkNamespaces() {
+		err := inNetns(ns, func() error { return runIter(it) })
+		if err == nil {
+			continue
+		}
+		if i == 0 {
+			// the daemon's own namespace: this must work
+			return 0, fmt.Errorf("adopting connections in %s: %w", ns, err)
+		}
+		// Namespaces come and go while we walk them (a pod being torn
+		// down has no connections left to adopt): report, carry on.
+		if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ESRCH) {
+			g.log.Warn("adopting connections", zap.String("netns", ns), zap.Error(err))
 		}
 	}
 	after, err := g.Counters()
@@ -46,12 +52,13 @@ func (g *Guard) Adopt() (uint64, error) {
 	}
 	adopted := after.slots[bpf.CounterAdopted] - before.slots[bpf.CounterAdopted]
 	if unguarded := after.Unguarded() - before.Unguarded(); unguarded > 0 {
-		errs = append(errs, fmt.Errorf("%d connections to IMDS could not be put under the request judge", unguarded))
+		// Another sk_msg user (a second guard, a CNI's socket acceleration)
+		// already owns them; they were opened before the guard and stay
+		// outside it until they close.
+		g.log.Warn("connections to IMDS opened before start could not be put under the request judge",
+			zap.Uint64("connections", unguarded))
 	}
-	if len(errs) > 0 {
-		g.log.Warn("adopting existing connections", zap.Error(errors.Join(errs...)))
-	}
-	return adopted, errors.Join(errs...)
+	return adopted, nil
 }
 
 // runIter runs the iterator once over the calling thread's network namespace

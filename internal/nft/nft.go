@@ -182,6 +182,7 @@ func endpointRules(tbl *nftables.Table, chain *nftables.Chain, allowed *nftables
 			Table: tbl, Chain: chain,
 			Exprs: append(match(false),
 				&expr.Limit{Type: expr.LimitTypePkts, Rate: rate, Unit: expr.LimitTimeSecond, Burst: uint32(rate)},
+				&expr.Counter{}, // packets logged
 				&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: cfg.LogGroup, Data: []byte(LogPrefix)},
 			),
 		})

@@ -74,10 +74,10 @@ func TestRulesetAsNftListsIt(t *testing.T) {
 	chain forward {
 		type filter hook forward priority filter; policy accept;
 		ip daddr 169.254.169.254 tcp dport 80 ip saddr @allowed4 counter packets 0 bytes 0 accept
-		ip daddr 169.254.169.254 tcp dport 80 limit rate 10/second burst 10 packets log prefix "imdsguard" group 7000
+		ip daddr 169.254.169.254 tcp dport 80 limit rate 10/second burst 10 packets counter packets 0 bytes 0 log prefix "imdsguard" group 7000
 		ip daddr 169.254.169.254 tcp dport 80 counter packets 0 bytes 0 drop
 		ip6 daddr fd00:ec2::254 tcp dport 80 ip6 saddr @allowed6 counter packets 0 bytes 0 accept
-		ip6 daddr fd00:ec2::254 tcp dport 80 limit rate 10/second burst 10 packets log prefix "imdsguard" group 7000
+		ip6 daddr fd00:ec2::254 tcp dport 80 limit rate 10/second burst 10 packets counter packets 0 bytes 0 log prefix "imdsguard" group 7000
 		ip6 daddr fd00:ec2::254 tcp dport 80 counter packets 0 bytes 0 drop
 	}
 }

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -164,4 +165,24 @@ func TestTableFollowsThePolicy(t *testing.T) {
 		out, _, _, _ := runInLab(t, l, lab.Node, nil, "nft", "list", "table", "inet", "imdsguard")
 		return strings.Contains(out, "reject with tcp reset")
 	})
+}
+
+// A pod an allowNonHostNetns rule matches is let through by its addresses,
+// for as long as it runs.
+func TestTableFollowsAllowedPods(t *testing.T) {
+	l := lab.New(t)
+	startIMDS(t, l, imdsserver.Options{})
+	broker, _ := l.NewSubCgroup(t, "broker")
+	pol := writePolicy(t, t.TempDir(), "policy.yaml", fmt.Sprintf(
+		"rules:\n  - name: iam-broker\n    match: {cgroup: %q}\n    allowNonHostNetns: true\n", l.CgroupRel+"/broker"))
+	startDaemon(t, l, "--policy", pol)
+	set := func() string { return nftIn(t, l, lab.Node, "list", "set", "inet", "imdsguard", "allowed4") }
+	if strings.Contains(set(), lab.PodV4) {
+		t.Fatalf("pod address allowed before the broker runs:\n%s", set())
+	}
+	wait, release := startWaitingClientIn(t, l, lab.Pod, broker, "-mode", "connect", "-addr", imdsAddr)
+	waitFor(t, 3*time.Second, "the broker pod's address in allowed4", func() bool { return strings.Contains(set(), lab.PodV4) })
+	release()
+	wait()
+	waitFor(t, 3*time.Second, "the address to leave allowed4", func() bool { return !strings.Contains(set(), lab.PodV4) })
 }

@@ -283,10 +283,16 @@ func TestRawClientIsJudgedPerRequest(t *testing.T) {
 // for a file before it writes.
 func startWaitingClient(t testing.TB, l *lab.Lab, ns lab.NS, args ...string) (wait func() clientResult, release func()) {
 	t.Helper()
+	return startWaitingClientIn(t, l, ns, l.Cgroup, args...)
+}
+
+// startWaitingClientIn is startWaitingClient in another cgroup of the lab.
+func startWaitingClientIn(t testing.TB, l *lab.Lab, ns lab.NS, dir string, args ...string) (wait func() clientResult, release func()) {
+	t.Helper()
 	file := filepath.Join(t.TempDir(), "go")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
-	cmd := l.Command(ctx, ns, bins.labclient, append(args, "-wait-file", file)...)
+	cmd := l.CommandInCgroup(ctx, ns, dir, bins.labclient, append(args, "-wait-file", file)...)
 	var stdout safeBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stdout
 	if err := cmd.Start(); err != nil {
