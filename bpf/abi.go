@@ -117,5 +117,9 @@ const CounterUnguarded uint32 = CounterEventsLost + 1
 // CounterAdopted counts connections adopted at start.
 const CounterAdopted uint32 = CounterEventsLost + 2
 
+// CounterCredential is the first of three slots counting credential-path
+// requests by action.
+const CounterCredential uint32 = CounterEventsLost + 3
+
 // CounterSlots is the size of the counters map.
 const CounterSlots = 64

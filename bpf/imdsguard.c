@@ -227,6 +227,8 @@ static __always_inline void emit_request(struct sk_msg_md *msg, const struct con
 					 const struct req_result *r, __u32 gen, __u16 rule)
 {
 	count(COUNTER_SLOT(KIND_REQUEST, r->action, r->reason));
+	if (r->flags & REQ_CREDENTIAL)
+		count(COUNTER_CREDENTIAL + (r->action < ACTION_MAX ? r->action : 0));
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(COUNTER_EVENTS_LOST);

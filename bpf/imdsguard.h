@@ -76,6 +76,7 @@ enum counter_extra {
 	COUNTER_EVENTS_LOST = KIND_MAX * ACTION_MAX * REASON_MAX,
 	COUNTER_UNGUARDED, /* IMDS sockets sockops could not put under sk_msg */
 	COUNTER_ADOPTED,   /* IMDS sockets found established at start and put under sk_msg */
+	COUNTER_CREDENTIAL, /* credential-path requests, one slot per action (+ACTION_*) */
 	COUNTER_MAX = 64,
 };
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/imdsguard/imdsguard/internal/enforcer"
 	"github.com/imdsguard/imdsguard/internal/events"
 	"github.com/imdsguard/imdsguard/internal/loader"
+	"github.com/imdsguard/imdsguard/internal/metrics"
 	"github.com/imdsguard/imdsguard/internal/nflog"
 	"github.com/imdsguard/imdsguard/internal/policy"
 )
@@ -29,7 +31,25 @@ type runFlags struct {
 	hostNetns string
 	logLevel  string
 	ringbuf   uint
+	metrics   string
 }
+
+// daemonState is what /metrics and /readyz read.
+type daemonState struct {
+	guard *loader.Guard
+	enf   *enforcer.Enforcer
+	ready atomic.Bool
+}
+
+func (d *daemonState) Counters() (loader.Counters, error) { return d.guard.Counters() }
+func (d *daemonState) Hooks() []string {
+	if !d.ready.Load() {
+		return nil
+	}
+	return d.guard.Hooks()
+}
+func (d *daemonState) Reloads() map[string]uint64 { return d.enf.Reloads() }
+func (d *daemonState) Ready() bool                { return d.ready.Load() }
 
 func runCommand(args []string, stdout, stderr io.Writer) error {
 	var f runFlags
@@ -40,6 +60,7 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&f.hostNetns, "host-netns", "", "network namespace that counts as the host (default: imdsguard's own)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.UintVar(&f.ringbuf, "ringbuf-bytes", 256<<10, "size of the kernel's event ring buffer: a power of two, at least the page size")
+	fs.StringVar(&f.metrics, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9464); off when empty")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
@@ -157,6 +178,12 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	state := &daemonState{guard: guard, enf: enf}
+	if f.metrics != "" {
+		if err := metrics.Serve(ctx, f.metrics, state, log); err != nil {
+			return err
+		}
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -181,7 +208,9 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 		zap.Uint64("host_netns_cookie", hostCookie),
 		zap.String("version", version))
 
+	state.ready.Store(true)
 	watchLostEvents(ctx, guard, log)
+	state.ready.Store(false)
 	<-enfDone
 
 	// Detach first so no new events arrive, then drain what is buffered.

@@ -44,6 +44,11 @@ func (c Counters) Unguarded() uint64 { return c.slots[bpf.CounterUnguarded] }
 // Adopted is how many connections opened before the guard were adopted.
 func (c Counters) Adopted() uint64 { return c.slots[bpf.CounterAdopted] }
 
+// CredentialAccess is how many credential-path requests got action a.
+func (c Counters) CredentialAccess(a bpf.Action) uint64 {
+	return c.slots[bpf.CounterCredential+uint32(a)]
+}
+
 // Verdict is one non-zero counter.
 type Verdict struct {
 	Kind   bpf.Kind

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"syscall"
 )
 
 func goTool() string { return filepath.Join(runtime.GOROOT(), "bin", "go") }
@@ -26,3 +27,5 @@ func (s *safeBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+const syscallSIGHUP = syscall.SIGHUP
