@@ -49,9 +49,11 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
@@ -80,6 +82,7 @@ type config struct {
 	keepaliveWait time.Duration
 	waitFile      string
 	repeat        int
+	comm          string
 
 	family int
 	sa     unix.Sockaddr
@@ -111,6 +114,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&cfg.pause, "pause", 20*time.Millisecond, "raw: pause between writes")
 	fs.DurationVar(&cfg.keepaliveWait, "keepalive-wait", 0, "after connect, wait this long before sending (maximum wait with -wait-file)")
 	fs.StringVar(&cfg.waitFile, "wait-file", "", "after connect, wait until this file exists before sending")
+	fs.StringVar(&cfg.comm, "comm", "", "set the process name (prctl PR_SET_NAME) first, Go escapes allowed: what the daemon reports as comm")
 	fs.IntVar(&cfg.repeat, "repeat", 1, "connect: make this many connections one after another; connect_errnos counts the outcomes")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -157,6 +161,13 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	}
 	if cfg.host == "" {
 		cfg.host = cfg.addr
+	}
+	if cfg.comm != "" {
+		c, err := unescape(cfg.comm)
+		if err != nil {
+			return nil, fmt.Errorf("-comm %q: %v", cfg.comm, err)
+		}
+		cfg.comm = c
 	}
 	var err error
 	cfg.family, cfg.sa, cfg.mapped, err = sockaddr(cfg.addr)
@@ -291,6 +302,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 func execute(cfg *config, stdout io.Writer) *result {
 	res := &result{PID: os.Getpid(), Mode: cfg.mode, Addr: cfg.addr, Writes: []writeResult{}}
+	if cfg.comm != "" {
+		// comm is per thread: name this one and keep running on it, as the
+		// socket calls below do (the whole client is one goroutine).
+		runtime.LockOSThread()
+		if err := unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(unsafe.StringData(cfg.comm+"\x00"))), 0, 0, 0); err != nil {
+			res.addError("prctl: %v", err)
+		}
+	}
 	if cfg.mode == "http" && cfg.fetchToken {
 		fetchToken(cfg, res)
 	}

@@ -1,0 +1,52 @@
+package integration
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/imdsguard/imdsguard/test/imdsserver"
+	"github.com/imdsguard/imdsguard/test/lab"
+)
+
+// comm and path come from the workload: quotes, newlines, control bytes and
+// invalid UTF-8 in them are escaped, so no event can forge another.
+func TestWorkloadChosenFieldsCannotForgeEvents(t *testing.T) {
+	l := lab.New(t)
+	startIMDS(t, l, imdsserver.Options{})
+	d := startDaemon(t, l)
+
+	// 15 bytes, the most a comm holds: a quote, a newline, a control byte,
+	// invalid UTF-8 and the start of a forged object
+	comm := "a\"\n\x01\xff{\"action\":"
+	path := `/latest/meta-data/"},{"action":"allow"}\`
+	r := runClient(t, l, lab.Node, "", "-mode", "http", "-addr", imdsAddr, "-path", path,
+		"-comm", `a\"\n\x01\xff{\"action\":`)
+	if !strings.Contains(r.Error, "EACCES") {
+		t.Fatalf("client: %+v", r)
+	}
+	d.WaitEvent("the request", func(e event) bool { return e.Kind == "request" && e.PID == r.PID })
+
+	var mine []map[string]any
+	for _, line := range d.Lines() {
+		var ev map[string]any
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("a line is not one JSON object: %v: %q", err, line)
+		}
+		if pid, _ := ev["pid"].(float64); int(pid) == r.PID {
+			mine = append(mine, ev)
+		}
+	}
+	if len(mine) != 2 { // the connect and the request, nothing forged
+		t.Fatalf("%d events for the client, want 2: %v", len(mine), mine)
+	}
+	wantComm := strings.ToValidUTF8(comm[:15], "\ufffd")
+	for _, ev := range mine {
+		if ev["comm"] != wantComm {
+			t.Errorf("comm %q, want %q", ev["comm"], wantComm)
+		}
+		if ev["kind"] == "request" && (ev["path"] != path || ev["action"] != "deny") {
+			t.Errorf("request event path %q action %v, want %q deny", ev["path"], ev["action"], path)
+		}
+	}
+}
