@@ -53,8 +53,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unsafe"
 	"unicode/utf8"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
