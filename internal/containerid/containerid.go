@@ -80,9 +80,11 @@
 // segment that is neither leaves both PodUID and QoS empty; the container id
 // is still reported.
 //
-// Paths that are not clean absolute paths ("" , relative, "//", "." or ".."
-// segments, a trailing "/") or that contain control characters (newlines
-// included) are rejected whole: Parse returns the zero Info.
+// Paths that are not clean absolute paths ("", relative, "//", "." or ".."
+// segments, a trailing "/"), that are longer than 4096 bytes or that contain
+// control characters (newlines included) are rejected whole: Parse returns the
+// zero Info. So is the " (deleted)" suffix readlink(2) appends for a cgroup
+// that has been removed: strip it first if that is what you have.
 //
 // # Trust
 //

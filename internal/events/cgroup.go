@@ -74,6 +74,8 @@ func (r *CgroupResolver) lookup(id uint64) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("reading cgroup %d path: %w", id, err)
 	}
+	// a cgroup removed while open reads back with this suffix
+	abs = strings.TrimSuffix(abs, " (deleted)")
 	rel, ok := strings.CutPrefix(abs, r.mount)
 	if !ok {
 		return "", fmt.Errorf("cgroup %d path %q is outside %s", id, abs, r.mount)

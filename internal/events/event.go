@@ -32,6 +32,10 @@ type Event struct {
 	GID              uint32
 	Cgroup           string
 	CgroupID         uint64
+	ContainerID      string // from the cgroup path, "" when it names none
+	Runtime          string
+	PodUID           string
+	Hostname         string
 	NetnsCookie      uint64
 	HostNetns        bool
 	Rule             string
@@ -83,6 +87,10 @@ func (e *Event) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddUint32("gid", e.GID)
 	enc.AddString("cgroup", e.Cgroup)
 	enc.AddUint64("cgroup_id", e.CgroupID)
+	enc.AddString("container_id", e.ContainerID)
+	enc.AddString("runtime", e.Runtime)
+	enc.AddString("pod_uid", e.PodUID)
+	enc.AddString("hostname", e.Hostname)
 	// A decimal string: cookies use all 64 bits, beyond what JSON numbers
 	// keep exactly in most SIEM parsers.
 	enc.AddString("netns_cookie", strconv.FormatUint(e.NetnsCookie, 10))

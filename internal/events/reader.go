@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/imdsguard/imdsguard/bpf"
+	"github.com/imdsguard/imdsguard/internal/containerid"
 )
 
 // Sink receives enriched events.
@@ -29,6 +30,7 @@ type Reader struct {
 	rules      RuleNamer
 	sink       Sink
 	bootOffset time.Duration
+	hostname   string
 	log        *zap.Logger
 }
 
@@ -41,7 +43,8 @@ func NewReader(events *ebpf.Map, cgroups *CgroupResolver, rules RuleNamer, sink 
 	if err != nil {
 		return nil, fmt.Errorf("opening ring buffer: %w", err)
 	}
-	return &Reader{rb: rb, cgroups: cgroups, rules: rules, sink: sink, bootOffset: MonotonicOffset(), log: log}, nil
+	host, _ := os.Hostname() // best effort: empty rather than invented
+	return &Reader{rb: rb, cgroups: cgroups, rules: rules, sink: sink, bootOffset: MonotonicOffset(), hostname: host, log: log}, nil
 }
 
 // pollInterval is how often Run reads the ring buffer. The programs submit
@@ -97,6 +100,11 @@ func (r *Reader) enrich(ev *Event) {
 	if r.cgroups != nil {
 		ev.Cgroup = r.cgroups.Path(ev.CgroupID)
 	}
+	if ev.Cgroup != "" {
+		ci := containerid.Parse(strings.TrimSuffix(ev.Cgroup, " (deleted)"))
+		ev.ContainerID, ev.Runtime, ev.PodUID = ci.ContainerID, ci.Runtime, ci.PodUID
+	}
+	ev.Hostname = r.hostname
 	if ev.RuleIndex > 0 && r.rules != nil {
 		ev.Rule = r.rules(ev.Gen, ev.RuleIndex-1)
 	}

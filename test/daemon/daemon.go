@@ -40,6 +40,10 @@ type Event struct {
 	NetnsCookie      string `json:"netns_cookie"`
 	HostNetns        bool   `json:"host_netns"`
 	Rule             string `json:"rule"`
+	ContainerID      string `json:"container_id"`
+	Runtime          string `json:"runtime"`
+	PodUID           string `json:"pod_uid"`
+	Hostname         string `json:"hostname"`
 	// policy, nftables and packet events
 	Result      string `json:"result"`
 	Error       string `json:"error"`

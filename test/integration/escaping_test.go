@@ -2,6 +2,8 @@ package integration
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -48,5 +50,30 @@ func TestWorkloadChosenFieldsCannotForgeEvents(t *testing.T) {
 		if ev["kind"] == "request" && (ev["path"] != path || ev["action"] != "deny") {
 			t.Errorf("request event path %q action %v, want %q deny", ev["path"], ev["action"], path)
 		}
+	}
+}
+
+// Events name the container and pod a process runs in, from its cgroup
+// (here a kubelet-shaped path, systemd driver, containerd).
+func TestEventsNameContainerAndPod(t *testing.T) {
+	l := lab.New(t)
+	startIMDS(t, l, imdsserver.Options{})
+	const podUID = "1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901"
+	const id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	dir := l.Cgroup
+	for _, seg := range []string{"kubepods.slice", "kubepods-besteffort.slice",
+		"kubepods-besteffort-pod" + strings.ReplaceAll(podUID, "-", "_") + ".slice", "cri-containerd-" + id + ".scope"} {
+		dir = filepath.Join(dir, seg)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		d := dir
+		t.Cleanup(func() { os.Remove(d) })
+	}
+	d := startDaemon(t, l)
+	r := runClient(t, l, lab.Pod, dir, "-mode", "connect", "-addr", imdsAddr)
+	ev := d.WaitEvent("the connect", func(e event) bool { return e.PID == r.PID })
+	if ev.ContainerID != id || ev.Runtime != "containerd" || ev.PodUID != podUID || ev.Hostname == "" {
+		t.Fatalf("event %+v, want container %s (containerd) in pod %s, and a hostname", ev, id, podUID)
 	}
 }
