@@ -16,8 +16,10 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/imdsguard/imdsguard/internal/cgroupfs"
+	"github.com/imdsguard/imdsguard/internal/cri"
 	"github.com/imdsguard/imdsguard/internal/enforcer"
 	"github.com/imdsguard/imdsguard/internal/events"
+	"github.com/imdsguard/imdsguard/internal/instance"
 	"github.com/imdsguard/imdsguard/internal/loader"
 	"github.com/imdsguard/imdsguard/internal/metrics"
 	"github.com/imdsguard/imdsguard/internal/nflog"
@@ -32,6 +34,8 @@ type runFlags struct {
 	logLevel  string
 	ringbuf   uint
 	metrics   string
+	criSocket string
+	instance  string
 }
 
 // daemonState is what /metrics and /readyz read.
@@ -60,6 +64,8 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&f.hostNetns, "host-netns", "", "network namespace that counts as the host (default: imdsguard's own)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.UintVar(&f.ringbuf, "ringbuf-bytes", 256<<10, "size of the kernel's event ring buffer: a power of two, at least the page size")
+	fs.StringVar(&f.criSocket, "cri-socket", "auto", "container runtime (CRI) socket for pod and container names: a path, auto (containerd, CRI-O defaults) or none")
+	fs.StringVar(&f.instance, "instance-id", "", "EC2 instance id for events: an id, or auto to read it once at start over IMDSv2 (off by default)")
 	fs.StringVar(&f.metrics, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9464); off when empty")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
@@ -165,7 +171,35 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 		defer tableLog.Close()
 		go enforcer.ReadTableLog(tableLog, enf.Audit, sink, log)
 	}
-	reader, err := events.NewReader(guard.Events(), cgroups, enf.RuleName, sink, log)
+	ropts := events.ReaderOptions{Cgroups: cgroups, Rules: enf.RuleName}
+	ropts.Hostname, _ = os.Hostname() // best effort: empty rather than invented
+	ropts.InstanceID = f.instance
+	if f.instance == "auto" {
+		// over IMDSv2, from the host's network namespace, through the guard
+		ep := pol.Endpoints[0]
+		if ropts.InstanceID, err = instance.Fetch(context.Background(), ep, f.hostNetns); err != nil {
+			log.Warn("instance id not read; events carry none", zap.Error(err))
+			ropts.InstanceID = ""
+		}
+	}
+	if sock := f.criSocket; sock != "none" {
+		if sock == "auto" {
+			sock = cri.FindSocket()
+		}
+		if sock != "" {
+			names, err := cri.Dial(sock)
+			if err != nil {
+				log.Warn("no pod names in events", zap.Error(err))
+			} else {
+				defer names.Close()
+				ropts.Names = func(id string) (string, string, string, bool) {
+					n, ok := names.Lookup(id)
+					return n.Pod, n.Namespace, n.Container, ok
+				}
+			}
+		}
+	}
+	reader, err := events.NewReader(guard.Events(), ropts, sink, log)
 	if err != nil {
 		return err
 	}

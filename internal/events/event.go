@@ -35,7 +35,14 @@ type Event struct {
 	ContainerID      string // from the cgroup path, "" when it names none
 	Runtime          string
 	PodUID           string
+	Pod              string // from the container runtime (CRI), when reachable
+	Namespace        string
+	Container        string
+	Exe              string // from /proc, when the process still runs
+	Cmdline          string // truncated to MaxCmdline bytes
 	Hostname         string
+	InstanceID       string
+	Count            uint64 // 1, or the number of repeats a folded event stands for
 	NetnsCookie      uint64
 	HostNetns        bool
 	Rule             string
@@ -90,7 +97,18 @@ func (e *Event) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddString("container_id", e.ContainerID)
 	enc.AddString("runtime", e.Runtime)
 	enc.AddString("pod_uid", e.PodUID)
+	enc.AddString("pod", e.Pod)
+	enc.AddString("namespace", e.Namespace)
+	enc.AddString("container", e.Container)
+	enc.AddString("exe", e.Exe)
+	enc.AddString("cmdline", e.Cmdline)
 	enc.AddString("hostname", e.Hostname)
+	enc.AddString("instance_id", e.InstanceID)
+	count := e.Count
+	if count == 0 {
+		count = 1
+	}
+	enc.AddUint64("count", count)
 	// A decimal string: cookies use all 64 bits, beyond what JSON numbers
 	// keep exactly in most SIEM parsers.
 	enc.AddString("netns_cookie", strconv.FormatUint(e.NetnsCookie, 10))

@@ -26,25 +26,35 @@ type Sink interface {
 // Reader drains the kernel's ring buffer into a sink.
 type Reader struct {
 	rb         *ringbuf.Reader
-	cgroups    *CgroupResolver
-	rules      RuleNamer
+	opts       ReaderOptions
 	sink       Sink
 	bootOffset time.Duration
-	hostname   string
 	log        *zap.Logger
 }
+
+// ReaderOptions say how events are enriched. Every source is optional and
+// best effort: what it cannot tell stays empty, never guessed.
+type ReaderOptions struct {
+	Cgroups    *CgroupResolver
+	Rules      RuleNamer
+	Names      func(containerID string) (pod, namespace, container string, ok bool) // CRI
+	Hostname   string
+	InstanceID string
+}
+
+// MaxCmdline bounds the command line copied into an event.
+const MaxCmdline = 256
 
 // RuleNamer names rule idx of policy generation gen.
 type RuleNamer func(gen uint8, idx uint16) string
 
-// NewReader reads events from the ring buffer map. rules may be nil.
-func NewReader(events *ebpf.Map, cgroups *CgroupResolver, rules RuleNamer, sink Sink, log *zap.Logger) (*Reader, error) {
+// NewReader reads events from the ring buffer map.
+func NewReader(events *ebpf.Map, opts ReaderOptions, sink Sink, log *zap.Logger) (*Reader, error) {
 	rb, err := ringbuf.NewReader(events)
 	if err != nil {
 		return nil, fmt.Errorf("opening ring buffer: %w", err)
 	}
-	host, _ := os.Hostname() // best effort: empty rather than invented
-	return &Reader{rb: rb, cgroups: cgroups, rules: rules, sink: sink, bootOffset: MonotonicOffset(), hostname: host, log: log}, nil
+	return &Reader{rb: rb, opts: opts, sink: sink, bootOffset: MonotonicOffset(), log: log}, nil
 }
 
 // pollInterval is how often Run reads the ring buffer. The programs submit
@@ -97,16 +107,24 @@ func (r *Reader) Close() error { return r.rb.Close() }
 // enrich adds what the kernel record does not carry. Best effort: a process
 // or cgroup that is already gone leaves its field empty, never guessed.
 func (r *Reader) enrich(ev *Event) {
-	if r.cgroups != nil {
-		ev.Cgroup = r.cgroups.Path(ev.CgroupID)
+	if r.opts.Cgroups != nil {
+		ev.Cgroup = r.opts.Cgroups.Path(ev.CgroupID)
 	}
 	if ev.Cgroup != "" {
 		ci := containerid.Parse(strings.TrimSuffix(ev.Cgroup, " (deleted)"))
 		ev.ContainerID, ev.Runtime, ev.PodUID = ci.ContainerID, ci.Runtime, ci.PodUID
 	}
-	ev.Hostname = r.hostname
-	if ev.RuleIndex > 0 && r.rules != nil {
-		ev.Rule = r.rules(ev.Gen, ev.RuleIndex-1)
+	if ev.ContainerID != "" && r.opts.Names != nil {
+		if pod, ns, ctr, ok := r.opts.Names(ev.ContainerID); ok {
+			ev.Pod, ev.Namespace, ev.Container = pod, ns, ctr
+		}
+	}
+	ev.Hostname, ev.InstanceID = r.opts.Hostname, r.opts.InstanceID
+	if ev.RuleIndex > 0 && r.opts.Rules != nil {
+		ev.Rule = r.opts.Rules(ev.Gen, ev.RuleIndex-1)
+	}
+	if ev.PID != 0 {
+		ev.Exe, ev.Cmdline = processInfo(ev.PID)
 	}
 	if ev.PPID == 0 && ev.PID != 0 {
 		ev.PPID = parentPID(ev.PID) // kernels that do not let the program read it
@@ -133,4 +151,20 @@ func parentPID(pid uint32) uint32 {
 		return 0
 	}
 	return uint32(ppid)
+}
+
+// processInfo reads a process's executable and command line from /proc.
+// The process may have exited already: then both stay empty.
+func processInfo(pid uint32) (exe, cmdline string) {
+	dir := "/proc/" + strconv.FormatUint(uint64(pid), 10)
+	exe, _ = os.Readlink(dir + "/exe")
+	exe = strings.TrimSuffix(exe, " (deleted)")
+	data, err := os.ReadFile(dir + "/cmdline")
+	if err == nil {
+		if len(data) > MaxCmdline {
+			data = data[:MaxCmdline]
+		}
+		cmdline = strings.TrimRight(strings.ReplaceAll(string(data), "\x00", " "), " ")
+	}
+	return exe, cmdline
 }

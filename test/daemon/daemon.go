@@ -44,6 +44,13 @@ type Event struct {
 	Runtime          string `json:"runtime"`
 	PodUID           string `json:"pod_uid"`
 	Hostname         string `json:"hostname"`
+	Pod              string `json:"pod"`
+	Namespace        string `json:"namespace"`
+	Container        string `json:"container"`
+	Exe              string `json:"exe"`
+	Cmdline          string `json:"cmdline"`
+	InstanceID       string `json:"instance_id"`
+	Count            int    `json:"count"`
 	// policy, nftables and packet events
 	Result      string `json:"result"`
 	Error       string `json:"error"`

@@ -1,11 +1,16 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"google.golang.org/grpc"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/imdsguard/imdsguard/test/imdsserver"
 	"github.com/imdsguard/imdsguard/test/lab"
@@ -70,10 +75,52 @@ func TestEventsNameContainerAndPod(t *testing.T) {
 		d := dir
 		t.Cleanup(func() { os.Remove(d) })
 	}
-	d := startDaemon(t, l)
-	r := runClient(t, l, lab.Pod, dir, "-mode", "connect", "-addr", imdsAddr)
+	sock := fakeCRI(t, map[string][3]string{id: {"web-1", "shop", "app"}})
+	d := startDaemon(t, l, "--cri-socket", sock, "--instance-id", "auto")
+	// the client lingers after connecting, so /proc still has it when the
+	// daemon reads the event (exe and cmdline come from there)
+	r := runClient(t, l, lab.Node, dir, "-mode", "connect", "-addr", imdsAddr, "-keepalive-wait", "300ms")
 	ev := d.WaitEvent("the connect", func(e event) bool { return e.PID == r.PID })
 	if ev.ContainerID != id || ev.Runtime != "containerd" || ev.PodUID != podUID || ev.Hostname == "" {
 		t.Fatalf("event %+v, want container %s (containerd) in pod %s, and a hostname", ev, id, podUID)
 	}
+	if ev.Pod != "web-1" || ev.Namespace != "shop" || ev.Container != "app" {
+		t.Errorf("CRI names: pod %q namespace %q container %q, want web-1 shop app", ev.Pod, ev.Namespace, ev.Container)
+	}
+	if ev.InstanceID != imdsserver.DefaultInstanceID {
+		t.Errorf("instance_id %q, want %q (read over IMDSv2 from the host namespace)", ev.InstanceID, imdsserver.DefaultInstanceID)
+	}
+	if !strings.HasSuffix(ev.Exe, "/labclient") || !strings.Contains(ev.Cmdline, "-mode connect") {
+		t.Errorf("exe %q cmdline %q", ev.Exe, ev.Cmdline)
+	}
+}
+
+type fakeRuntime struct {
+	runtimeapi.UnimplementedRuntimeServiceServer
+	names map[string][3]string
+}
+
+func (f *fakeRuntime) ListContainers(context.Context, *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error) {
+	var cs []*runtimeapi.Container
+	for id, n := range f.names {
+		cs = append(cs, &runtimeapi.Container{Id: id, Labels: map[string]string{
+			"io.kubernetes.pod.name": n[0], "io.kubernetes.pod.namespace": n[1], "io.kubernetes.container.name": n[2]}})
+	}
+	return &runtimeapi.ListContainersResponse{Containers: cs}, nil
+}
+
+// fakeCRI serves a container runtime's CRI socket with the given
+// container id -> (pod, namespace, container) names.
+func fakeCRI(t testing.TB, names map[string][3]string) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "cri.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	runtimeapi.RegisterRuntimeServiceServer(srv, &fakeRuntime{names: names})
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	return sock
 }
