@@ -36,6 +36,7 @@ type runFlags struct {
 	metrics   string
 	criSocket string
 	instance  string
+	fold      time.Duration
 }
 
 // daemonState is what /metrics and /readyz read.
@@ -66,6 +67,7 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	fs.UintVar(&f.ringbuf, "ringbuf-bytes", 256<<10, "size of the kernel's event ring buffer: a power of two, at least the page size")
 	fs.StringVar(&f.criSocket, "cri-socket", "auto", "container runtime (CRI) socket for pod and container names: a path, auto (containerd, CRI-O defaults) or none")
 	fs.StringVar(&f.instance, "instance-id", "", "EC2 instance id for events: an id, or auto to read it once at start over IMDSv2 (off by default)")
+	fs.DurationVar(&f.fold, "fold-window", 10*time.Second, "fold repeats of the same event from the same workload within this window into one event with a count (0: report every event)")
 	fs.StringVar(&f.metrics, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9464); off when empty")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
@@ -199,7 +201,8 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	}
-	reader, err := events.NewReader(guard.Events(), ropts, sink, log)
+	folder := events.NewFolder(sink, f.fold)
+	reader, err := events.NewReader(guard.Events(), ropts, folder, log)
 	if err != nil {
 		return err
 	}
@@ -242,6 +245,18 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 		zap.Uint64("host_netns_cookie", hostCookie),
 		zap.String("version", version))
 
+	go func() {
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				folder.Flush(false)
+			}
+		}
+	}()
 	state.ready.Store(true)
 	watchLostEvents(ctx, guard, log)
 	state.ready.Store(false)
@@ -254,6 +269,7 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	close(stopReader)
 	<-readerDone
 	reader.Close()
+	folder.Flush(true)
 	fields := []zap.Field{}
 	if c, err := guard.Counters(); err == nil {
 		fields = append(fields, zap.Object("totals", totals(c)), zap.Uint64("events_lost", c.EventsLost()))

@@ -88,7 +88,9 @@ func StartDiscardingEvents(t testing.TB, bin string, l *lab.Lab, args ...string)
 
 func start(t testing.TB, bin string, l *lab.Lab, discard bool, args ...string) *Daemon {
 	t.Helper()
-	argv := append([]string{"run", "--cgroup", l.Cgroup, "--host-netns", l.NetnsPath(lab.Node)}, args...)
+	// Tests count events one by one: no folding unless a test asks for it
+	// (a later --fold-window wins).
+	argv := append([]string{"run", "--cgroup", l.Cgroup, "--host-netns", l.NetnsPath(lab.Node), "--fold-window", "0"}, args...)
 	d := &Daemon{t: t, cmd: exec.Command(bin, argv...), done: make(chan struct{})}
 	var stdout io.Reader = strings.NewReader("")
 	if discard {

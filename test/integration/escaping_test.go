@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -123,4 +124,41 @@ func fakeCRI(t testing.TB, names map[string][3]string) string {
 	go srv.Serve(ln)
 	t.Cleanup(srv.Stop)
 	return sock
+}
+
+// Repeats of the same event from the same workload are folded into one
+// event with a count; the first is sent at once; the kernel totals stay
+// exact.
+func TestRepeatsAreFolded(t *testing.T) {
+	l := lab.New(t)
+	startIMDS(t, l, imdsserver.Options{})
+	d := startDaemon(t, l, "--fold-window", "2s")
+	for range 5 {
+		if _, _, code, _ := runInLab(t, l, lab.Node, nil, "curl", "-sS", "-m", "5", "http://"+imdsAddr+credPath); code != 55 {
+			t.Fatalf("curl exit %d, want 55", code)
+		}
+	}
+	first := d.WaitEvent("the first refusal", func(e event) bool { return e.Kind == "request" && e.Comm == "curl" })
+	if first.Count != 1 {
+		t.Fatalf("first event count %d, want 1", first.Count)
+	}
+	folded := d.WaitEvent("the folded repeats", func(e event) bool { return e.Kind == "request" && e.Comm == "curl" && e.Count > 1 })
+	if folded.Count != 4 {
+		t.Fatalf("folded count %d, want 4", folded.Count)
+	}
+	n := 0
+	for _, e := range d.Events() {
+		if e.Kind == "request" && e.Comm == "curl" {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Fatalf("%d request events for 5 identical refusals, want 2", n)
+	}
+	if code := d.Stop(); code != 0 {
+		t.Fatal(code)
+	}
+	if exit := d.WaitLog("detached; exiting", time.Second); !strings.Contains(exit, `"request_deny_imdsv1_no_token":5`) {
+		t.Fatalf("kernel totals not exact: %s", exit)
+	}
 }
