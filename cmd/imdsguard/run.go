@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -23,6 +24,8 @@ import (
 	"github.com/imdsguard/imdsguard/internal/loader"
 	"github.com/imdsguard/imdsguard/internal/metrics"
 	"github.com/imdsguard/imdsguard/internal/nflog"
+	"github.com/imdsguard/imdsguard/internal/ocsf"
+	"github.com/imdsguard/imdsguard/internal/output"
 	"github.com/imdsguard/imdsguard/internal/policy"
 )
 
@@ -37,6 +40,23 @@ type runFlags struct {
 	criSocket string
 	instance  string
 	fold      time.Duration
+	outputs   outputList
+	format    string
+	syslogCA  string
+	queue     int
+}
+
+// outputList is the repeatable --output flag.
+type outputList []string
+
+func (o *outputList) String() string { return strings.Join(*o, ",") }
+func (o *outputList) Set(v string) error {
+	for _, part := range strings.Split(v, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			*o = append(*o, part)
+		}
+	}
+	return nil
 }
 
 // daemonState is what /metrics and /readyz read.
@@ -67,6 +87,10 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	fs.UintVar(&f.ringbuf, "ringbuf-bytes", 256<<10, "size of the kernel's event ring buffer: a power of two, at least the page size")
 	fs.StringVar(&f.criSocket, "cri-socket", "auto", "container runtime (CRI) socket for pod and container names: a path, auto (containerd, CRI-O defaults) or none")
 	fs.StringVar(&f.instance, "instance-id", "", "EC2 instance id for events: an id, or auto to read it once at start over IMDSv2 (off by default)")
+	fs.Var(&f.outputs, "output", "where events go, repeatable or comma-separated: stdout (default), file:/PATH, syslog+udp://HOST:PORT, syslog+tcp://HOST:PORT, syslog+tls://HOST:PORT")
+	fs.StringVar(&f.format, "format", output.FormatJSON, "event format: json or ocsf (OCSF 1.3: HTTP Activity, Network Activity)")
+	fs.StringVar(&f.syslogCA, "syslog-ca", "", "CA bundle that signs the syslog+tls collector's certificate (default: the system's)")
+	fs.IntVar(&f.queue, "output-queue", 10000, "events each network output holds while its collector is down; beyond that they are counted as dropped")
 	fs.DurationVar(&f.fold, "fold-window", 10*time.Second, "fold repeats of the same event from the same workload within this window into one event with a count (0: report every event)")
 	fs.StringVar(&f.metrics, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9464); off when empty")
 	if err := parseFlags(fs, args, stderr); err != nil {
@@ -79,6 +103,12 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	}
 	if pg := uint(os.Getpagesize()); f.ringbuf < pg || f.ringbuf&(f.ringbuf-1) != 0 || f.ringbuf > 1<<30 {
 		return usageError{fmt.Errorf("--ringbuf-bytes: %d is not a power of two between %d and %d", f.ringbuf, pg, 1<<30)}
+	}
+	if err := output.ParseTargets(f.outputs); err != nil {
+		return usageError{fmt.Errorf("--output: %w", err)}
+	}
+	if f.format != output.FormatJSON && f.format != output.FormatOCSF {
+		return usageError{fmt.Errorf("--format: %q is not json or ocsf", f.format)}
 	}
 	level, err := zapcore.ParseLevel(f.logLevel)
 	if err != nil {
@@ -151,7 +181,23 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	} else {
 		defer cgroups.Close()
 	}
-	sink := events.NewJSONSink(stdout)
+	hostname, _ := os.Hostname() // best effort: empty rather than invented
+	sink, err := output.New(output.Config{
+		Format:   f.format,
+		Targets:  f.outputs,
+		SyslogCA: f.syslogCA,
+		Product:  ocsf.Product{Name: "imdsguard", VendorName: "imdsguard", Version: version, Hostname: hostname},
+		Hostname: hostname,
+		Queue:    f.queue,
+	}, stdout, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := sink.Close(); err != nil {
+			log.Warn("closing outputs", zap.Error(err))
+		}
+	}()
 	enf := enforcer.New(guard, plan, enforcer.Options{
 		PolicyPath:   f.policy,
 		ModeOverride: f.mode,
@@ -174,7 +220,7 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 		go enforcer.ReadTableLog(tableLog, enf.Audit, sink, log)
 	}
 	ropts := events.ReaderOptions{Cgroups: cgroups, Rules: enf.RuleName}
-	ropts.Hostname, _ = os.Hostname() // best effort: empty rather than invented
+	ropts.Hostname = hostname
 	ropts.InstanceID = f.instance
 	if f.instance == "auto" {
 		// over IMDSv2, from the host's network namespace, through the guard
@@ -224,10 +270,29 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	// SIGHUP also reopens file outputs (logrotate): the enforcer gets its
+	// own copy of the signal to reload the policy.
+	policyHup := make(chan os.Signal, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case s := <-hup:
+				if err := sink.Reopen(); err != nil {
+					log.Warn("reopening output files", zap.Error(err))
+				}
+				select {
+				case policyHup <- s:
+				default:
+				}
+			}
+		}
+	}()
 	enfDone := make(chan struct{})
 	go func() {
 		defer close(enfDone)
-		enf.Run(ctx, hup)
+		enf.Run(ctx, policyHup)
 	}()
 
 	log.Info("enforcing",
@@ -274,6 +339,7 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	if c, err := guard.Counters(); err == nil {
 		fields = append(fields, zap.Object("totals", totals(c)), zap.Uint64("events_lost", c.EventsLost()))
 	}
+	fields = append(fields, zap.Uint64("output_dropped", sink.Dropped()))
 	fields = append(fields, zap.Any("policy_reloads", enf.Reloads()), zap.Uint64("nftables_restores", enf.TableRestores()))
 	log.Info("detached; exiting", fields...)
 	return nil

@@ -1,7 +1,9 @@
 package integration
 
 import (
+	"bufio"
 	"bytes"
+	"io"
 	"path/filepath"
 	"runtime"
 	"sync"
@@ -29,3 +31,5 @@ func (s *safeBuffer) String() string {
 }
 
 const syscallSIGHUP = syscall.SIGHUP
+
+func ioReadFull(r *bufio.Reader, b []byte) (int, error) { return io.ReadFull(r, b) }

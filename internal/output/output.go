@@ -1,0 +1,281 @@
+// Package output renders events (JSON lines or OCSF) and fans them out to
+// the configured sinks: stdout, a file, syslog collectors. Rendering never
+// blocks the event reader: network sinks queue in a bounded buffer.
+package output
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/buffer"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/imdsguard/imdsguard/bpf"
+	"github.com/imdsguard/imdsguard/internal/events"
+	"github.com/imdsguard/imdsguard/internal/ocsf"
+	"github.com/imdsguard/imdsguard/internal/sinks"
+)
+
+// Formats.
+const (
+	FormatJSON = "json"
+	FormatOCSF = "ocsf"
+)
+
+// Config says where events go.
+type Config struct {
+	Format   string   // json (default) or ocsf
+	Targets  []string // "stdout", "file:PATH", "syslog+udp://HOST:PORT", "syslog+tcp://…", "syslog+tls://…"
+	SyslogCA string   // CA bundle for syslog+tls (default: the system's)
+	Product  ocsf.Product
+	Hostname string
+	Queue    int // per network sink
+}
+
+// ParseTargets checks the targets and says which is wrong.
+func ParseTargets(targets []string) error {
+	var errs []error
+	for _, t := range targets {
+		if _, _, err := parseTarget(t); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func parseTarget(t string) (kind, where string, err error) {
+	switch {
+	case t == "stdout":
+		return "stdout", "", nil
+	case strings.HasPrefix(t, "file:"):
+		p := strings.TrimPrefix(t, "file:")
+		if !strings.HasPrefix(p, "/") {
+			return "", "", fmt.Errorf("output %q: the file path must be absolute", t)
+		}
+		return "file", p, nil
+	case strings.HasPrefix(t, "syslog+"):
+		u, perr := url.Parse(t)
+		if perr != nil || u.Host == "" || u.Port() == "" || (u.Path != "" && u.Path != "/") {
+			return "", "", fmt.Errorf("output %q: want syslog+udp://HOST:PORT, syslog+tcp://HOST:PORT or syslog+tls://HOST:PORT", t)
+		}
+		n := strings.TrimPrefix(u.Scheme, "syslog+")
+		if n != "udp" && n != "tcp" && n != "tls" {
+			return "", "", fmt.Errorf("output %q: transport %q is not udp, tcp or tls", t, n)
+		}
+		if _, err := strconv.ParseUint(u.Port(), 10, 16); err != nil {
+			return "", "", fmt.Errorf("output %q: bad port", t)
+		}
+		return n, u.Host, nil
+	}
+	return "", "", fmt.Errorf("output %q: want stdout, file:/PATH or syslog+{udp,tcp,tls}://HOST:PORT", t)
+}
+
+// Pipeline renders and delivers events; it implements the events sinks.
+type Pipeline struct {
+	cfg     Config
+	enc     zapcore.Encoder
+	sinks   []sinks.Sink
+	files   []*sinks.File
+	syslogs []*sinks.Syslog
+	log     *zap.Logger
+}
+
+// New opens every target. stdout is where "stdout" writes.
+func New(cfg Config, stdout io.Writer, log *zap.Logger) (*Pipeline, error) {
+	if cfg.Format == "" {
+		cfg.Format = FormatJSON
+	}
+	if cfg.Format != FormatJSON && cfg.Format != FormatOCSF {
+		return nil, fmt.Errorf("--format: %q is not json or ocsf", cfg.Format)
+	}
+	if len(cfg.Targets) == 0 {
+		cfg.Targets = []string{"stdout"}
+	}
+	p := &Pipeline{cfg: cfg, log: log, enc: zapcore.NewJSONEncoder(zapcore.EncoderConfig{
+		TimeKey:    "time",
+		EncodeTime: zapcore.RFC3339NanoTimeEncoder,
+	})}
+	for _, t := range cfg.Targets {
+		kind, where, err := parseTarget(t)
+		if err != nil {
+			p.Close()
+			return nil, err
+		}
+		switch kind {
+		case "stdout":
+			p.sinks = append(p.sinks, sinks.NewWriter(stdout))
+		case "file":
+			f, err := sinks.NewFile(where, log)
+			if err != nil {
+				p.Close()
+				return nil, fmt.Errorf("output %q: %w", t, err)
+			}
+			p.files = append(p.files, f)
+			p.sinks = append(p.sinks, f)
+		default:
+			opts := sinks.SyslogOptions{Network: kind, Addr: where, Hostname: cfg.Hostname, AppName: "imdsguard", QueueLen: cfg.Queue}
+			if kind == "tls" {
+				tc, err := tlsConfig(where, cfg.SyslogCA)
+				if err != nil {
+					p.Close()
+					return nil, fmt.Errorf("output %q: %w", t, err)
+				}
+				opts.TLS = tc
+			}
+			s, err := sinks.NewSyslog(opts, log)
+			if err != nil {
+				p.Close()
+				return nil, fmt.Errorf("output %q: %w", t, err)
+			}
+			p.syslogs = append(p.syslogs, s)
+			p.sinks = append(p.sinks, s)
+		}
+	}
+	return p, nil
+}
+
+func tlsConfig(hostport, caFile string) (*tls.Config, error) {
+	host := hostport
+	if h, _, ok := strings.Cut(hostport, ":"); ok && !strings.HasPrefix(hostport, "[") {
+		host = h
+	}
+	tc := &tls.Config{ServerName: strings.Trim(host, "[]"), MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading --syslog-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--syslog-ca %s: no PEM certificate in it", caFile)
+		}
+		tc.RootCAs = pool
+	}
+	return tc, nil
+}
+
+// jsonOf renders a zap object (the events' MarshalLogObject) as one JSON
+// object with its time first, as the stdout sink always has.
+func (p *Pipeline) jsonOf(ent zapcore.Entry, obj zapcore.ObjectMarshaler) []byte {
+	var buf *buffer.Buffer
+	buf, err := p.enc.EncodeEntry(ent, []zapcore.Field{zap.Inline(obj)})
+	if err != nil {
+		return nil
+	}
+	defer buf.Free()
+	return []byte(strings.TrimRight(buf.String(), "\n"))
+}
+
+func severity(a bpf.Action) int {
+	switch a {
+	case bpf.ActionDeny:
+		return 4 // warning
+	case bpf.ActionAudit:
+		return 5 // notice
+	}
+	return 6 // informational
+}
+
+func (p *Pipeline) send(r sinks.Record) {
+	for _, s := range p.sinks {
+		s.Send(r)
+	}
+}
+
+// Emit delivers a connect or request event.
+func (p *Pipeline) Emit(ev *events.Event) {
+	var js []byte
+	if p.cfg.Format == FormatOCSF {
+		b, err := ocsf.Render(ev, p.cfg.Product)
+		if err != nil {
+			p.log.Warn("rendering OCSF", zap.Error(err))
+			return
+		}
+		js = b
+	} else {
+		js = p.jsonOf(zapcore.Entry{Time: ev.Time.UTC()}, ev)
+	}
+	p.send(sinks.Record{
+		Time: ev.Time, JSON: js, MsgID: ev.Kind.String(), Severity: severity(ev.Action),
+		SDID: "imdsguard@32473",
+		SD: [][2]string{
+			{"action", ev.Action.String()}, {"reason", ev.Reason.String()}, {"endpoint", ev.Endpoint.String()},
+			{"pid", strconv.FormatUint(uint64(ev.PID), 10)}, {"comm", ev.Comm}, {"uid", strconv.FormatUint(uint64(ev.UID), 10)},
+			{"cgroup", ev.Cgroup}, {"container_id", ev.ContainerID}, {"pod_uid", ev.PodUID},
+			{"method", ev.Method}, {"path", ev.Path}, {"credential_access", strconv.FormatBool(ev.CredentialAccess)},
+			{"rule", ev.Rule},
+		},
+	})
+}
+
+// EmitPacket delivers an nftables drop.
+func (p *Pipeline) EmitPacket(ev *events.PacketEvent) {
+	var js []byte
+	if p.cfg.Format == FormatOCSF {
+		b, err := ocsf.Packet(ev, p.cfg.Product)
+		if err != nil {
+			p.log.Warn("rendering OCSF", zap.Error(err))
+			return
+		}
+		js = b
+	} else {
+		js = p.jsonOf(zapcore.Entry{Time: ev.Time.UTC()}, ev)
+	}
+	p.send(sinks.Record{Time: ev.Time, JSON: js, MsgID: "packet", Severity: severity(ev.Action), SDID: "imdsguard@32473",
+		SD: [][2]string{{"action", ev.Action.String()}, {"reason", "routed_from_other_netns"}, {"endpoint", ev.Endpoint.String()},
+			{"src", ev.Src.String()}, {"in_interface", ev.InInterface}}})
+}
+
+// EmitPolicy delivers a policy reload result (always JSON: OCSF has no
+// class for it).
+func (p *Pipeline) EmitPolicy(ev *events.PolicyEvent) {
+	sev := 6
+	if ev.Result != "loaded" {
+		sev = 3
+	}
+	p.send(sinks.Record{Time: ev.Time, JSON: p.jsonOf(zapcore.Entry{Time: ev.Time.UTC()}, ev), MsgID: "policy", Severity: sev,
+		SDID: "imdsguard@32473", SD: [][2]string{{"result", ev.Result}, {"policy_hash", ev.Hash}}})
+}
+
+// EmitTable delivers an nftables table event.
+func (p *Pipeline) EmitTable(ev *events.TableEvent) {
+	p.send(sinks.Record{Time: ev.Time, JSON: p.jsonOf(zapcore.Entry{Time: ev.Time.UTC()}, ev), MsgID: "nftables", Severity: 4,
+		SDID: "imdsguard@32473", SD: [][2]string{{"result", ev.Result}}})
+}
+
+// Reopen reopens file outputs (SIGHUP, after logrotate moved them).
+func (p *Pipeline) Reopen() error {
+	var errs []error
+	for _, f := range p.files {
+		errs = append(errs, f.Reopen())
+	}
+	return errors.Join(errs...)
+}
+
+// Dropped counts events network sinks lost while their collector was down
+// and their queue was full.
+func (p *Pipeline) Dropped() uint64 {
+	var n uint64
+	for _, s := range p.syslogs {
+		n += s.Dropped()
+	}
+	return n
+}
+
+// Close flushes what it can and closes every sink.
+func (p *Pipeline) Close() error {
+	var errs []error
+	for _, s := range p.sinks {
+		errs = append(errs, s.Close())
+	}
+	p.sinks = nil
+	return errors.Join(errs...)
+}
