@@ -96,6 +96,8 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
+	given := map[string]bool{} // flags on the command line override the policy's output section
+	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
 	if f.mode != "" {
 		if err := policy.ValidateMode(f.mode); err != nil {
 			return usageError{fmt.Errorf("--mode: %w", err)}
@@ -120,6 +122,23 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	pol, err := enforcer.LoadPolicy(f.policy, f.mode)
 	if err != nil {
 		return err
+	}
+	if !given["format"] {
+		f.format = pol.Output.Format
+	}
+	if !given["output"] {
+		f.outputs = pol.Output.Targets
+	}
+	if !given["syslog-ca"] {
+		f.syslogCA = pol.Output.SyslogCA
+	}
+	if !given["output-queue"] {
+		f.queue = pol.Output.Queue
+	}
+	if !given["fold-window"] {
+		if f.fold, err = time.ParseDuration(pol.Output.FoldWindow); err != nil {
+			return fmt.Errorf("output.foldWindow: %w", err) // validated by the parser; not reached
+		}
 	}
 
 	if err := checkPrivileges(f.hostNetns != ""); err != nil {

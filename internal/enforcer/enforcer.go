@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"time"
 
@@ -208,6 +209,9 @@ func (e *Enforcer) reloadLocked(pe *events.PolicyEvent) (string, error) {
 	}
 	if err := e.guard.Apply(plan.Compiled, plan.Cgroups); err != nil {
 		return "failed", err
+	}
+	if !reflect.DeepEqual(plan.Policy.Output, e.plan.Policy.Output) {
+		e.log.Warn("the policy's output section changed: it takes effect at the next restart")
 	}
 	e.names[e.guard.Generation()&1] = ruleNames(plan.Compiled)
 	e.plan = plan

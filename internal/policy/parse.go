@@ -9,19 +9,23 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	// The YAML 1.2 parser sigs.k8s.io/yaml/goyaml.v3 re-exports (its module
 	// go.yaml.in/yaml/v3 is a fork of this one); this module is already in
 	// go.mod, the fork is not.
 	yaml "gopkg.in/yaml.v3"
+
+	"github.com/imdsguard/imdsguard/internal/output"
 )
 
 // The keys of each mapping, in schema order.
 var (
-	policyKeys = []string{"apiVersion", "kind", "mode", "requireToken", "blockNonHostNetns", "refuseForwarded", "nftables", "nftablesAction", "endpoints", "credentialPaths", "rules"}
+	policyKeys = []string{"apiVersion", "kind", "mode", "requireToken", "blockNonHostNetns", "refuseForwarded", "nftables", "nftablesAction", "endpoints", "credentialPaths", "output", "rules"}
 	ruleKeys   = []string{"name", "match", "allowV1", "allowNonHostNetns", "deny"}
 	matchKeys  = []string{"cgroup", "comm", "uid"}
+	outputKeys = []string{"format", "targets", "syslogCA", "queue", "foldWindow"}
 )
 
 // decoder walks a policy document's node tree against the schema, fills in
@@ -425,6 +429,8 @@ func (d *decoder) policy(root *yaml.Node, p *Policy) {
 			p.Endpoints = d.strList(v, path)
 		case "credentialPaths":
 			p.CredentialPaths = d.strList(v, path)
+		case "output":
+			d.output(v, path, &p.Output)
 		case "rules":
 			p.Rules = d.rules(v, path)
 		}
@@ -486,6 +492,52 @@ func (d *decoder) match(n *yaml.Node, path string, m *Match) {
 		case "uid":
 			if u, ok := d.uid(v, kp); ok {
 				m.UID = &u
+			}
+		}
+	})
+}
+
+// output decodes the output section; targets are checked by their own
+// rules (output.ParseTargets) so that flags and file say the same.
+func (d *decoder) output(n *yaml.Node, path string, o *Output) {
+	if n.Kind != yaml.MappingNode {
+		d.wrongType(n, path, "a mapping (e.g. {format: json, targets: [stdout]})")
+		return
+	}
+	d.mapping(n, path, outputKeys, func(key, kp string, v *yaml.Node) {
+		switch key {
+		case "format":
+			if s, ok := d.str(v, kp); ok {
+				if s != "json" && s != "ocsf" {
+					d.add(v.Line, kp, "%q is not a format (want \"json\" or \"ocsf\")", s)
+				}
+				o.Format = s
+			}
+		case "targets":
+			o.Targets = d.strList(v, kp)
+			for i, t := range o.Targets {
+				if err := output.ParseTargets([]string{t}); err != nil {
+					d.add(v.Content[i].Line, fmt.Sprintf("%s[%d]", kp, i), "%v", err)
+				}
+			}
+		case "syslogCA":
+			o.SyslogCA, _ = d.str(v, kp)
+		case "queue":
+			if v.Kind == yaml.ScalarNode && v.Tag == "!!int" && decimal.MatchString(v.Value) {
+				q, err := strconv.Atoi(v.Value)
+				if err == nil && q >= 1 && q <= 10_000_000 {
+					o.Queue = q
+					return
+				}
+			}
+			d.add(v.Line, kp, "want an integer from 1 to 10000000, got %s", describe(v))
+		case "foldWindow":
+			if s, ok := d.str(v, kp); ok {
+				w, err := time.ParseDuration(s)
+				if err != nil || w < 0 {
+					d.add(v.Line, kp, "%q is not a duration like \"10s\" (\"0s\" reports every event)", s)
+				}
+				o.FoldWindow = s
 			}
 		}
 	})

@@ -102,7 +102,7 @@ func TestParseErrorsWithLines(t *testing.T) {
 		// Keys.
 		{"unknown key, suggestion", "mode: audit\nrequireTokens: true\n", []wantErr{{2, "requireTokens", `unknown key "requireTokens" (did you mean "requireToken"?)`}}},
 		{"unknown key, wrong case", "Mode: audit\n", []wantErr{{1, "Mode", `unknown key "Mode" (did you mean "mode"?)`}}},
-		{"unknown key, no suggestion", "mode: audit\nallowlist: []\n", []wantErr{{2, "allowlist", `unknown key "allowlist" (known keys: apiVersion, kind, mode, requireToken, blockNonHostNetns, refuseForwarded, nftables, nftablesAction, endpoints, credentialPaths, rules)`}}},
+		{"unknown key, no suggestion", "mode: audit\nallowlist: []\n", []wantErr{{2, "allowlist", `unknown key "allowlist" (known keys: apiVersion, kind, mode, requireToken, blockNonHostNetns, refuseForwarded, nftables, nftablesAction, endpoints, credentialPaths, output, rules)`}}},
 		{"duplicate key", "mode: audit\nkind: Policy\nmode: enforce\n", []wantErr{{3, "mode", "duplicate key (first at line 1)"}}},
 		{"key not a string", "mode: audit\n1: x\n", []wantErr{{2, "", "keys must be plain strings, got the number 1"}}},
 		{"complex key", "? [a]\n: 1\n", []wantErr{{1, "", "keys must be plain strings, got a list"}}},
@@ -119,6 +119,11 @@ func TestParseErrorsWithLines(t *testing.T) {
 		// Types of the top-level keys.
 		{"mode not a string", "mode: 1\n", []wantErr{{1, "mode", `want a string, got the number 1 (quote it if you mean the string "1")`}}},
 		{"mode empty", "mode: ''\n", []wantErr{{1, "mode", `"" is not a mode`}}},
+		{"output format", "output:\n  format: xml\n", []wantErr{{2, "output.format", `"xml" is not a format`}}},
+		{"output target", "output:\n  targets:\n    - stdout\n    - file:relative.log\n", []wantErr{{4, "output.targets[1]", "must be absolute"}}},
+		{"output queue", "output:\n  queue: 0\n", []wantErr{{2, "output.queue", "want an integer from 1 to 10000000"}}},
+		{"output fold window", "output:\n  foldWindow: soon\n", []wantErr{{2, "output.foldWindow", `"soon" is not a duration`}}},
+		{"output unknown key", "output:\n  formt: json\n", []wantErr{{2, "output.formt", `unknown key "formt" (did you mean "format"?)`}}},
 		{"nftables action", "nftables: true\nnftablesAction: deny\n", []wantErr{{2, "nftablesAction", `"deny" is not an action (want "drop" or "reject")`}}},
 		{"nftables not a bool", "nftables: off\n", []wantErr{{1, "nftables", "want a boolean"}}},
 		{"bool as a number", "refuseForwarded: 1\n", []wantErr{{1, "refuseForwarded", "want a boolean (true or false), got the number 1"}}},
@@ -310,6 +315,12 @@ credentialPaths:
   - /latest/meta-data/iam/security-credentials/
   - /latest/meta-data/identity-credentials/
   - /latest/meta-data/iam/info
+output:
+  format: json
+  targets:
+    - stdout
+  queue: 10000
+  foldWindow: 10s
 rules:
   - name: legacy-backup-agent
     match: {cgroup: /system.slice/backup.service, comm: backup-agent}

@@ -35,6 +35,17 @@ const (
 	ModeAudit   = "audit"
 )
 
+// Output says where events go and how. Command-line flags given
+// explicitly override it. It is read at start: a reload that changes it is
+// logged, and the change takes effect at the next restart.
+type Output struct {
+	Format     string   `json:"format,omitempty"`     // json (default) or ocsf
+	Targets    []string `json:"targets,omitempty"`    // default [stdout]
+	SyslogCA   string   `json:"syslogCA,omitempty"`   // CA of a syslog+tls collector
+	Queue      int      `json:"queue,omitempty"`      // events a network target holds while down (default 10000)
+	FoldWindow string   `json:"foldWindow,omitempty"` // default 10s; 0s reports every event
+}
+
 // DefaultCredentialPaths returns the IMDS paths that hand out credentials
 // (and the role's name). Any version segment counts, not only "latest".
 func DefaultCredentialPaths() []string {
@@ -68,6 +79,7 @@ type Policy struct {
 	NftablesAction    string   `json:"nftablesAction,omitempty"`
 	Endpoints         []string `json:"endpoints"`
 	CredentialPaths   []string `json:"credentialPaths"`
+	Output            Output   `json:"output"`
 	// Rules are exceptions to the settings above, for the processes they
 	// match; the first matching rule wins. Never nil after Parse.
 	Rules []Rule `json:"rules"`
@@ -144,6 +156,18 @@ func (p *Policy) fillDefaults() {
 	}
 	if p.NftablesAction == "" {
 		p.NftablesAction = NftablesDrop
+	}
+	if p.Output.Format == "" {
+		p.Output.Format = "json"
+	}
+	if len(p.Output.Targets) == 0 {
+		p.Output.Targets = []string{"stdout"}
+	}
+	if p.Output.Queue == 0 {
+		p.Output.Queue = 10000
+	}
+	if p.Output.FoldWindow == "" {
+		p.Output.FoldWindow = "10s"
 	}
 	for _, b := range []**bool{&p.RequireToken, &p.BlockNonHostNetns, &p.RefuseForwarded, &p.Nftables} {
 		if *b == nil {

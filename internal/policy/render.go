@@ -38,6 +38,15 @@ func (p *Policy) render() ([]byte, error) {
 	}
 	add(root, "endpoints", strListNode(p.Endpoints))
 	add(root, "credentialPaths", strListNode(p.CredentialPaths))
+	out := mappingNode()
+	add(out, "format", strNode(p.Output.Format))
+	add(out, "targets", strListNode(p.Output.Targets))
+	if p.Output.SyslogCA != "" {
+		add(out, "syslogCA", strNode(p.Output.SyslogCA))
+	}
+	add(out, "queue", &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!int", Value: strconv.Itoa(p.Output.Queue)})
+	add(out, "foldWindow", strNode(p.Output.FoldWindow))
+	add(root, "output", out)
 	rules := &yaml.Node{Kind: yaml.SequenceNode, Tag: "!!seq"}
 	if len(p.Rules) == 0 {
 		rules.Style = yaml.FlowStyle

@@ -138,3 +138,23 @@ func TestOutputsFileSyslogOutageAndOCSF(t *testing.T) {
 		return err == nil && strings.Contains(string(b), `"class_uid":4002`)
 	})
 }
+
+// The policy's output section chooses the outputs when no flag does.
+func TestOutputFromPolicy(t *testing.T) {
+	l := lab.New(t)
+	startIMDS(t, l, imdsserver.Options{})
+	dir := t.TempDir()
+	logFile := filepath.Join(dir, "events.log")
+	pol := writePolicy(t, dir, "policy.yaml", "output:\n  format: json\n  targets: [\"file:"+logFile+"\"]\n  foldWindow: 0s\n")
+	d := startDaemon(t, l, "--policy", pol)
+	if _, _, code, _ := runInLab(t, l, lab.Node, nil, "curl", "-sS", "-m", "5", "http://"+imdsAddr+credPath); code != 55 {
+		t.Fatalf("curl exit %d", code)
+	}
+	waitFor(t, 3*time.Second, "the event in the policy's file", func() bool {
+		b, err := os.ReadFile(logFile)
+		return err == nil && strings.Contains(string(b), `"reason":"imdsv1_no_token"`)
+	})
+	if len(d.Lines()) != 0 {
+		t.Errorf("stdout is not a target, yet got %d lines", len(d.Lines()))
+	}
+}
