@@ -63,6 +63,7 @@ func (o *outputList) Set(v string) error {
 type daemonState struct {
 	guard *loader.Guard
 	enf   *enforcer.Enforcer
+	out   *output.Pipeline
 	ready atomic.Bool
 }
 
@@ -75,6 +76,7 @@ func (d *daemonState) Hooks() []string {
 }
 func (d *daemonState) Reloads() map[string]uint64 { return d.enf.Reloads() }
 func (d *daemonState) Ready() bool                { return d.ready.Load() }
+func (d *daemonState) OutputDropped() uint64      { return d.out.Dropped() }
 
 func runCommand(args []string, stdout, stderr io.Writer) error {
 	var f runFlags
@@ -280,7 +282,7 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	state := &daemonState{guard: guard, enf: enf}
+	state := &daemonState{guard: guard, enf: enf, out: sink}
 	if f.metrics != "" {
 		if err := metrics.Serve(ctx, f.metrics, state, log); err != nil {
 			return err

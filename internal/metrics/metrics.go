@@ -25,12 +25,13 @@ type Source interface {
 	Hooks() []string
 	Reloads() map[string]uint64
 	Ready() bool // programs attached and a policy loaded
+	OutputDropped() uint64
 }
 
 type collector struct {
 	src                                     Source
 	requests, connections, credential, lost *prometheus.Desc
-	reloads, attached                       *prometheus.Desc
+	reloads, attached, outputDropped        *prometheus.Desc
 }
 
 func newCollector(src Source) *collector {
@@ -42,11 +43,13 @@ func newCollector(src Source) *collector {
 		lost:        prometheus.NewDesc("imdsguard_events_lost_total", "Events the kernel could not queue (verdict counters stay exact).", nil, nil),
 		reloads:     prometheus.NewDesc("imdsguard_policy_reloads_total", "Policy reload attempts, by result.", []string{"result"}, nil),
 		attached:    prometheus.NewDesc("imdsguard_attached", "1 for each attached hook.", []string{"hook"}, nil),
+		outputDropped: prometheus.NewDesc("imdsguard_output_dropped_total",
+			"Events network outputs dropped because their queue was full while the collector was down.", nil, nil),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.requests, c.connections, c.credential, c.lost, c.reloads, c.attached} {
+	for _, d := range []*prometheus.Desc{c.requests, c.connections, c.credential, c.lost, c.reloads, c.attached, c.outputDropped} {
 		ch <- d
 	}
 }
@@ -68,6 +71,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for result, n := range c.src.Reloads() {
 		ch <- prometheus.MustNewConstMetric(c.reloads, prometheus.CounterValue, float64(n), result)
 	}
+	ch <- prometheus.MustNewConstMetric(c.outputDropped, prometheus.CounterValue, float64(c.src.OutputDropped()))
 	for _, h := range c.src.Hooks() {
 		ch <- prometheus.MustNewConstMetric(c.attached, prometheus.GaugeValue, 1, h)
 	}

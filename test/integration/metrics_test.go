@@ -90,6 +90,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		{"imdsguard_credential_access_total", map[string]string{"action": "allow"}, 2},
 		{"imdsguard_connections_total", map[string]string{"action": "deny", "reason": "non_host_netns"}, 1},
 		{"imdsguard_events_lost_total", nil, 0},
+		{"imdsguard_output_dropped_total", nil, 0},
 		{"imdsguard_attached", map[string]string{"hook": "sk_msg"}, 1},
 		{"imdsguard_attached", map[string]string{"hook": "connect6"}, 1},
 	}
