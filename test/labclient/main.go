@@ -53,10 +53,11 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/imdsguard/imdsguard/test/escape"
 )
 
 func main() {
@@ -153,7 +154,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	}
 	cfg.headers = headers
 	for _, w := range writes {
-		b, err := unescape(w)
+		b, err := escape.Unescape(w)
 		if err != nil {
 			return nil, fmt.Errorf("-write %q: %v", w, err)
 		}
@@ -163,7 +164,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 		cfg.host = cfg.addr
 	}
 	if cfg.comm != "" {
-		c, err := unescape(cfg.comm)
+		c, err := escape.Unescape(cfg.comm)
 		if err != nil {
 			return nil, fmt.Errorf("-comm %q: %v", cfg.comm, err)
 		}
@@ -175,35 +176,6 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 		return nil, fmt.Errorf("-addr: %v", err)
 	}
 	return cfg, nil
-}
-
-// unescape interprets Go string-literal escapes (\r, \n, \t, \\, \", \xNN,
-// \u..., octal) in s, as strconv.Unquote(`"`+s+`"`) would, except that an
-// unescaped double quote is taken literally and \' is accepted too.
-func unescape(s string) (string, error) {
-	var b strings.Builder
-	for len(s) > 0 {
-		switch {
-		case s[0] == '"':
-			b.WriteByte('"')
-			s = s[1:]
-		case strings.HasPrefix(s, `\'`):
-			b.WriteByte('\'')
-			s = s[2:]
-		default:
-			r, multibyte, tail, err := strconv.UnquoteChar(s, '"')
-			if err != nil {
-				return "", fmt.Errorf("bad escape at %q", s)
-			}
-			if r < utf8.RuneSelf || !multibyte {
-				b.WriteByte(byte(r))
-			} else {
-				b.WriteRune(r)
-			}
-			s = tail
-		}
-	}
-	return b.String(), nil
 }
 
 // sockaddr parses HOST:PORT into a socket family and address.

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/imdsguard/imdsguard/test/escape"
 )
 
 func TestUnescape(t *testing.T) {
@@ -32,13 +34,13 @@ func TestUnescape(t *testing.T) {
 		"unicode é":                             "unicode é",
 		`X-aws-ec2-metadata-token: ` + "\\r\\n": "X-aws-ec2-metadata-token: \r\n",
 	} {
-		got, err := unescape(in)
+		got, err := escape.Unescape(in)
 		if err != nil || got != want {
 			t.Errorf("unescape(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
 	for _, bad := range []string{`\`, `\q`, `\x4`, `abc\`} {
-		if got, err := unescape(bad); err == nil {
+		if got, err := escape.Unescape(bad); err == nil {
 			t.Errorf("unescape(%q) = %q, want error", bad, got)
 		}
 	}

@@ -47,12 +47,11 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
-	"strconv"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/imdsguard/imdsguard/test/escape"
 )
 
 const defaultPayload = `GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n`
@@ -149,7 +148,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	if err != nil || !cfg.dst.Addr().Is4() || cfg.dst.Port() == 0 {
 		return nil, fmt.Errorf("-dst %q: want IPv4:PORT with a non-zero port", *dst)
 	}
-	p, err := unescape(*payload)
+	p, err := escape.Unescape(*payload)
 	if err != nil {
 		return nil, fmt.Errorf("-payload: %v", err)
 	}
@@ -161,35 +160,6 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 		return nil, errors.New("-timeout must be positive")
 	}
 	return cfg, nil
-}
-
-// unescape interprets Go string-literal escapes (\r, \n, \t, \\, \", \xNN,
-// \u..., octal) in s, as strconv.Unquote(`"`+s+`"`) would, except that an
-// unescaped double quote is taken literally and \' is accepted too.
-func unescape(s string) (string, error) {
-	var b strings.Builder
-	for len(s) > 0 {
-		switch {
-		case s[0] == '"':
-			b.WriteByte('"')
-			s = s[1:]
-		case strings.HasPrefix(s, `\'`):
-			b.WriteByte('\'')
-			s = s[2:]
-		default:
-			r, multibyte, tail, err := strconv.UnquoteChar(s, '"')
-			if err != nil {
-				return "", fmt.Errorf("bad escape at %q", s)
-			}
-			if r < utf8.RuneSelf || !multibyte {
-				b.WriteByte(byte(r))
-			} else {
-				b.WriteRune(r)
-			}
-			s = tail
-		}
-	}
-	return b.String(), nil
 }
 
 // segment is one TCP segment (header fields rawclient uses, and payload).

@@ -15,6 +15,8 @@ import (
 
 	"github.com/imdsguard/imdsguard/test/imdsserver"
 	"github.com/imdsguard/imdsguard/test/lab"
+
+	"github.com/imdsguard/imdsguard/test/escape"
 )
 
 func TestParseArgs(t *testing.T) {
@@ -70,12 +72,12 @@ func TestUnescape(t *testing.T) {
 		`\x00\xff`:               "\x00\xff",
 		`\u00e9\101`:             "éA",
 	} {
-		if got, err := unescape(in); err != nil || got != want {
+		if got, err := escape.Unescape(in); err != nil || got != want {
 			t.Errorf("unescape(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
 	for _, bad := range []string{`\`, `\q`, `\x4`} {
-		if _, err := unescape(bad); err == nil {
+		if _, err := escape.Unescape(bad); err == nil {
 			t.Errorf("unescape(%q): want error", bad)
 		}
 	}
