@@ -38,4 +38,3 @@ func Unescape(s string) (string, error) {
 	}
 	return b.String(), nil
 }
-
