@@ -318,21 +318,33 @@ static __always_inline void norm_put(struct parser *p, __u8 c)
 	p->nlen++;
 }
 
-/* Ends the current path segment (at "/" or the end of the path): drops it if
- * it is empty, "." or "..", and for ".." also drops the one before it.
- * Returns -1 when the path is too deep to normalise. */
-static __always_inline int end_segment(struct parser *p)
+/* Resolves the current segment if it is "." (dropped) or ".." (dropped with
+ * the one before it; at the root it stays at the root). Returns 1 if it was
+ * one of them. */
+static __always_inline int drop_dot_segment(struct parser *p)
 {
 	if (p->seg_len == 1 && p->seg_c0 == '.') {
 		p->nlen = p->seg_start;
-	} else if (p->seg_len == 2 && p->seg_c0 == '.' && p->seg_c1 == '.') {
+		return 1;
+	}
+	if (p->seg_len == 2 && p->seg_c0 == '.' && p->seg_c1 == '.') {
 		if (p->nseg > 0) {
 			p->nseg--;
 			p->nlen = p->segs[MASKED(p->nseg, SEG_MAX - 1)];
 		} else {
-			p->nlen = 1; /* ".." at the root stays at the root */
+			p->nlen = 1;
 		}
-	} else if (p->seg_len > 0) {
+		return 1;
+	}
+	return 0;
+}
+
+/* Ends the current path segment at a "/": resolves "." and "..", drops an
+ * empty one ("//"), keeps any other with its "/". Returns -1 when the path
+ * is too deep to normalise. */
+static __always_inline int end_segment(struct parser *p)
+{
+	if (!drop_dot_segment(p) && p->seg_len > 0) {
 		if (p->nseg >= SEG_MAX)
 			return -1;
 		p->segs[MASKED(p->nseg, SEG_MAX - 1)] = p->seg_start;
@@ -360,22 +372,12 @@ static __always_inline int path_byte(struct parser *p, __u8 c)
 	return 0;
 }
 
-/* Ends the path: resolves a final "." or ".." like end_segment, but a
+/* Ends the path: a final "." or ".." is resolved as by end_segment, but a
  * final kept segment gets no "/" ("/a/b" stays "/a/b", "/a/b/" keeps its
  * slash because its last segment is empty). */
-static __always_inline int end_path(struct parser *p)
+static __always_inline void end_path(struct parser *p)
 {
-	if (p->seg_len == 1 && p->seg_c0 == '.') {
-		p->nlen = p->seg_start;
-	} else if (p->seg_len == 2 && p->seg_c0 == '.' && p->seg_c1 == '.') {
-		if (p->nseg > 0) {
-			p->nseg--;
-			p->nlen = p->segs[MASKED(p->nseg, SEG_MAX - 1)];
-		} else {
-			p->nlen = 1;
-		}
-	}
-	return 0;
+	drop_dot_segment(p);
 }
 
 static __always_inline __u8 norm_at(const struct parser *p, __u32 i)
@@ -649,8 +651,7 @@ static long parse_step(__u32 i, void *ctx)
 		break;
 	case P_PATH:
 		if (c == ' ') {
-			if (end_path(p) < 0)
-				return parse_error(p, cfg);
+			end_path(p);
 			p->state = P_VERSION;
 			break;
 		}
@@ -658,8 +659,7 @@ static long parse_step(__u32 i, void *ctx)
 			return parse_error(p, cfg);
 		raw_path_byte(p, c);
 		if (c == '?' || c == '#') {
-			if (end_path(p) < 0)
-				return parse_error(p, cfg);
+			end_path(p);
 			p->state = P_QUERY;
 			break;
 		}
