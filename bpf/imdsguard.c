@@ -35,17 +35,8 @@ static __always_inline void emit_connect(struct bpf_sock_addr *ctx, const struct
 		return;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
-
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u64 uid_gid = bpf_get_current_uid_gid();
-	e->ts_ns = bpf_ktime_get_ns();
-	e->cgroup_id = bpf_get_current_cgroup_id();
+	event_task(e);
 	e->netns_cookie = cookie;
-	e->pid = pid_tgid >> 32;
-	e->ppid = current_ppid();
-	e->tid = (__u32)pid_tgid;
-	e->uid = (__u32)uid_gid;
-	e->gid = uid_gid >> 32;
 	__builtin_memcpy(e->addr, key->addr, sizeof(e->addr));
 	e->port = bpf_ntohs(key->port);
 	e->kind = KIND_CONNECT;
@@ -54,7 +45,6 @@ static __always_inline void emit_connect(struct bpf_sock_addr *ctx, const struct
 	e->flags = flags;
 	e->gen = key->gen;
 	e->rule = rule;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_ringbuf_submit(e, ringbuf_wakeup());
 }
 
@@ -111,11 +101,8 @@ SEC("cgroup/connect4")
 int imds_connect4(struct bpf_sock_addr *ctx)
 {
 	struct endpoint_key key = {};
-	__u32 ip = ctx->user_ip4; /* network byte order */
 
-	key.addr[10] = 0xff;
-	key.addr[11] = 0xff;
-	__builtin_memcpy(&key.addr[12], &ip, sizeof(ip));
+	addr_v4(key.addr, ctx->user_ip4);
 	key.port = (__be16)ctx->user_port;
 	return judge_connect(ctx, &key);
 }
@@ -124,17 +111,10 @@ SEC("cgroup/connect6")
 int imds_connect6(struct bpf_sock_addr *ctx)
 {
 	struct endpoint_key key = {};
-	__u32 w;
 
-	/* user_ip6 only allows 4-byte loads; an IPv4-mapped address lands on the IPv4 key. */
-	w = ctx->user_ip6[0];
-	__builtin_memcpy(&key.addr[0], &w, 4);
-	w = ctx->user_ip6[1];
-	__builtin_memcpy(&key.addr[4], &w, 4);
-	w = ctx->user_ip6[2];
-	__builtin_memcpy(&key.addr[8], &w, 4);
-	w = ctx->user_ip6[3];
-	__builtin_memcpy(&key.addr[12], &w, 4);
+	/* an IPv4-mapped address lands on the IPv4 key */
+	addr_v6(key.addr, CTX_U32(ctx->user_ip6[0]), CTX_U32(ctx->user_ip6[1]),
+		CTX_U32(ctx->user_ip6[2]), CTX_U32(ctx->user_ip6[3]));
 	key.port = (__be16)ctx->user_port;
 	return judge_connect(ctx, &key);
 }
@@ -173,22 +153,12 @@ int imds_sockops(struct bpf_sock_ops *skops)
 		return 1;
 
 	struct endpoint_key key = {};
-	__u32 w;
-	if (skops->family == AF_INET) {
-		w = skops->remote_ip4;
-		key.addr[10] = 0xff;
-		key.addr[11] = 0xff;
-		__builtin_memcpy(&key.addr[12], &w, 4);
-	} else if (skops->family == AF_INET6) {
-		w = skops->remote_ip6[0];
-		__builtin_memcpy(&key.addr[0], &w, 4);
-		w = skops->remote_ip6[1];
-		__builtin_memcpy(&key.addr[4], &w, 4);
-		w = skops->remote_ip6[2];
-		__builtin_memcpy(&key.addr[8], &w, 4);
-		w = skops->remote_ip6[3];
-		__builtin_memcpy(&key.addr[12], &w, 4);
-	} else {
+	if (skops->family == AF_INET)
+		addr_v4(key.addr, skops->remote_ip4);
+	else if (skops->family == AF_INET6)
+		addr_v6(key.addr, CTX_U32(skops->remote_ip6[0]), CTX_U32(skops->remote_ip6[1]),
+			CTX_U32(skops->remote_ip6[2]), CTX_U32(skops->remote_ip6[3]));
+	else {
 		return 1;
 	}
 	key.port = ctx_port(skops->remote_port);
@@ -204,22 +174,11 @@ int imds_sockops(struct bpf_sock_ops *skops)
 
 static __always_inline void msg_endpoint(struct sk_msg_md *msg, struct event *e)
 {
-	__u32 w;
-	if (msg->family == AF_INET) {
-		w = msg->remote_ip4;
-		e->addr[10] = 0xff;
-		e->addr[11] = 0xff;
-		__builtin_memcpy(&e->addr[12], &w, 4);
-	} else {
-		w = msg->remote_ip6[0];
-		__builtin_memcpy(&e->addr[0], &w, 4);
-		w = msg->remote_ip6[1];
-		__builtin_memcpy(&e->addr[4], &w, 4);
-		w = msg->remote_ip6[2];
-		__builtin_memcpy(&e->addr[8], &w, 4);
-		w = msg->remote_ip6[3];
-		__builtin_memcpy(&e->addr[12], &w, 4);
-	}
+	if (msg->family == AF_INET)
+		addr_v4(e->addr, msg->remote_ip4);
+	else
+		addr_v6(e->addr, CTX_U32(msg->remote_ip6[0]), CTX_U32(msg->remote_ip6[1]),
+			CTX_U32(msg->remote_ip6[2]), CTX_U32(msg->remote_ip6[3]));
 	e->port = bpf_ntohs(ctx_port(msg->remote_port));
 }
 
@@ -235,16 +194,8 @@ static __always_inline void emit_request(struct sk_msg_md *msg, const struct con
 		return;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u64 uid_gid = bpf_get_current_uid_gid();
-	e->ts_ns = bpf_ktime_get_ns();
-	e->cgroup_id = bpf_get_current_cgroup_id();
+	event_task(e);
 	e->netns_cookie = bpf_get_netns_cookie(msg);
-	e->pid = pid_tgid >> 32;
-	e->ppid = current_ppid();
-	e->tid = (__u32)pid_tgid;
-	e->uid = (__u32)uid_gid;
-	e->gid = uid_gid >> 32;
 	msg_endpoint(msg, e);
 	e->kind = KIND_REQUEST;
 	e->action = r->action;
@@ -261,7 +212,6 @@ static __always_inline void emit_request(struct sk_msg_md *msg, const struct con
 	e->method_len = r->method_len;
 	__builtin_memcpy(e->method, r->method, METHOD_LEN);
 	__builtin_memcpy(e->path, r->path, PATH_LEN);
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_ringbuf_submit(e, ringbuf_wakeup());
 }
 
@@ -407,10 +357,7 @@ int imds_adopt(struct bpf_iter__tcp *ctx)
 
 	struct endpoint_key key = {};
 	if (skc->skc_family == AF_INET) {
-		__u32 w = skc->skc_daddr;
-		key.addr[10] = 0xff;
-		key.addr[11] = 0xff;
-		__builtin_memcpy(&key.addr[12], &w, 4);
+		addr_v4(key.addr, skc->skc_daddr);
 	} else if (skc->skc_family == AF_INET6) {
 		__builtin_memcpy(key.addr, skc->skc_v6_daddr.s6_addr, 16);
 	} else {
@@ -535,9 +482,9 @@ int imds_egress(struct __sk_buff *skb)
 			e->cgroup_id = bpf_skb_cgroup_id(skb);
 			e->port = bpf_ntohs(th.dest);
 			if ((vihl >> 4) == 4) {
-				e->addr[10] = 0xff;
-				e->addr[11] = 0xff;
-				bpf_skb_load_bytes(skb, 16, &e->addr[12], 4);
+				__u32 ip = 0;
+				bpf_skb_load_bytes(skb, 16, &ip, 4);
+				addr_v4(e->addr, ip);
 			} else {
 				bpf_skb_load_bytes(skb, 24, e->addr, 16);
 			}

@@ -278,6 +278,45 @@ static __always_inline struct config *get_config_gen(__u32 gen)
 	return bpf_map_lookup_elem(&config_map, &gen);
 }
 
+/* An IPv4 address (network byte order) as the IPv4-mapped IPv6 address
+ * ::ffff:a.b.c.d every key and event holds. addr must be zeroed. */
+static __always_inline void addr_v4(__u8 *addr, __u32 ip)
+{
+	addr[10] = 0xff;
+	addr[11] = 0xff;
+	__builtin_memcpy(&addr[12], &ip, 4);
+}
+
+/* A 4-byte load of a context field that the compiler must not merge with
+ * its neighbour into one 8-byte load: user_ip6 and remote_ip6 only allow
+ * 4-byte loads. */
+#define CTX_U32(field) (*(volatile __u32 *)&(field))
+
+/* An IPv6 address from its four network-order words (read them with
+ * CTX_U32). */
+static __always_inline void addr_v6(__u8 *addr, __u32 w0, __u32 w1, __u32 w2, __u32 w3)
+{
+	__builtin_memcpy(&addr[0], &w0, 4);
+	__builtin_memcpy(&addr[4], &w1, 4);
+	__builtin_memcpy(&addr[8], &w2, 4);
+	__builtin_memcpy(&addr[12], &w3, 4);
+}
+
+/* Fills in who is writing or connecting: the current task. */
+static __always_inline void event_task(struct event *e)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+	e->ts_ns = bpf_ktime_get_ns();
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->pid = pid_tgid >> 32;
+	e->ppid = current_ppid();
+	e->tid = (__u32)pid_tgid;
+	e->uid = (__u32)uid_gid;
+	e->gid = uid_gid >> 32;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+}
+
 static __always_inline struct config *get_config(void)
 {
 	return get_config_gen(current_gen());
