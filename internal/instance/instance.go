@@ -5,16 +5,14 @@ package instance
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"runtime"
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/imdsguard/imdsguard/internal/netnsexec"
 )
 
 // Fetch gets /latest/meta-data/instance-id from the IMDS at addr
@@ -72,46 +70,21 @@ func Fetch(ctx context.Context, addr, netnsPath string) (string, error) {
 }
 
 // dialIn opens a TCP connection whose socket lives in the network namespace
-// at path: the socket is created on a thread that entered the namespace,
-// and keeps it afterwards.
+// at path: the socket is created inside it, and keeps it afterwards.
 func dialIn(ctx context.Context, addr, path string) (net.Conn, error) {
 	var d net.Dialer
 	if path == "" {
 		return d.DialContext(ctx, "tcp", addr)
 	}
-	target, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("opening %s: %w", path, err)
+	var conn net.Conn
+	err := netnsexec.Do(path, func() error {
+		var err error
+		conn, err = d.DialContext(ctx, "tcp", addr)
+		return err
+	})
+	if err != nil && conn != nil {
+		conn.Close()
+		conn = nil
 	}
-	defer unix.Close(target)
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		self, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{nil, err}
-			return
-		}
-		defer unix.Close(self)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{nil, fmt.Errorf("entering %s: %w", path, err)}
-			return
-		}
-		c, derr := d.DialContext(ctx, "tcp", addr)
-		if err := unix.Setns(self, unix.CLONE_NEWNET); err != nil {
-			// the thread stays locked and dies with this goroutine
-			ch <- result{c, errors.Join(derr, err)}
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- result{c, derr}
-	}()
-	r := <-ch
-	return r.c, r.err
+	return conn, err
 }

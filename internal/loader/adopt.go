@@ -6,13 +6,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 
 	"github.com/cilium/ebpf/link"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	"github.com/imdsguard/imdsguard/bpf"
+	"github.com/imdsguard/imdsguard/internal/netnsexec"
 )
 
 // Adopt puts TCP connections to IMDS that were established before the
@@ -32,7 +32,7 @@ func (g *Guard) Adopt() (uint64, error) {
 		return 0, err
 	}
 	for i, ns := range networkNamespaces() {
-		err := inNetns(ns, func() error { return runIter(it) })
+		err := netnsexec.Do(ns, func() error { return runIter(it) })
 		if err == nil {
 			continue
 		}
@@ -104,39 +104,4 @@ func networkNamespaces() []string {
 		}
 	}
 	return out
-}
-
-// inNetns runs fn on a locked OS thread inside the network namespace at
-// path. If the thread cannot be brought back, it stays locked and dies with
-// its goroutine instead of returning to Go's pool in the wrong namespace.
-func inNetns(path string, fn func() error) error {
-	target, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("opening %s: %w", path, err)
-	}
-	defer unix.Close(target)
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		self, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("opening own network namespace: %w", err)
-			return
-		}
-		defer unix.Close(self)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("entering %s: %w", path, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(self, unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("returning from %s: %w", path, err))
-			return // thread stays locked: it exits with this goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
 }

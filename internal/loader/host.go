@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/imdsguard/imdsguard/internal/netnsexec"
 )
 
 // NetnsCookie returns the cookie of a network namespace: the one this process
@@ -16,7 +18,7 @@ func NetnsCookie(path string) (uint64, error) {
 		return socketNetnsCookie()
 	}
 	var cookie uint64
-	err := inNetns(path, func() error {
+	err := netnsexec.Do(path, func() error {
 		var err error
 		cookie, err = socketNetnsCookie()
 		return err

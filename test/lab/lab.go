@@ -33,7 +33,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -43,6 +42,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/imdsguard/imdsguard/internal/netnsexec"
 )
 
 // Service addresses, configured on the imds namespace's loopback.
@@ -268,7 +269,7 @@ func (l *Lab) setup() error {
 	node, imds, pod := handles[Node], handles[IMDS], handles[Pod]
 
 	// The node namespace routes and forwards; set that up first.
-	if err := inNetns(l.NetnsPath(Node), func() error {
+	if err := netnsexec.Do(l.NetnsPath(Node), func() error {
 		for _, f := range []string{
 			"/proc/sys/net/ipv4/ip_forward",
 			"/proc/sys/net/ipv6/conf/all/forwarding",
@@ -415,51 +416,11 @@ func addNeighbours(h *netlink.Handle, link netlink.Link, mac net.HardwareAddr, c
 	return nil
 }
 
-// inNetns runs fn on a dedicated, locked OS thread switched into the network
-// namespace at path, then switches the thread back. If switching back fails,
-// the thread stays locked, so the runtime destroys it when the goroutine ends
-// instead of reusing it in the wrong namespace.
-func inNetns(path string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(path)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open netns %s: %w", path, err)
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			// A failed setns leaves the thread where it was.
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("setns %s: %w", path, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			// Deliberately no UnlockOSThread: see above.
-			errc <- errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
-
 // Do runs fn on a locked OS thread that is inside ns for the duration of
 // the call. Sockets fn creates stay in ns. fn must not rely on goroutines it
 // starts being in ns (they run on other threads).
 func (l *Lab) Do(ns NS, fn func() error) error {
-	return inNetns(l.NetnsPath(ns), fn)
+	return netnsexec.Do(l.NetnsPath(ns), fn)
 }
 
 // Listen creates a listener whose socket lives in ns (see net.Listen). The
