@@ -36,7 +36,8 @@ func TestDecodeAndJSON(t *testing.T) {
 	ev := Decode(&raw, time.Duration(1700000000)*time.Second)
 	ev.Cgroup = "/kubepods/pod1"
 	var buf bytes.Buffer
-	NewJSONSink(&buf).Emit(&ev)
+	buf.Write(EncodeJSON(ev.Time, &ev))
+	buf.WriteByte('\n')
 
 	if bytes.Count(buf.Bytes(), []byte("\n")) != 1 {
 		t.Fatalf("want exactly one line, got %q", buf.String())

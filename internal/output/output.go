@@ -13,9 +13,9 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
-	"go.uber.org/zap/buffer"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/imdsguard/imdsguard/bpf"
@@ -81,7 +81,6 @@ func parseTarget(t string) (kind, where string, err error) {
 // Pipeline renders and delivers events; it implements the events sinks.
 type Pipeline struct {
 	cfg     Config
-	enc     zapcore.Encoder
 	sinks   []sinks.Sink
 	files   []*sinks.File
 	syslogs []*sinks.Syslog
@@ -99,10 +98,7 @@ func New(cfg Config, stdout io.Writer, log *zap.Logger) (*Pipeline, error) {
 	if len(cfg.Targets) == 0 {
 		cfg.Targets = []string{"stdout"}
 	}
-	p := &Pipeline{cfg: cfg, log: log, enc: zapcore.NewJSONEncoder(zapcore.EncoderConfig{
-		TimeKey:    "time",
-		EncodeTime: zapcore.RFC3339NanoTimeEncoder,
-	})}
+	p := &Pipeline{cfg: cfg, log: log}
 	for _, t := range cfg.Targets {
 		kind, where, err := parseTarget(t)
 		if err != nil {
@@ -162,18 +158,6 @@ func tlsConfig(hostport, caFile string) (*tls.Config, error) {
 	return tc, nil
 }
 
-// jsonOf renders a zap object (the events' MarshalLogObject) as one JSON
-// object with its time first, as the stdout sink always has.
-func (p *Pipeline) jsonOf(ent zapcore.Entry, obj zapcore.ObjectMarshaler) []byte {
-	var buf *buffer.Buffer
-	buf, err := p.enc.EncodeEntry(ent, []zapcore.Field{zap.Inline(obj)})
-	if err != nil {
-		return nil
-	}
-	defer buf.Free()
-	return []byte(strings.TrimRight(buf.String(), "\n"))
-}
-
 func severity(a bpf.Action) int {
 	switch a {
 	case bpf.ActionDeny:
@@ -190,18 +174,25 @@ func (p *Pipeline) send(r sinks.Record) {
 	}
 }
 
+// render is the event in the configured format: OCSF through toOCSF, else
+// imdsguard's own JSON. nil when it cannot be rendered (logged).
+func (p *Pipeline) render(t time.Time, ev zapcore.ObjectMarshaler, toOCSF func(ocsf.Product) ([]byte, error)) []byte {
+	if p.cfg.Format != FormatOCSF {
+		return events.EncodeJSON(t, ev)
+	}
+	b, err := toOCSF(p.cfg.Product)
+	if err != nil {
+		p.log.Warn("rendering OCSF", zap.Error(err))
+		return nil
+	}
+	return b
+}
+
 // Emit delivers a connect or request event.
 func (p *Pipeline) Emit(ev *events.Event) {
-	var js []byte
-	if p.cfg.Format == FormatOCSF {
-		b, err := ocsf.Render(ev, p.cfg.Product)
-		if err != nil {
-			p.log.Warn("rendering OCSF", zap.Error(err))
-			return
-		}
-		js = b
-	} else {
-		js = p.jsonOf(zapcore.Entry{Time: ev.Time.UTC()}, ev)
+	js := p.render(ev.Time, ev, func(pr ocsf.Product) ([]byte, error) { return ocsf.Render(ev, pr) })
+	if js == nil {
+		return
 	}
 	p.send(sinks.Record{
 		Time: ev.Time, JSON: js, MsgID: ev.Kind.String(), Severity: severity(ev.Action),
@@ -218,16 +209,9 @@ func (p *Pipeline) Emit(ev *events.Event) {
 
 // EmitPacket delivers an nftables drop.
 func (p *Pipeline) EmitPacket(ev *events.PacketEvent) {
-	var js []byte
-	if p.cfg.Format == FormatOCSF {
-		b, err := ocsf.Packet(ev, p.cfg.Product)
-		if err != nil {
-			p.log.Warn("rendering OCSF", zap.Error(err))
-			return
-		}
-		js = b
-	} else {
-		js = p.jsonOf(zapcore.Entry{Time: ev.Time.UTC()}, ev)
+	js := p.render(ev.Time, ev, func(pr ocsf.Product) ([]byte, error) { return ocsf.Packet(ev, pr) })
+	if js == nil {
+		return
 	}
 	p.send(sinks.Record{Time: ev.Time, JSON: js, MsgID: "packet", Severity: severity(ev.Action), SDID: "imdsguard@32473",
 		SD: [][2]string{{"action", ev.Action.String()}, {"reason", "routed_from_other_netns"}, {"endpoint", ev.Endpoint.String()},
@@ -241,13 +225,13 @@ func (p *Pipeline) EmitPolicy(ev *events.PolicyEvent) {
 	if ev.Result != "loaded" {
 		sev = 3
 	}
-	p.send(sinks.Record{Time: ev.Time, JSON: p.jsonOf(zapcore.Entry{Time: ev.Time.UTC()}, ev), MsgID: "policy", Severity: sev,
+	p.send(sinks.Record{Time: ev.Time, JSON: events.EncodeJSON(ev.Time, ev), MsgID: "policy", Severity: sev,
 		SDID: "imdsguard@32473", SD: [][2]string{{"result", ev.Result}, {"policy_hash", ev.Hash}}})
 }
 
 // EmitTable delivers an nftables table event.
 func (p *Pipeline) EmitTable(ev *events.TableEvent) {
-	p.send(sinks.Record{Time: ev.Time, JSON: p.jsonOf(zapcore.Entry{Time: ev.Time.UTC()}, ev), MsgID: "nftables", Severity: 4,
+	p.send(sinks.Record{Time: ev.Time, JSON: events.EncodeJSON(ev.Time, ev), MsgID: "nftables", Severity: 4,
 		SDID: "imdsguard@32473", SD: [][2]string{{"result", ev.Result}}})
 }
 
