@@ -69,16 +69,7 @@ func compileRules(rules []Rule) ([]bpf.ImdsguardRule, error) {
 // condition, up to and including the first one that matches every process
 // of the cgroup (no comm or uid condition) — nothing after it can win.
 func (c *Compiled) Candidates(path string) ([]uint16, error) {
-	var out []uint16
-	for i, r := range c.rules {
-		if r.Match.Cgroup != "" && !MatchCgroup(r.Match.Cgroup, path) {
-			continue
-		}
-		out = append(out, uint16(i))
-		if r.Match.Comm == "" && r.Match.UID == nil {
-			break
-		}
-	}
+	out := c.candidates(func(r Rule) bool { return r.Match.Cgroup == "" || MatchCgroup(r.Match.Cgroup, path) })
 	if len(out) > RulesPerCgroup {
 		names := make([]string, len(out))
 		for i, idx := range out {
@@ -92,9 +83,20 @@ func (c *Compiled) Candidates(path string) ([]uint16, error) {
 // DefaultCandidates is the rule list of every cgroup that no rule's cgroup
 // glob matches: the rules without a cgroup condition.
 func (c *Compiled) DefaultCandidates() ([]uint16, error) {
+	out := c.candidates(func(r Rule) bool { return r.Match.Cgroup == "" })
+	if len(out) > RulesPerCgroup {
+		return nil, fmt.Errorf("%d rules without a cgroup condition apply to every cgroup, at most %d", len(out), RulesPerCgroup)
+	}
+	return out, nil
+}
+
+// candidates lists, in policy order, the rules that applies accepts, up to
+// and including the first without a comm or uid condition: it matches every
+// process the list is for, so nothing after it can win.
+func (c *Compiled) candidates(applies func(Rule) bool) []uint16 {
 	var out []uint16
 	for i, r := range c.rules {
-		if r.Match.Cgroup != "" {
+		if !applies(r) {
 			continue
 		}
 		out = append(out, uint16(i))
@@ -102,10 +104,7 @@ func (c *Compiled) DefaultCandidates() ([]uint16, error) {
 			break
 		}
 	}
-	if len(out) > RulesPerCgroup {
-		return nil, fmt.Errorf("%d rules without a cgroup condition apply to every cgroup, at most %d", len(out), RulesPerCgroup)
-	}
-	return out, nil
+	return out
 }
 
 // NeedsEntry reports whether a cgroup's candidates differ from the default
