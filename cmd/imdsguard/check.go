@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/imdsguard/imdsguard/internal/policy"
+	"github.com/imdsguard/imdsguard/internal/enforcer"
 )
 
 func checkCommand(args []string, stdout, stderr io.Writer) error {
@@ -14,7 +14,7 @@ func checkCommand(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
-	pol, err := loadPolicy(*path)
+	pol, err := enforcer.LoadPolicy(*path, "")
 	if err != nil {
 		return err
 	}
@@ -33,11 +33,4 @@ func checkCommand(args []string, stdout, stderr io.Writer) error {
 	}
 	_, err = stdout.Write(out)
 	return err
-}
-
-func loadPolicy(path string) (*policy.Policy, error) {
-	if path == "" {
-		return policy.Default()
-	}
-	return policy.Load(path)
 }

@@ -81,15 +81,6 @@ func TestDecodeIPv6Endpoint(t *testing.T) {
 	}
 }
 
-func TestParentPID(t *testing.T) {
-	if got := parentPID(uint32(os.Getpid())); got != uint32(os.Getppid()) {
-		t.Fatalf("parentPID(self) = %d, want %d", got, os.Getppid())
-	}
-	if got := parentPID(0xfffffff0); got != 0 {
-		t.Fatalf("parentPID(no such pid) = %d, want 0", got)
-	}
-}
-
 func TestCgroupResolver(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: open_by_handle_at requires CAP_DAC_READ_SEARCH")

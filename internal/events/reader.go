@@ -126,31 +126,6 @@ func (r *Reader) enrich(ev *Event) {
 	if ev.PID != 0 {
 		ev.Exe, ev.Cmdline = processInfo(ev.PID)
 	}
-	if ev.PPID == 0 && ev.PID != 0 {
-		ev.PPID = parentPID(ev.PID) // kernels that do not let the program read it
-	}
-}
-
-// parentPID reads the parent of pid from /proc, or 0 when pid is gone.
-func parentPID(pid uint32) uint32 {
-	data, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/stat")
-	if err != nil {
-		return 0
-	}
-	// "pid (comm) state ppid …": comm may hold spaces and ')', so split after the last ')'.
-	i := strings.LastIndexByte(string(data), ')')
-	if i < 0 {
-		return 0
-	}
-	fields := strings.Fields(string(data[i+1:]))
-	if len(fields) < 2 {
-		return 0
-	}
-	ppid, err := strconv.ParseUint(fields[1], 10, 32)
-	if err != nil {
-		return 0
-	}
-	return uint32(ppid)
 }
 
 // processInfo reads a process's executable and command line from /proc.

@@ -39,6 +39,8 @@ func requirements() []requirement {
 		asm.FnRingbufReserve,
 		asm.FnRingbufSubmit,
 		asm.FnSkStorageGet,
+		asm.FnGetCurrentTask, // ppid, read in the kernel
+		asm.FnProbeReadKernel,
 	} {
 		reqs = append(reqs, requirement{
 			name:  fmt.Sprintf("helper %s in cgroup sock_addr programs", fn),
