@@ -73,6 +73,25 @@ func (t *Table) Supported() error {
 	return nil
 }
 
+// allowedSet is the set of allowed IPv4 (allowed4) or IPv6 (allowed6) sources.
+func allowedSet(tbl *nftables.Table, v6 bool) *nftables.Set {
+	if v6 {
+		return &nftables.Set{Table: tbl, Name: "allowed6", KeyType: nftables.TypeIP6Addr}
+	}
+	return &nftables.Set{Table: tbl, Name: "allowed4", KeyType: nftables.TypeIPAddr}
+}
+
+// elements are the addresses of one family as set elements.
+func elements(addrs []netip.Addr, v6 bool) []nftables.SetElement {
+	var out []nftables.SetElement
+	for _, a := range addrs {
+		if a.Is6() == v6 {
+			out = append(out, nftables.SetElement{Key: a.AsSlice()})
+		}
+	}
+	return out
+}
+
 func table() *nftables.Table {
 	return &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
 }
@@ -108,17 +127,8 @@ func (t *Table) Apply(cfg Config) error {
 	})
 	sets := map[bool]*nftables.Set{}
 	for _, v6 := range []bool{false, true} {
-		s := &nftables.Set{Table: tbl, Name: "allowed4", KeyType: nftables.TypeIPAddr}
-		if v6 {
-			s = &nftables.Set{Table: tbl, Name: "allowed6", KeyType: nftables.TypeIP6Addr}
-		}
-		var elems []nftables.SetElement
-		for _, a := range cfg.Allowed {
-			if a.Is4() != v6 {
-				elems = append(elems, nftables.SetElement{Key: a.AsSlice()})
-			}
-		}
-		if err := c.AddSet(s, elems); err != nil {
+		s := allowedSet(tbl, v6)
+		if err := c.AddSet(s, elements(cfg.Allowed, v6)); err != nil {
 			return fmt.Errorf("adding set %s: %w", s.Name, err)
 		}
 		sets[v6] = s
@@ -227,25 +237,13 @@ func (t *Table) SetAllowed(add, remove []netip.Addr) error {
 	}
 	tbl := table()
 	for _, v6 := range []bool{false, true} {
-		s := &nftables.Set{Table: tbl, Name: "allowed4", KeyType: nftables.TypeIPAddr}
-		if v6 {
-			s = &nftables.Set{Table: tbl, Name: "allowed6", KeyType: nftables.TypeIP6Addr}
-		}
-		pick := func(as []netip.Addr) []nftables.SetElement {
-			var out []nftables.SetElement
-			for _, a := range as {
-				if a.Is4() != v6 {
-					out = append(out, nftables.SetElement{Key: a.AsSlice()})
-				}
-			}
-			return out
-		}
-		if e := pick(remove); len(e) > 0 {
+		s := allowedSet(tbl, v6)
+		if e := elements(remove, v6); len(e) > 0 {
 			if err := c.SetDeleteElements(s, e); err != nil {
 				return fmt.Errorf("updating set %s: %w", s.Name, err)
 			}
 		}
-		if e := pick(add); len(e) > 0 {
+		if e := elements(add, v6); len(e) > 0 {
 			if err := c.SetAddElements(s, e); err != nil {
 				return fmt.Errorf("updating set %s: %w", s.Name, err)
 			}
