@@ -23,6 +23,8 @@ const usage = `usage: imdsguard <command> [flags]
 commands:
   run       attach the guard and report events until SIGINT/SIGTERM
   check     validate a policy file and print the effective policy
+  status    show what is attached and pinned, with counters (--json for scripts)
+  detach    remove every hook, pin and table imdsguard made
   version   print the version
 
 run 'imdsguard <command> -h' for a command's flags.
@@ -43,18 +45,25 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		err = runCommand(args[1:], stdout, stderr)
 	case "check":
 		err = checkCommand(args[1:], stdout, stderr)
+	case "status":
+		err = statusCommand(args[1:], stdout, stderr)
+	case "detach":
+		err = detachCommand(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "imdsguard %s\n", version)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
-		err = usageError{fmt.Errorf("unknown command %q (want run, check or version)", args[0])}
+		err = usageError{fmt.Errorf("unknown command %q (want run, check, status, detach or version)", args[0])}
 	}
 	if err == nil {
 		return 0
 	}
 	if errors.Is(err, errHelp) {
 		return 0
+	}
+	if errors.Is(err, errNotEnforcing) {
+		return 3
 	}
 	fmt.Fprintf(stderr, "imdsguard: %v\n", err)
 	var ue usageError

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -44,7 +45,14 @@ type runFlags struct {
 	format    string
 	syslogCA  string
 	queue     int
+	pinDir    string
+	onExit    string
 }
+
+const (
+	onExitKeep   = "keep"
+	onExitDetach = "detach"
+)
 
 // outputList is the repeatable --output flag.
 type outputList []string
@@ -95,11 +103,19 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&f.queue, "output-queue", 10000, "events each network output holds while its collector is down; beyond that they are counted as dropped")
 	fs.DurationVar(&f.fold, "fold-window", 10*time.Second, "fold repeats of the same event from the same workload within this window into one event with a count (0: report every event)")
 	fs.StringVar(&f.metrics, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9464); off when empty")
+	fs.StringVar(&f.pinDir, "pin-dir", loader.DefaultPinDir, "BPF filesystem directory where the programs, links and maps are pinned, so enforcement outlives the daemon and the next one takes it over")
+	fs.StringVar(&f.onExit, "on-exit", onExitKeep, "on SIGTERM/SIGINT: keep (enforcement stays pinned until the next daemon or `imdsguard detach`) or detach (remove every hook, pin and table)")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
 	given := map[string]bool{} // flags on the command line override the policy's output section
 	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	if f.onExit != onExitKeep && f.onExit != onExitDetach {
+		return usageError{fmt.Errorf("--on-exit: %q is not keep or detach", f.onExit)}
+	}
+	if f.pinDir == "" || !filepath.IsAbs(f.pinDir) {
+		return usageError{fmt.Errorf("--pin-dir: %q is not an absolute path", f.pinDir)}
+	}
 	if f.mode != "" {
 		if err := policy.ValidateMode(f.mode); err != nil {
 			return usageError{fmt.Errorf("--mode: %w", err)}
@@ -178,21 +194,41 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 		HostNetnsCookie: hostCookie,
 		RingBufBytes:    uint32(f.ringbuf),
 		CgroupRules:     plan.Cgroups,
+		PinDir:          f.pinDir,
+		LockWait:        30 * time.Second,
+		Meta: loader.Meta{
+			Version:      version,
+			Mode:         pol.Mode,
+			PolicyHash:   plan.Hash,
+			PolicySource: policySource(f.policy),
+			HostNetns:    f.hostNetns,
+		},
 	}, log)
 	if err != nil {
 		return err
 	}
-	// From here on every exit path detaches.
+	// From here on every exit path leaves the host as --on-exit says: the
+	// new enforcement pinned (keep), or nothing at all (detach). Never
+	// half of it.
+	detach := f.onExit == onExitDetach
 	defer func() {
-		if err := guard.Close(); err != nil {
-			log.Error("detaching", zap.Error(err))
+		release := guard.Release
+		if detach {
+			release = guard.Remove
+		}
+		if err := release(); err != nil {
+			log.Error("releasing the guard", zap.Error(err))
 		}
 	}()
 
 	// Connections opened before the guard must not become a way around it.
-	adopted, err := guard.Adopt()
-	if err != nil {
-		return fmt.Errorf("adopting connections opened before start: %w", err)
+	// A takeover needs none: the pinned programs judged every connection
+	// made while no daemon ran.
+	var adopted uint64
+	if guard.Takeover() == loader.TakeoverNone {
+		if adopted, err = guard.Adopt(); err != nil {
+			return fmt.Errorf("adopting connections opened before start: %w", err)
+		}
 	}
 
 	cgroups, err := events.NewCgroupResolver(cgroupMount)
@@ -229,7 +265,7 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("nftables layer: %w", err)
 	}
 	defer func() {
-		if err := enf.StopTable(); err != nil {
+		if err := enf.StopTable(detach); err != nil {
 			log.Error("removing the nftables table", zap.Error(err))
 		}
 	}()
@@ -328,6 +364,9 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 		zap.Int("rules", len(pol.Rules)),
 		zap.String("policy_hash", plan.Hash),
 		zap.Uint64("adopted_connections", adopted),
+		zap.String("pin_dir", f.pinDir),
+		zap.String("takeover", string(guard.Takeover())),
+		zap.String("on_exit", f.onExit),
 		zap.Uint64("host_netns_cookie", hostCookie),
 		zap.String("version", version))
 
@@ -348,9 +387,13 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	state.ready.Store(false)
 	<-enfDone
 
-	// Detach first so no new events arrive, then drain what is buffered.
-	if err := guard.Detach(); err != nil {
-		log.Error("detaching", zap.Error(err))
+	// With detach, unhook first so no new events arrive, then drain what
+	// is buffered. With keep, events the reader leaves in the pinned ring
+	// buffer are the next daemon's to report.
+	if detach {
+		if err := guard.Detach(); err != nil {
+			log.Error("detaching", zap.Error(err))
+		}
 	}
 	close(stopReader)
 	<-readerDone
@@ -362,8 +405,23 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	}
 	fields = append(fields, zap.Uint64("output_dropped", sink.Dropped()))
 	fields = append(fields, zap.Any("policy_reloads", enf.Reloads()), zap.Uint64("nftables_restores", enf.TableRestores()))
-	log.Info("detached; exiting", fields...)
+	if detach {
+		log.Info("detached; exiting", fields...)
+	} else {
+		fields = append(fields, zap.String("pin_dir", f.pinDir))
+		log.Info("exiting; enforcement stays pinned (imdsguard detach removes it)", fields...)
+	}
 	return nil
+}
+
+func policySource(path string) string {
+	if path == "" {
+		return "embedded default"
+	}
+	if abs, err := filepath.Abs(path); err == nil {
+		return abs
+	}
+	return path
 }
 
 // watchLostEvents reports, until ctx ends, every rise of the kernel's count of
@@ -376,6 +434,7 @@ func watchLostEvents(ctx context.Context, guard *loader.Guard, log *zap.Logger) 
 		unguarded = c.Unguarded() // adoption at start reported its own
 	}
 	check := func() {
+		guard.DrainRetired()
 		c, err := guard.Counters()
 		if err != nil {
 			log.Warn("reading counters", zap.Error(err))

@@ -215,6 +215,9 @@ func (e *Enforcer) reloadLocked(pe *events.PolicyEvent) (string, error) {
 	}
 	e.names[e.guard.Generation()&1] = ruleNames(plan.Compiled)
 	e.plan = plan
+	if err := e.guard.RecordPolicy(plan.Hash, plan.Policy.Mode); err != nil {
+		e.log.Warn("recording the policy in the pinned meta (imdsguard status shows the previous one)", zap.Error(err))
+	}
 	if err := e.syncTableLocked(); err != nil {
 		// The eBPF policy is in force; say loudly that the table is not.
 		e.log.Error("nftables layer not updated", zap.Error(err))

@@ -240,12 +240,14 @@ func (e *Enforcer) checkTable() {
 	}
 }
 
-// StopTable removes the table (daemon exit) and releases the namespace.
-func (e *Enforcer) StopTable() error {
+// StopTable releases the namespace at daemon exit, and removes the table
+// if remove (--on-exit detach); otherwise the table stays, like the pinned
+// programs, until the next daemon takes it over or `imdsguard detach`.
+func (e *Enforcer) StopTable(remove bool) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var err error
-	if e.table != nil && e.nftOn {
+	if remove && e.table != nil && e.nftOn {
 		err = e.table.Remove()
 		e.nftOn = false
 	}

@@ -1,14 +1,20 @@
 // Package loader loads imdsguard's eBPF objects, writes the compiled policy
-// into their maps, attaches the programs to a cgroup and detaches them.
+// into their maps, attaches the programs to a cgroup, pins them so the
+// kernel keeps enforcing without the daemon, and takes over or removes what
+// an earlier daemon pinned.
 //
-// Attachment is all or nothing: if any step fails, everything attached so
-// far is removed before the error is returned, so a failed start never
-// leaves the host half-protected.
+// Attachment is all or nothing: if any step fails, what this load changed
+// is undone before the error is returned, so a failed start never leaves
+// the host half-protected, and never loses the enforcement an earlier
+// daemon left pinned.
 package loader
 
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -32,40 +38,56 @@ type Options struct {
 	// CgroupRules are the rule lists of the policy's cgroups (see
 	// CgroupRules).
 	CgroupRules CgroupRules
+	// PinDir is where links, programs and maps are pinned, and where an
+	// earlier daemon's are taken over from; empty: nothing is pinned and
+	// Close detaches everything.
+	PinDir string
+	// LockWait is how long to wait for another daemon holding PinDir.
+	LockWait time.Duration
+	// Meta is recorded with the pins for `imdsguard status`: the caller
+	// fills Version, Mode, PolicyHash, PolicySource and HostNetns.
+	Meta Meta
 }
+
+// Takeover says how a Load found the pin directory.
+type Takeover string
+
+const (
+	// TakeoverNone: nothing was pinned; everything was attached afresh.
+	TakeoverNone Takeover = "none"
+	// TakeoverAdopted: the pinned maps were reused and every pinned link
+	// switched to the new programs in place.
+	TakeoverAdopted Takeover = "adopted"
+	// TakeoverReplaced: the pins were of another layout (or incomplete):
+	// new maps and programs were attached first, then the old ones removed.
+	TakeoverReplaced Takeover = "replaced"
+)
 
 // Guard is a loaded and attached set of programs.
 type Guard struct {
 	objs       bpf.ImdsguardObjects
-	links      []namedLink
+	links      map[string]link.Link // cgroup hooks by name
+	skMsg      bool                 // sk_msg attached to objs.ImdsSocks
 	log        *zap.Logger
 	hostCookie uint64
 	gen        uint32 // generation in force
+
+	pinDir   string
+	lock     *pinLock
+	released bool
+	detached bool
+	meta     Meta
+	takeover Takeover
 }
 
-type namedLink struct {
-	hook string
-	link interface{ Close() error }
-}
-
-// skMsgAttachment is the sk_msg program's attachment to the socket map
-// (a program attachment, not a bpf_link, on kernels before 6.10).
-type skMsgAttachment struct {
-	m    *ebpf.Map
-	prog *ebpf.Program
-}
-
-func (a *skMsgAttachment) Close() error {
-	return link.RawDetachProgram(link.RawDetachProgramOptions{
-		Target:  a.m.FD(),
-		Program: a.prog,
-		Attach:  ebpf.AttachSkMsgVerdict,
-	})
-}
-
-// Load loads the programs, writes the policy and attaches every hook.
+// Load loads the programs, writes the policy and attaches every hook,
+// taking over what an earlier daemon pinned in opts.PinDir.
 func Load(pol *policy.Compiled, opts Options, log *zap.Logger) (g *Guard, err error) {
 	if err := cgroupfs.IsV2(opts.Cgroup); err != nil {
+		return nil, fmt.Errorf("checking cgroup: %w", err)
+	}
+	cgroupID, err := inode(opts.Cgroup)
+	if err != nil {
 		return nil, fmt.Errorf("checking cgroup: %w", err)
 	}
 	spec, err := bpf.LoadImdsguard()
@@ -75,68 +97,228 @@ func Load(pol *policy.Compiled, opts Options, log *zap.Logger) (g *Guard, err er
 	if opts.RingBufBytes != 0 {
 		spec.Maps[bpf.ImdsguardMapEvents].MaxEntries = opts.RingBufBytes
 	}
+	g = &Guard{log: log, hostCookie: opts.HostNetnsCookie, links: map[string]link.Link{}, pinDir: opts.PinDir, takeover: TakeoverNone}
+	g.meta = opts.Meta
+	g.meta.Layout = layoutOf(spec)
+	g.meta.PID = os.Getpid()
+	g.meta.StartedAt = time.Now().UTC()
+	g.meta.PolicyLoadedAt = g.meta.StartedAt
+	g.meta.Cgroup = opts.Cgroup
+	g.meta.CgroupID = cgroupID
+	g.meta.HostNetnsCookie = opts.HostNetnsCookie
 
-	g = &Guard{log: log}
-	if err := spec.LoadAndAssign(&g.objs, nil); err != nil {
-		var verr *ebpf.VerifierError
-		if errors.As(err, &verr) {
-			log.Error("verifier rejected a program", zap.String("log", fmt.Sprintf("%+v", verr)))
+	if opts.PinDir == "" {
+		if err := g.attachFresh(spec, pol, opts.CgroupRules); err != nil {
+			g.closeAll(true)
+			return nil, err
 		}
-		return nil, fmt.Errorf("loading BPF objects: %w", err)
+		return g, nil
 	}
-	defer func() {
-		if err != nil {
-			g.Close()
-			g = nil
-		}
-	}()
 
-	g.hostCookie = opts.HostNetnsCookie
-	if err := g.writePolicy(0, pol, opts.CgroupRules); err != nil {
+	if err := ensureBPFFS(opts.PinDir); err != nil {
 		return nil, err
 	}
-	if err := g.objs.PolicyGen.Update(uint32(0), uint32(0), ebpf.UpdateAny); err != nil {
-		return nil, fmt.Errorf("writing policy generation: %w", err)
+	if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating pin directory: %w", err)
 	}
+	g.lock, err = lockPinDir(opts.PinDir, opts.LockWait, func(holder int) {
+		log.Info("waiting for the imdsguard that holds the pin directory to exit", zap.String("pin_dir", opts.PinDir), zap.Int("pid", holder))
+	})
+	if err != nil {
+		return nil, err
+	}
+	old, err := openPinned(opts.PinDir)
+	if err != nil {
+		g.lock.release()
+		return nil, fmt.Errorf("reading what is pinned in %s (run `imdsguard detach` to clear it): %w", opts.PinDir, err)
+	}
+	defer old.close()
 
-	// sk_msg first, so every socket sockops adds is judged from its first
-	// write; the egress guard before the connect hooks that mark the
-	// sockets it checks; then sockops; the connect hooks last.
+	switch {
+	case old.empty():
+		err = g.attachFresh(spec, pol, opts.CgroupRules)
+		if err == nil {
+			err = g.pinAll()
+		}
+		if err != nil {
+			g.closeAll(true)
+			removePins(opts.PinDir)
+		}
+	case g.compatible(old, spec):
+		g.takeover = TakeoverAdopted
+		err = g.adopt(spec, pol, opts.CgroupRules, old)
+	default:
+		g.takeover = TakeoverReplaced
+		err = g.replace(spec, pol, opts.CgroupRules, old)
+	}
+	if err != nil {
+		g.lock.release()
+		return nil, err
+	}
+	return g, nil
+}
+
+// compatible says whether old holds a complete set of pins of this layout
+// on this cgroup, which can be switched to the new programs in place.
+func (g *Guard) compatible(old *pinnedState, spec *ebpf.CollectionSpec) bool {
+	if old.meta == nil || old.meta.Layout != g.meta.Layout || old.meta.CgroupID != g.meta.CgroupID || old.skMsg == nil {
+		return false
+	}
+	for _, name := range sharedMaps(spec) {
+		if old.maps[name] == nil {
+			return false
+		}
+	}
+	for _, h := range cgroupHooks {
+		l := old.links[h.name]
+		if l == nil {
+			return false
+		}
+		if id, err := linkCgroup(l); err != nil || id != g.meta.CgroupID {
+			return false
+		}
+	}
+	return true
+}
+
+// loadObjects loads the programs, with replacements for maps taken over.
+func (g *Guard) loadObjects(spec *ebpf.CollectionSpec, replacements map[string]*ebpf.Map) error {
+	err := spec.LoadAndAssign(&g.objs, &ebpf.CollectionOptions{MapReplacements: replacements})
+	if err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			g.log.Error("verifier rejected a program", zap.String("log", fmt.Sprintf("%+v", verr)))
+		}
+		return fmt.Errorf("loading BPF objects: %w", err)
+	}
+	return nil
+}
+
+// hookProgram is the program of a cgroup hook.
+func (g *Guard) hookProgram(name string) *ebpf.Program {
+	switch name {
+	case "egress":
+		return g.objs.ImdsEgress
+	case "sockops":
+		return g.objs.ImdsSockops
+	case "connect4":
+		return g.objs.ImdsConnect4
+	case "connect6":
+		return g.objs.ImdsConnect6
+	}
+	panic("unknown hook " + name)
+}
+
+func (g *Guard) attachSkMsg() error {
 	if err := link.RawAttachProgram(link.RawAttachProgramOptions{
 		Target:  g.objs.ImdsSocks.FD(),
 		Program: g.objs.ImdsMsg,
 		Attach:  ebpf.AttachSkMsgVerdict,
 	}); err != nil {
-		return nil, fmt.Errorf("attaching sk_msg to the IMDS socket map: %w", err)
+		return fmt.Errorf("attaching sk_msg to the IMDS socket map: %w", err)
 	}
-	g.links = append(g.links, namedLink{"sk_msg", &skMsgAttachment{g.objs.ImdsSocks, g.objs.ImdsMsg}})
-
-	hooks := []struct {
-		name   string
-		attach ebpf.AttachType
-		prog   *ebpf.Program
-	}{
-		{"egress", ebpf.AttachCGroupInetEgress, g.objs.ImdsEgress},
-		{"sockops", ebpf.AttachCGroupSockOps, g.objs.ImdsSockops},
-		{"connect4", ebpf.AttachCGroupInet4Connect, g.objs.ImdsConnect4},
-		{"connect6", ebpf.AttachCGroupInet6Connect, g.objs.ImdsConnect6},
-	}
-	for _, h := range hooks {
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: opts.Cgroup, Attach: h.attach, Program: h.prog})
-		if err != nil {
-			return nil, fmt.Errorf("attaching %s to %s: %w", h.name, opts.Cgroup, err)
-		}
-		g.links = append(g.links, namedLink{h.name, l})
-		log.Debug("attached", zap.String("hook", h.name), zap.String("cgroup", opts.Cgroup))
-	}
-	return g, nil
+	g.skMsg = true
+	return nil
 }
+
+func (g *Guard) attachHook(name string, attach ebpf.AttachType) error {
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: g.meta.Cgroup, Attach: attach, Program: g.hookProgram(name)})
+	if err != nil {
+		return fmt.Errorf("attaching %s to %s: %w", name, g.meta.Cgroup, err)
+	}
+	g.links[name] = l
+	g.log.Debug("attached", zap.String("hook", name), zap.String("cgroup", g.meta.Cgroup))
+	return nil
+}
+
+// attachFresh loads new maps and programs, writes the policy and attaches
+// every hook. sk_msg first, so every socket sockops adds is judged from its
+// first write; the egress guard before the connect hooks that mark the
+// sockets it checks; then sockops; the connect hooks last.
+func (g *Guard) attachFresh(spec *ebpf.CollectionSpec, pol *policy.Compiled, cg CgroupRules) error {
+	if err := g.loadObjects(spec, nil); err != nil {
+		return err
+	}
+	if err := g.writeFirstPolicy(pol, cg); err != nil {
+		return err
+	}
+	if err := g.attachSkMsg(); err != nil {
+		return err
+	}
+	for _, h := range cgroupHooks {
+		if err := g.attachHook(h.name, h.attach); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (g *Guard) writeFirstPolicy(pol *policy.Compiled, cg CgroupRules) error {
+	if err := g.writePolicy(0, pol, cg); err != nil {
+		return err
+	}
+	if err := g.objs.PolicyGen.Update(uint32(0), uint32(0), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("writing policy generation: %w", err)
+	}
+	g.gen = 0
+	return nil
+}
+
+// pinAll pins every map, link and the sk_msg program, then the meta that
+// marks the set complete.
+func (g *Guard) pinAll() error {
+	for name, m := range g.mapsByName() {
+		if err := pinObject(filepath.Join(g.pinDir, pinMaps, name), m.Pin); err != nil {
+			return err
+		}
+	}
+	for name, l := range g.links {
+		if err := pinObject(filepath.Join(g.pinDir, pinLinks, name), l.Pin); err != nil {
+			return err
+		}
+	}
+	if err := pinObject(filepath.Join(g.pinDir, pinSkMsg), g.objs.ImdsMsg.Pin); err != nil {
+		return err
+	}
+	return g.writeMeta()
+}
+
+func (g *Guard) writeMeta() error {
+	g.meta.Generation = g.gen
+	return writeMeta(g.pinDir, &g.meta)
+}
+
+func (g *Guard) mapsByName() map[string]*ebpf.Map {
+	return map[string]*ebpf.Map{
+		bpf.ImdsguardMapCgroupRules: g.objs.CgroupRules,
+		bpf.ImdsguardMapConfigMap:   g.objs.ConfigMap,
+		bpf.ImdsguardMapCounters:    g.objs.Counters,
+		bpf.ImdsguardMapEndpoints:   g.objs.Endpoints,
+		bpf.ImdsguardMapEvents:      g.objs.Events,
+		bpf.ImdsguardMapImdsSocks:   g.objs.ImdsSocks,
+		bpf.ImdsguardMapJudges:      g.objs.Judges,
+		bpf.ImdsguardMapPolicyGen:   g.objs.PolicyGen,
+		bpf.ImdsguardMapRules:       g.objs.Rules,
+		bpf.ImdsguardMapSockStates:  g.objs.SockStates,
+	}
+}
+
+// Takeover says what Load found pinned and did with it.
+func (g *Guard) Takeover() Takeover { return g.takeover }
+
+// PinDir is where the guard is pinned ("" when it is not).
+func (g *Guard) PinDir() string { return g.pinDir }
 
 // Hooks names the attached hooks.
 func (g *Guard) Hooks() []string {
-	names := make([]string, 0, len(g.links))
-	for _, l := range g.links {
-		names = append(names, l.hook)
+	var names []string
+	if g.skMsg {
+		names = append(names, "sk_msg")
+	}
+	for _, h := range cgroupHooks {
+		if g.links[h.name] != nil {
+			names = append(names, h.name)
+		}
 	}
 	return names
 }
@@ -147,23 +329,108 @@ func (g *Guard) Events() *ebpf.Map { return g.objs.Events }
 // Counters reads the per-verdict counters.
 func (g *Guard) Counters() (Counters, error) { return ReadCounters(g.objs.Counters) }
 
-// Detach removes every hook; maps stay readable until Close.
+// RecordPolicy notes a policy put in force in the pinned meta.
+func (g *Guard) RecordPolicy(hash, mode string) error {
+	g.meta.PolicyHash = hash
+	g.meta.Mode = mode
+	g.meta.PolicyLoadedAt = time.Now().UTC()
+	if g.pinDir == "" {
+		return nil
+	}
+	return g.writeMeta()
+}
+
+// Release closes the guard's file descriptors and leaves the pinned
+// enforcement in place, for the next daemon to take over (--on-exit keep).
+// An unpinned guard is detached.
+func (g *Guard) Release() error {
+	if g.released {
+		return nil
+	}
+	g.released = true
+	err := g.closeAll(g.pinDir == "")
+	g.lock.release()
+	return err
+}
+
+// Detach removes every hook and every pin (--on-exit detach). The maps
+// stay open, so the counters and queued events can still be read, until
+// Release.
 func (g *Guard) Detach() error {
-	var errs []error
-	for i := len(g.links) - 1; i >= 0; i-- {
-		if err := g.links[i].link.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("detaching %s: %w", g.links[i].hook, err))
+	if g.detached || g.released {
+		return nil
+	}
+	g.detached = true
+	err := g.detachHooks()
+	if g.pinDir != "" {
+		if _, rerr := removePinned(g.pinDir, g.log); rerr != nil {
+			err = errors.Join(err, rerr)
 		}
 	}
-	g.links = nil
+	return err
+}
+
+// Remove is Detach then Release.
+func (g *Guard) Remove() error {
+	return errors.Join(g.Detach(), g.Release())
+}
+
+// detachHooks detaches every hook, the connect hooks first.
+func (g *Guard) detachHooks() error {
+	var errs []error
+	for i := len(cgroupHooks) - 1; i >= 0; i-- {
+		name := cgroupHooks[i].name
+		if l := g.links[name]; l != nil {
+			if err := detachLink(l); err != nil {
+				errs = append(errs, fmt.Errorf("detaching %s: %w", name, err))
+			}
+		}
+	}
+	if g.skMsg {
+		if err := detachSkMsg(g.objs.ImdsSocks, g.objs.ImdsMsg); err != nil {
+			errs = append(errs, err)
+		}
+		g.skMsg = false
+	}
 	return errors.Join(errs...)
 }
 
-// Close detaches every hook and releases the programs and maps.
-func (g *Guard) Close() error {
-	errs := []error{g.Detach()}
+// closeAll closes every descriptor, detaching the hooks first if detach.
+func (g *Guard) closeAll(detach bool) error {
+	var errs []error
+	if detach {
+		errs = append(errs, g.detachHooks())
+	}
+	for name, l := range g.links {
+		if err := l.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("closing link %s: %w", name, err))
+		}
+	}
+	g.links = map[string]link.Link{}
 	if err := g.objs.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("closing BPF objects: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// detachLink detaches a link even if other descriptors or pins hold it.
+func detachLink(l link.Link) error {
+	if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+		return err
+	}
+	return nil
+}
+
+func detachSkMsg(m *ebpf.Map, prog *ebpf.Program) error {
+	if m == nil || prog == nil {
+		return nil
+	}
+	if err := link.RawDetachProgram(link.RawDetachProgramOptions{
+		Target:  m.FD(),
+		Program: prog,
+		Attach:  ebpf.AttachSkMsgVerdict,
+	}); err != nil {
+		return fmt.Errorf("detaching sk_msg: %w", err)
+	}
+	return nil
 }

@@ -255,6 +255,15 @@ func (t *Table) SetAllowed(add, remove []netip.Addr) error {
 	return nil
 }
 
+// Exists reports whether the table is there.
+func (t *Table) Exists() (bool, error) {
+	c, err := t.conn()
+	if err != nil {
+		return false, err
+	}
+	return t.exists(c)
+}
+
 // Remove deletes the table (nothing else); a missing table is not an error.
 func (t *Table) Remove() error {
 	c, err := t.conn()

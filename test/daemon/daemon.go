@@ -90,7 +90,14 @@ func start(t testing.TB, bin string, l *lab.Lab, discard bool, args ...string) *
 	t.Helper()
 	// Tests count events one by one: no folding unless a test asks for it
 	// (a later --fold-window wins).
-	argv := append([]string{"run", "--cgroup", l.Cgroup, "--host-netns", l.NetnsPath(lab.Node), "--fold-window", "0"}, args...)
+	// Pins go to the lab's own BPF filesystem; the daemon removes them at
+	// exit unless a test asks to keep them (a later --on-exit wins).
+	pinDir, err := l.PinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	argv := append([]string{"run", "--cgroup", l.Cgroup, "--host-netns", l.NetnsPath(lab.Node), "--fold-window", "0",
+		"--pin-dir", pinDir, "--on-exit", "detach"}, args...)
 	d := &Daemon{t: t, cmd: exec.Command(bin, argv...), done: make(chan struct{})}
 	var stdout io.Reader = strings.NewReader("")
 	if discard {
@@ -194,6 +201,19 @@ func (d *Daemon) Stderr() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.stderr.String()
+}
+
+// PID is the daemon's process id.
+func (d *Daemon) PID() int { return d.cmd.Process.Pid }
+
+// Exited reports whether the daemon has exited.
+func (d *Daemon) Exited() bool {
+	select {
+	case <-d.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // Stop sends SIGTERM and returns the exit code.

@@ -118,6 +118,7 @@ type Lab struct {
 	cmds      []*exec.Cmd    // commands handed out by Command*
 	listeners []net.Listener // listeners handed out by Listen
 	cgCreated bool
+	bpffs     string // the lab's own BPF filesystem mount, once PinDir made it
 
 	closeOnce sync.Once
 	closeErr  error
@@ -545,6 +546,30 @@ func inode(path string) (uint64, error) {
 	return st.Ino, nil
 }
 
+// PinDir is a pin directory for the daemon on a BPF filesystem of the
+// lab's own (mounted on first use, unmounted at teardown), so tests never
+// touch the host's /sys/fs/bpf and whatever a test leaves pinned goes away
+// with the lab.
+func (l *Lab) PinDir() (string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return "", errors.New("lab is closed")
+	}
+	if l.bpffs == "" {
+		dir := filepath.Join(os.TempDir(), "imdsguard-bpffs-"+l.ID)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return "", err
+		}
+		if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+			os.Remove(dir)
+			return "", fmt.Errorf("mounting a BPF filesystem on %s: %w", dir, err)
+		}
+		l.bpffs = dir
+	}
+	return filepath.Join(l.bpffs, "imdsguard"), nil
+}
+
 // Close tears the lab down: it kills (by pid) processes the lab started that
 // are still in the lab cgroup, closes listeners, deletes the veths, the
 // network namespaces and the cgroups. It is idempotent; New registers it
@@ -561,11 +586,22 @@ func (l *Lab) close() error {
 	l.listeners = nil
 	created := l.netns
 	cgCreated := l.cgCreated
+	bpffs := l.bpffs
+	l.bpffs = ""
 	l.mu.Unlock()
 
 	var errs []error
 	for _, ln := range listeners {
 		ln.Close() // may already be closed by the test
+	}
+	// Unmounting the lab's BPF filesystem drops every pin in it, which
+	// detaches what a killed daemon left pinned there.
+	if bpffs != "" {
+		if err := unix.Unmount(bpffs, unix.MNT_DETACH); err != nil {
+			errs = append(errs, fmt.Errorf("unmounting %s: %w", bpffs, err))
+		} else if err := os.Remove(bpffs); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if cgCreated {
 		if err := l.removeCgroupTree(l.Cgroup); err != nil {

@@ -1,0 +1,213 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/imdsguard/imdsguard/internal/loader"
+	"github.com/imdsguard/imdsguard/internal/nft"
+)
+
+// errNotEnforcing makes `status` exit 3 (as LSB status does for "not
+// running") when nothing complete is pinned, so scripts need not parse.
+var errNotEnforcing = errors.New("not enforcing")
+
+// statusReport is `imdsguard status --json`.
+type statusReport struct {
+	*loader.Status
+	Nftables struct {
+		Table   string `json:"table"`
+		Present bool   `json:"present"`
+		Error   string `json:"error,omitempty"`
+	} `json:"nftables"`
+	Enforcing bool `json:"enforcing"`
+}
+
+func statusCommand(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	pinDir := fs.String("pin-dir", loader.DefaultPinDir, "pin directory the daemon was run with")
+	asJSON := fs.Bool("json", false, "print one JSON object (for scripts)")
+	hostNetns := fs.String("host-netns", "", "network namespace holding the nftables table (default: the one the daemon recorded, else this process's)")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	st, err := loader.ReadStatus(*pinDir)
+	if err != nil {
+		return err
+	}
+	r := statusReport{Status: st}
+	r.Nftables.Table = "inet " + nft.TableName
+	present, err := tableExists(tableNetns(*hostNetns, st.Meta))
+	r.Nftables.Present = present
+	if err != nil {
+		r.Nftables.Error = err.Error()
+	}
+	r.Enforcing = st.Pinned && st.Complete
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+	} else {
+		printStatus(stdout, &r)
+	}
+	if !r.Enforcing {
+		return errNotEnforcing
+	}
+	return nil
+}
+
+func tableNetns(flagValue string, meta *loader.Meta) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if meta != nil {
+		return meta.HostNetns
+	}
+	return ""
+}
+
+// withTable opens the table in the namespace at path ("" for this
+// process's) and runs fn on it.
+func withTable(path string, fn func(*nft.Table) error) error {
+	fd := -1
+	if path != "" {
+		var err error
+		if fd, err = unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			return fmt.Errorf("opening network namespace %s: %w", path, err)
+		}
+		defer unix.Close(fd)
+	}
+	return fn(nft.New(fd))
+}
+
+func tableExists(netns string) (bool, error) {
+	var ok bool
+	err := withTable(netns, func(t *nft.Table) error {
+		var err error
+		ok, err = t.Exists()
+		return err
+	})
+	return ok, err
+}
+
+func printStatus(w io.Writer, r *statusReport) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	defer tw.Flush()
+	line := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s:\t%s\n", k, fmt.Sprintf(format, a...)) }
+	switch {
+	case r.Enforcing:
+		line("enforcement", "pinned in %s", r.PinDir)
+	case r.Pinned:
+		line("enforcement", "INCOMPLETE in %s (a takeover was cut short: the next daemon replaces it; `imdsguard detach` removes it)", r.PinDir)
+	default:
+		line("enforcement", "none (nothing pinned in %s)", r.PinDir)
+	}
+	if r.Daemon.Running {
+		line("daemon", "running (pid %d)", r.Daemon.PID)
+	} else if r.Pinned {
+		line("daemon", "not running (the kernel keeps enforcing the last policy; events are counted, not reported)")
+	} else {
+		line("daemon", "not running")
+	}
+	if m := r.Meta; m != nil {
+		line("version", "%s (layout %s)", m.Version, m.Layout)
+		line("mode", "%s", m.Mode)
+		line("policy", "%s from %s, loaded %s (generation %d)", m.PolicyHash, m.PolicySource, m.PolicyLoadedAt.Format(time.RFC3339), m.Generation)
+		line("cgroup", "%s (id %d)", m.Cgroup, m.CgroupID)
+		line("started", "%s by pid %d", m.StartedAt.Format(time.RFC3339), m.PID)
+	}
+	var hooks []string
+	for _, h := range r.Hooks {
+		if h.Attached {
+			hooks = append(hooks, fmt.Sprintf("%s (prog %d)", h.Hook, h.ProgramID))
+		} else {
+			hooks = append(hooks, h.Hook+" (NOT attached)")
+		}
+	}
+	line("hooks", "%s", strings.Join(hooks, ", "))
+	if r.RetiredSocketMaps > 0 {
+		line("retired", "%d socket map(s) of an earlier layout still judging connections opened before the last takeover", r.RetiredSocketMaps)
+	}
+	switch {
+	case r.Nftables.Error != "":
+		line("nftables", "unknown: %s", r.Nftables.Error)
+	case r.Nftables.Present:
+		line("nftables", "table %s present", r.Nftables.Table)
+	default:
+		line("nftables", "table %s absent", r.Nftables.Table)
+	}
+	if c := r.Counters; c != nil {
+		keys := make([]string, 0, len(c.Verdicts))
+		for k := range c.Verdicts {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		line("counters", "%d verdict kinds, %d events lost, %d unguarded connections", len(keys), c.EventsLost, c.Unguarded)
+		for _, k := range keys {
+			fmt.Fprintf(tw, "  %s\t%d\n", k, c.Verdicts[k])
+		}
+		for _, a := range []string{"allow", "deny", "audit"} {
+			if n := c.CredentialAccess[a]; n > 0 {
+				fmt.Fprintf(tw, "  credential_access_%s\t%d\n", a, n)
+			}
+		}
+	}
+}
+
+func detachCommand(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("detach", flag.ContinueOnError)
+	pinDir := fs.String("pin-dir", loader.DefaultPinDir, "pin directory the daemon was run with")
+	hostNetns := fs.String("host-netns", "", "network namespace holding the nftables table (default: the one the daemon recorded, else this process's)")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	if err := checkPrivileges(false); err != nil {
+		return err
+	}
+	st, err := loader.ReadStatus(*pinDir)
+	if err != nil {
+		return err
+	}
+	if st.Daemon.Running {
+		return fmt.Errorf("imdsguard (pid %d) is running and holds %s: stop it first (systemctl stop imdsguard, or delete the pod); it would go on enforcing through its own descriptors", st.Daemon.PID, *pinDir)
+	}
+	removed, err := loader.RemovePinned(*pinDir, zap.NewNop())
+	if err != nil {
+		return fmt.Errorf("detaching: %w", err)
+	}
+	tableErr := withTable(tableNetns(*hostNetns, st.Meta), func(t *nft.Table) error {
+		ok, err := t.Exists()
+		if err != nil || !ok {
+			return err
+		}
+		if err := t.Remove(); err != nil {
+			return err
+		}
+		removed = append(removed, "nftables table inet "+nft.TableName)
+		return nil
+	})
+	if tableErr != nil && !errors.Is(tableErr, os.ErrNotExist) {
+		return fmt.Errorf("removing the nftables table: %w", tableErr)
+	}
+	if len(removed) == 0 {
+		fmt.Fprintln(stdout, "nothing to remove: imdsguard is not attached")
+		return nil
+	}
+	for _, r := range removed {
+		fmt.Fprintf(stdout, "removed %s\n", r)
+	}
+	return nil
+}

@@ -1,0 +1,433 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/imdsguard/imdsguard/bpf"
+	"github.com/imdsguard/imdsguard/internal/policy"
+)
+
+// adopt takes over pins of the same layout: the new programs share the
+// pinned maps, so per-socket state, counters, queued events and the policy
+// in force carry over. sk_msg is replaced on the shared socket map, each
+// pinned link is switched to its new program in place (one atomic
+// operation per hook: at every instant each hook runs the old or the new
+// program, both reading the same maps), and the new policy is put in force
+// through the two-generation switch. If a step fails, the hooks are
+// switched back and the earlier daemon's enforcement stays as it was.
+func (g *Guard) adopt(spec *ebpf.CollectionSpec, pol *policy.Compiled, cg CgroupRules, old *pinnedState) (err error) {
+	replacements := map[string]*ebpf.Map{}
+	for _, name := range sharedMaps(spec) {
+		replacements[name] = old.maps[name]
+	}
+	if err := g.loadObjects(spec, replacements); err != nil {
+		return err
+	}
+	var undo []func()
+	var prevs []*ebpf.Program // the earlier daemon's programs, for undo
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+			g.closeAll(false)
+		}
+		for _, p := range prevs {
+			p.Close()
+		}
+	}()
+
+	if err := g.objs.PolicyGen.Lookup(uint32(0), &g.gen); err != nil {
+		return fmt.Errorf("reading the pinned policy generation: %w", err)
+	}
+	if err := g.attachSkMsg(); err != nil {
+		return err
+	}
+	undo = append(undo, func() {
+		g.skMsg = false
+		if err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: g.objs.ImdsSocks.FD(), Program: old.skMsg, Attach: ebpf.AttachSkMsgVerdict}); err != nil {
+			g.log.Error("restoring the earlier sk_msg program", zap.Error(err))
+		}
+	})
+	for _, h := range cgroupHooks {
+		l := old.links[h.name]
+		prev, perr := linkProgram(l)
+		if perr != nil {
+			return fmt.Errorf("taking over %s: %w", h.name, perr)
+		}
+		prevs = append(prevs, prev)
+		if uerr := l.Update(g.hookProgram(h.name)); uerr != nil {
+			return fmt.Errorf("switching %s to the new program: %w", h.name, uerr)
+		}
+		g.links[h.name] = l
+		delete(old.links, h.name)
+		name := h.name
+		undo = append(undo, func() {
+			if err := l.Update(prev); err != nil {
+				g.log.Error("restoring the earlier program", zap.String("hook", name), zap.Error(err))
+			}
+			delete(g.links, name)
+			old.links[name] = l
+		})
+	}
+	if err := g.Apply(pol, cg); err != nil {
+		return err
+	}
+	// From here the new programs and policy are in force; the pins only
+	// have to say so.
+	if err := pinObject(filepath.Join(g.pinDir, pinSkMsg), g.objs.ImdsMsg.Pin); err != nil {
+		g.log.Warn("pinning sk_msg", zap.Error(err))
+	}
+	if err := g.writeMeta(); err != nil {
+		g.log.Warn("recording the takeover", zap.Error(err))
+	}
+	return nil
+}
+
+// linkProgram opens the program a link runs.
+func linkProgram(l link.Link) (*ebpf.Program, error) {
+	info, err := l.Info()
+	if err != nil {
+		return nil, fmt.Errorf("reading link info: %w", err)
+	}
+	p, err := ebpf.NewProgramFromID(info.Program)
+	if err != nil {
+		return nil, fmt.Errorf("opening program %d: %w", info.Program, err)
+	}
+	return p, nil
+}
+
+// replace takes over pins of another layout, or an incomplete set: new
+// maps and programs go in first, then the old ones are removed, in an
+// order where every IMDS connection and request is judged by one version
+// or the other throughout:
+//
+//  1. the new sk_msg on the new socket map;
+//  2. the new egress guard next to the old one (each guards the sockets
+//     its own connect hook marked);
+//  3. sockops, then connect4/6, switched in place where a pinned link is on
+//     this cgroup, attached anew otherwise;
+//  4. the old egress guard and any other old link removed;
+//  5. the old socket map kept (under retired/) with its sk_msg program
+//     until the connections in it have closed: they stay judged by the old
+//     program and policy.
+//
+// Up to step 3 a failure puts everything back as it was.
+func (g *Guard) replace(spec *ebpf.CollectionSpec, pol *policy.Compiled, cg CgroupRules, old *pinnedState) (err error) {
+	if old.meta != nil {
+		g.log.Info("replacing pinned enforcement of another layout",
+			zap.String("pinned_layout", old.meta.Layout), zap.String("pinned_version", old.meta.Version),
+			zap.String("layout", g.meta.Layout), zap.String("pin_dir", g.pinDir))
+	} else {
+		g.log.Info("replacing an incomplete set of pins", zap.String("pin_dir", g.pinDir))
+	}
+	if err := g.loadObjects(spec, nil); err != nil {
+		return err
+	}
+	if err := g.writeFirstPolicy(pol, cg); err != nil {
+		g.closeAll(false)
+		return err
+	}
+	// From the first change on, the directory is not a complete set.
+	if err := os.Remove(filepath.Join(g.pinDir, pinMeta)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		g.closeAll(false)
+		return fmt.Errorf("removing pinned meta: %w", err)
+	}
+	var undo []func()
+	var prevs []*ebpf.Program // the earlier daemon's programs, for undo
+	defer func() {
+		for _, p := range prevs {
+			defer p.Close()
+		}
+		if err == nil {
+			return
+		}
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+		g.closeAll(true)
+		if old.meta != nil {
+			if merr := writeMeta(g.pinDir, old.meta); merr != nil {
+				g.log.Warn("restoring pinned meta", zap.Error(merr))
+			}
+		}
+	}()
+
+	if err := g.attachSkMsg(); err != nil {
+		return err
+	}
+	if err := g.attachHook("egress", ebpf.AttachCGroupInetEgress); err != nil {
+		return err
+	}
+	reused := map[string]bool{}
+	for _, name := range []string{"sockops", "connect4", "connect6"} {
+		l := old.links[name]
+		if l != nil {
+			if id, cerr := linkCgroup(l); cerr == nil && id == g.meta.CgroupID {
+				prev, perr := linkProgram(l)
+				if perr == nil {
+					prevs = append(prevs, prev)
+					if uerr := l.Update(g.hookProgram(name)); uerr != nil {
+						return fmt.Errorf("switching %s to the new program: %w", name, uerr)
+					}
+					g.links[name] = l
+					delete(old.links, name)
+					reused[name] = true
+					hook := name
+					undo = append(undo, func() {
+						if err := l.Update(prev); err != nil {
+							g.log.Error("restoring the earlier program", zap.String("hook", hook), zap.Error(err))
+						}
+						// back to the earlier daemon: not ours to detach
+						delete(g.links, hook)
+						old.links[hook] = l
+					})
+					continue
+				}
+			}
+		}
+		attach := ebpf.AttachCGroupSockOps
+		switch name {
+		case "connect4":
+			attach = ebpf.AttachCGroupInet4Connect
+		case "connect6":
+			attach = ebpf.AttachCGroupInet6Connect
+		}
+		if err := g.attachHook(name, attach); err != nil {
+			return err
+		}
+	}
+
+	// The new set is in force. Remove the old one; failures from here are
+	// reported, not undone (undoing would open a gap).
+	for name, l := range old.links {
+		if err := detachLink(l); err != nil {
+			g.log.Warn("detaching an old link", zap.String("link", name), zap.Error(err))
+		}
+		if err := os.Remove(filepath.Join(g.pinDir, pinLinks, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			g.log.Warn("removing an old link pin", zap.String("link", name), zap.Error(err))
+		}
+	}
+	if err := g.retireSocketMap(old); err != nil {
+		g.log.Warn("keeping the old socket map", zap.Error(err))
+	}
+	for _, stale := range []string{pinMaps, pinSkMsg} {
+		if err := os.RemoveAll(filepath.Join(g.pinDir, stale)); err != nil {
+			g.log.Warn("removing old pins", zap.String("path", stale), zap.Error(err))
+		}
+	}
+	for name, l := range g.links {
+		if reused[name] {
+			continue
+		}
+		if err := pinObject(filepath.Join(g.pinDir, pinLinks, name), l.Pin); err != nil {
+			g.log.Error("pinning a new link: it will not outlive this daemon", zap.String("link", name), zap.Error(err))
+		}
+	}
+	for name, m := range g.mapsByName() {
+		if err := pinObject(filepath.Join(g.pinDir, pinMaps, name), m.Pin); err != nil {
+			g.log.Error("pinning a new map", zap.String("map", name), zap.Error(err))
+		}
+	}
+	if err := pinObject(filepath.Join(g.pinDir, pinSkMsg), g.objs.ImdsMsg.Pin); err != nil {
+		g.log.Error("pinning sk_msg", zap.Error(err))
+	}
+	if err := g.writeMeta(); err != nil {
+		g.log.Error("recording the takeover", zap.Error(err))
+	}
+	return nil
+}
+
+// retireSocketMap moves the old socket map and its sk_msg program under
+// retired/, where they keep judging the connections opened before the
+// takeover until those close (DrainRetired removes them then).
+func (g *Guard) retireSocketMap(old *pinnedState) error {
+	socks := old.maps[bpf.ImdsguardMapImdsSocks]
+	if socks == nil {
+		return nil
+	}
+	if empty, err := mapEmpty(socks); err == nil && empty {
+		return nil
+	}
+	dir := filepath.Join(g.pinDir, pinRetired, strconv.FormatInt(time.Now().UnixNano(), 10))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating %s: %w", dir, err)
+	}
+	if err := socks.Pin(filepath.Join(dir, bpf.ImdsguardMapImdsSocks)); err != nil {
+		return fmt.Errorf("pinning the old socket map: %w", err)
+	}
+	if old.skMsg != nil {
+		if err := old.skMsg.Pin(filepath.Join(dir, "sk_msg")); err != nil {
+			return fmt.Errorf("pinning the old sk_msg program: %w", err)
+		}
+	}
+	g.log.Info("connections opened before the takeover stay judged by the previous programs until they close", zap.String("retired", dir))
+	return nil
+}
+
+func mapEmpty(m *ebpf.Map) (bool, error) {
+	var key uint64
+	err := m.NextKey(nil, &key)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return true, nil
+	}
+	return false, err
+}
+
+// DrainRetired removes retired socket maps whose connections have all
+// closed. It returns how many are left.
+func (g *Guard) DrainRetired() int {
+	if g.pinDir == "" {
+		return 0
+	}
+	dirs, _ := filepath.Glob(filepath.Join(g.pinDir, pinRetired, "*"))
+	left := 0
+	for _, dir := range dirs {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, bpf.ImdsguardMapImdsSocks), nil)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				os.RemoveAll(dir)
+			}
+			continue
+		}
+		empty, err := mapEmpty(m)
+		m.Close()
+		if err != nil || !empty {
+			left++
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			g.log.Warn("removing a drained socket map", zap.String("path", dir), zap.Error(err))
+			left++
+			continue
+		}
+		g.log.Info("the last connection judged by the previous programs has closed", zap.String("retired", dir))
+	}
+	if left == 0 {
+		os.Remove(filepath.Join(g.pinDir, pinRetired))
+	}
+	return left
+}
+
+// RemovePinned detaches and removes everything pinned in dir: links,
+// sk_msg attachments (current and retired), maps and meta. It refuses while
+// a daemon holds the directory (it would keep enforcing through its own
+// descriptors). It returns what it removed; nothing pinned is not an error.
+func RemovePinned(dir string, log *zap.Logger) ([]string, error) {
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	lock, err := lockPinDir(dir, 0, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.release()
+	return removePinned(dir, log)
+}
+
+func removePinned(dir string, log *zap.Logger) ([]string, error) {
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	var removed []string
+	var errs []error
+	old, err := openPinned(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer old.close()
+	for _, h := range cgroupHooks {
+		if l := old.links[h.name]; l != nil {
+			if err := detachLink(l); err != nil {
+				errs = append(errs, fmt.Errorf("detaching %s: %w", h.name, err))
+				continue
+			}
+			removed = append(removed, "link "+h.name)
+		}
+	}
+	for name, l := range old.links {
+		if !isHook(name) {
+			if err := detachLink(l); err != nil {
+				errs = append(errs, fmt.Errorf("detaching %s: %w", name, err))
+				continue
+			}
+			removed = append(removed, "link "+name)
+		}
+	}
+	if socks := old.maps[bpf.ImdsguardMapImdsSocks]; socks != nil && old.skMsg != nil {
+		if err := detachSkMsg(socks, old.skMsg); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, err)
+		} else {
+			removed = append(removed, "sk_msg")
+		}
+	}
+	retired, _ := filepath.Glob(filepath.Join(dir, pinRetired, "*"))
+	for _, r := range retired {
+		m, merr := ebpf.LoadPinnedMap(filepath.Join(r, bpf.ImdsguardMapImdsSocks), nil)
+		p, perr := ebpf.LoadPinnedProgram(filepath.Join(r, "sk_msg"), nil)
+		if merr == nil && perr == nil {
+			if err := detachSkMsg(m, p); err != nil && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, err)
+			}
+		}
+		if m != nil {
+			m.Close()
+		}
+		if p != nil {
+			p.Close()
+		}
+		removed = append(removed, "retired socket map "+filepath.Base(r))
+	}
+	if len(old.maps) > 0 {
+		removed = append(removed, fmt.Sprintf("%d maps", len(old.maps)))
+	}
+	if old.meta != nil {
+		removed = append(removed, "meta")
+	}
+	if len(errs) > 0 {
+		// Keep the pins of what could not be detached: they are the handle
+		// to try again.
+		return removed, errors.Join(errs...)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return removed, fmt.Errorf("removing %s: %w", dir, err)
+	}
+	removed = append(removed, "pin directory "+dir)
+	log.Debug("removed pinned enforcement", zap.Strings("removed", removed))
+	return removed, nil
+}
+
+func isHook(name string) bool {
+	for _, h := range cgroupHooks {
+		if h.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// removePins removes the pins a failed fresh start made.
+func removePins(dir string) {
+	for _, p := range []string{pinMeta, pinMaps, pinLinks, "progs"} {
+		os.RemoveAll(filepath.Join(dir, p))
+	}
+}
+
+// inode is a cgroup directory's id.
+func inode(path string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
