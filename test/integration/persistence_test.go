@@ -389,4 +389,3 @@ func programsOn(t testing.TB, cgroup string, at ebpf.AttachType) int {
 	}
 	return len(res.Programs)
 }
-
