@@ -28,6 +28,7 @@ import (
 	"github.com/imdsguard/imdsguard/internal/ocsf"
 	"github.com/imdsguard/imdsguard/internal/output"
 	"github.com/imdsguard/imdsguard/internal/policy"
+	"github.com/imdsguard/imdsguard/internal/sdnotify"
 )
 
 type runFlags struct {
@@ -136,6 +137,8 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	}
 	log := newLogger(stderr, level)
 	defer log.Sync() //nolint:errcheck // nothing to do if stderr is gone
+	// Read (and cleared) before anything can start a child process.
+	notifier := sdnotify.FromEnv()
 
 	pol, err := enforcer.LoadPolicy(f.policy, f.mode)
 	if err != nil {
@@ -383,8 +386,15 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 		}
 	}()
 	state.ready.Store(true)
+	// Units ordered after imdsguard (containerd, kubelet) start now.
+	if err := notifier.Ready(fmt.Sprintf("enforcing (%s, policy %s, takeover %s)", pol.Mode, plan.Hash, guard.Takeover())); err != nil {
+		log.Warn("telling systemd the daemon is ready", zap.Error(err))
+	}
 	watchLostEvents(ctx, guard, log)
 	state.ready.Store(false)
+	if err := notifier.Stopping(); err != nil {
+		log.Warn("telling systemd the daemon is stopping", zap.Error(err))
+	}
 	<-enfDone
 
 	// With detach, unhook first so no new events arrive, then drain what

@@ -1,8 +1,10 @@
 package loader
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -123,5 +125,43 @@ func TestRemovingNothingIsNotAnError(t *testing.T) {
 	st, err := ReadStatus(filepath.Join(dir, "imdsguard"))
 	if err != nil || st.Pinned || st.Daemon.Running {
 		t.Errorf("status of a missing directory: %+v, %v", st, err)
+	}
+}
+
+// Where nothing mounted a BPF filesystem on /sys/fs/bpf, the daemon mounts
+// one. Checked in a mount namespace of this test's own (on a thread that
+// is thrown away afterwards), so the host's mounts are untouched.
+func TestBPFFSIsMountedWhereMissing(t *testing.T) {
+	lab.RequirePrivileged(t)
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with its namespace
+		errc <- func() error {
+			if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+				return fmt.Errorf("unshare: %w", err)
+			}
+			if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+				return fmt.Errorf("making mounts private: %w", err)
+			}
+			parent := filepath.Dir(DefaultPinDir)
+			// Hide whatever is there with an empty tmpfs, as on a host
+			// where nothing mounted bpffs.
+			if err := unix.Mount("tmpfs", parent, "tmpfs", 0, "size=1m"); err != nil {
+				return fmt.Errorf("hiding %s: %w", parent, err)
+			}
+			if ok, _ := isBPFFS(parent); ok {
+				return fmt.Errorf("%s is bpffs under a fresh tmpfs", parent)
+			}
+			if err := ensureBPFFS(DefaultPinDir); err != nil {
+				return err
+			}
+			if ok, err := isBPFFS(parent); !ok {
+				return fmt.Errorf("after ensureBPFFS, %s is not bpffs (%v)", parent, err)
+			}
+			return ensureBPFFS(DefaultPinDir) // a second call finds it mounted
+		}()
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -94,6 +94,9 @@ func TestStartFailuresAreOneClearLine(t *testing.T) {
 		{"no such netns", []string{"run", "--cgroup", l.Cgroup, "--host-netns", "/nonexistent/netns"}, false, 1, "host network namespace: opening /nonexistent/netns"},
 		{"bad policy", append(base, "--policy", badPolicy), false, 1, badPolicy + `:1: mode: "permissive" is not a mode`},
 		{"missing policy", append(base, "--policy", badPolicy+".missing"), false, 1, "reading policy"},
+		{"bad on-exit", append(base, "--on-exit", "maybe"), false, 2, `--on-exit: "maybe" is not keep or detach`},
+		{"relative pin dir", append(base, "--pin-dir", "pins"), false, 2, `--pin-dir: "pins" is not an absolute path`},
+		{"pin dir off bpffs", append(base, "--pin-dir", filepath.Join(t.TempDir(), "imdsguard")), false, 1, "is not on a BPF filesystem"},
 		{"not root", base, true, 1, "must run as root (missing CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN)"},
 	}
 	for _, tt := range tests {
