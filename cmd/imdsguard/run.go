@@ -25,6 +25,7 @@ import (
 	"github.com/imdsguard/imdsguard/internal/loader"
 	"github.com/imdsguard/imdsguard/internal/metrics"
 	"github.com/imdsguard/imdsguard/internal/nflog"
+	"github.com/imdsguard/imdsguard/internal/nodetaint"
 	"github.com/imdsguard/imdsguard/internal/ocsf"
 	"github.com/imdsguard/imdsguard/internal/output"
 	"github.com/imdsguard/imdsguard/internal/policy"
@@ -48,6 +49,7 @@ type runFlags struct {
 	queue     int
 	pinDir    string
 	onExit    string
+	taint     string
 }
 
 const (
@@ -106,6 +108,7 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&f.metrics, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9464); off when empty")
 	fs.StringVar(&f.pinDir, "pin-dir", loader.DefaultPinDir, "BPF filesystem directory where the programs, links and maps are pinned, so enforcement outlives the daemon and the next one takes it over")
 	fs.StringVar(&f.onExit, "on-exit", onExitKeep, "on SIGTERM/SIGINT: keep (enforcement stays pinned until the next daemon or `imdsguard detach`) or detach (remove every hook, pin and table)")
+	fs.StringVar(&f.taint, "startup-taint", "", "Kubernetes: remove this taint (KEY or KEY:EFFECT) from the node (NODE_NAME) once enforcing, so pods are scheduled only then; off when empty")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
@@ -116,6 +119,11 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	}
 	if f.pinDir == "" || !filepath.IsAbs(f.pinDir) {
 		return usageError{fmt.Errorf("--pin-dir: %q is not an absolute path", f.pinDir)}
+	}
+	if f.taint != "" {
+		if _, err := nodetaint.ParseSpec(f.taint); err != nil {
+			return usageError{fmt.Errorf("--startup-taint: %w", err)}
+		}
 	}
 	if f.mode != "" {
 		if err := policy.ValidateMode(f.mode); err != nil {
@@ -173,9 +181,11 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	} else if err := cgroupfs.IsV2(cgroupDir); err != nil {
 		return fmt.Errorf("--cgroup: %w", err)
 	}
-	cgroupMount, err := cgroupfs.V2Mount()
+	// Paths in events and rules are relative to the root of the hierarchy
+	// that --cgroup is in (in a container: the host's, mounted in).
+	cgroupMount, err := cgroupfs.MountOf(cgroupDir)
 	if err != nil {
-		return err
+		return fmt.Errorf("--cgroup: %w", err)
 	}
 	hostCookie, err := loader.NetnsCookie(f.hostNetns)
 	if err != nil {
@@ -190,6 +200,18 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	plan, err := enforcer.MakePlan(pol, cgroupMount)
 	if err != nil {
 		return err
+	}
+	// A startup taint that could never be removed would keep the node
+	// unschedulable: refuse to start rather than find out later.
+	var taints *nodetaint.Client
+	var node string
+	if f.taint != "" {
+		if node, err = nodetaint.NodeName(os.Getenv); err != nil {
+			return fmt.Errorf("--startup-taint: %w", err)
+		}
+		if taints, err = nodetaint.InCluster(log); err != nil {
+			return fmt.Errorf("--startup-taint: %w", err)
+		}
 	}
 
 	guard, err := loader.Load(plan.Compiled, loader.Options{
@@ -390,6 +412,9 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	if err := notifier.Ready(fmt.Sprintf("enforcing (%s, policy %s, takeover %s)", pol.Mode, plan.Hash, guard.Takeover())); err != nil {
 		log.Warn("telling systemd the daemon is ready", zap.Error(err))
 	}
+	if taints != nil {
+		go removeStartupTaint(ctx, taints, node, f.taint, log)
+	}
 	watchLostEvents(ctx, guard, log)
 	state.ready.Store(false)
 	if err := notifier.Stopping(); err != nil {
@@ -422,6 +447,25 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 		log.Info("exiting; enforcement stays pinned (imdsguard detach removes it)", fields...)
 	}
 	return nil
+}
+
+// removeStartupTaint removes the node's startup taint, retrying until it
+// succeeds: the API server may be unreachable for a while, and a node that
+// keeps the taint gets no pods.
+func removeStartupTaint(ctx context.Context, c *nodetaint.Client, node, spec string, log *zap.Logger) {
+	for {
+		n, err := c.RemoveTaint(ctx, node, spec)
+		if err == nil {
+			log.Info("startup taint handled; the node can take pods", zap.String("node", node), zap.String("taint", spec), zap.Int("removed", n))
+			return
+		}
+		log.Error("startup taint not removed: the node takes no pods until it is; retrying in 30s", zap.String("node", node), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(30 * time.Second):
+		}
+	}
 }
 
 func policySource(path string) string {

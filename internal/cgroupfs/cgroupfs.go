@@ -19,10 +19,51 @@ func V2Mount() (string, error) {
 			return p, nil
 		}
 	}
+	mounts, err := cgroup2Mounts()
+	if err != nil {
+		return "", err
+	}
+	if len(mounts) > 0 {
+		return mounts[0], nil
+	}
+	return "", errors.New("no cgroup v2 hierarchy is mounted (imdsguard needs cgroup v2; mount it or pass --cgroup DIR)")
+}
+
+// MountOf returns the mount point of the cgroup2 file system holding dir:
+// the root that cgroup paths in events and policy rules are relative to.
+// In a container given the host's hierarchy (e.g. at /run/imdsguard/cgroup),
+// that is the host's root, not the container's own /sys/fs/cgroup.
+func MountOf(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	if abs, err = filepath.EvalSymlinks(abs); err != nil {
+		return "", fmt.Errorf("%s: %w", dir, err)
+	}
+	mounts, err := cgroup2Mounts()
+	if err != nil {
+		return "", err
+	}
+	best := ""
+	for _, mp := range mounts {
+		if (abs == mp || strings.HasPrefix(abs, strings.TrimSuffix(mp, "/")+"/")) && len(mp) > len(best) {
+			best = mp
+		}
+	}
+	if best == "" {
+		return "", fmt.Errorf("%s is not under a cgroup v2 mount", dir)
+	}
+	return best, nil
+}
+
+// cgroup2Mounts lists the mount points of cgroup2 file systems.
+func cgroup2Mounts() ([]string, error) {
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
-		return "", fmt.Errorf("reading mountinfo: %w", err)
+		return nil, fmt.Errorf("reading mountinfo: %w", err)
 	}
+	var out []string
 	for _, line := range strings.Split(string(data), "\n") {
 		// "id parent major:minor root mountpoint opts … - fstype source superopts"
 		left, right, ok := strings.Cut(line, " - ")
@@ -31,10 +72,31 @@ func V2Mount() (string, error) {
 		}
 		lf, rf := strings.Fields(left), strings.Fields(right)
 		if len(lf) >= 5 && len(rf) >= 1 && rf[0] == "cgroup2" {
-			return lf[4], nil
+			out = append(out, unescapeMountinfo(lf[4]))
 		}
 	}
-	return "", errors.New("no cgroup v2 hierarchy is mounted (imdsguard needs cgroup v2; mount it or pass --cgroup DIR)")
+	return out, nil
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 for a space) of
+// mountinfo paths.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var v int
+			if _, err := fmt.Sscanf(s[i+1:i+4], "%3o", &v); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // IsV2 reports whether dir is a directory on a cgroup2 filesystem.

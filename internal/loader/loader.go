@@ -86,7 +86,7 @@ func Load(pol *policy.Compiled, opts Options, log *zap.Logger) (g *Guard, err er
 	if err := cgroupfs.IsV2(opts.Cgroup); err != nil {
 		return nil, fmt.Errorf("checking cgroup: %w", err)
 	}
-	cgroupID, err := inode(opts.Cgroup)
+	cgroupID, err := cgroupfs.ID(opts.Cgroup)
 	if err != nil {
 		return nil, fmt.Errorf("checking cgroup: %w", err)
 	}

@@ -422,12 +422,3 @@ func removePins(dir string) {
 		os.RemoveAll(filepath.Join(dir, p))
 	}
 }
-
-// inode is a cgroup directory's id.
-func inode(path string) (uint64, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return 0, err
-	}
-	return st.Ino, nil
-}
