@@ -85,25 +85,30 @@ func TestStartFailuresAreOneClearLine(t *testing.T) {
 		nobody   bool
 		wantCode int
 		want     string
+		env      []string
 	}{
-		{"unknown flag", append(base, "--bogus"), false, 2, "flag provided but not defined: -bogus"},
-		{"bad mode", append(base, "--mode", "permissive"), false, 2, `--mode: "permissive" is not a mode`},
-		{"bad ring buffer size", append(base, "--ringbuf-bytes", "5000"), false, 2, "--ringbuf-bytes: 5000 is not a power of two"},
-		{"stray argument", append(base, "extra"), false, 2, `unexpected argument "extra"`},
-		{"not a cgroup", []string{"run", "--cgroup", t.TempDir()}, false, 1, "is not a cgroup v2 directory"},
-		{"no such netns", []string{"run", "--cgroup", l.Cgroup, "--host-netns", "/nonexistent/netns"}, false, 1, "host network namespace: opening /nonexistent/netns"},
-		{"bad policy", append(base, "--policy", badPolicy), false, 1, badPolicy + `:1: mode: "permissive" is not a mode`},
-		{"missing policy", append(base, "--policy", badPolicy+".missing"), false, 1, "reading policy"},
-		{"bad on-exit", append(base, "--on-exit", "maybe"), false, 2, `--on-exit: "maybe" is not keep or detach`},
-		{"relative pin dir", append(base, "--pin-dir", "pins"), false, 2, `--pin-dir: "pins" is not an absolute path`},
-		{"pin dir off bpffs", append(base, "--pin-dir", filepath.Join(t.TempDir(), "imdsguard")), false, 1, "is not on a BPF filesystem"},
-		{"not root", base, true, 1, "must run as root (missing CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN)"},
+		{"unknown flag", append(base, "--bogus"), false, 2, "flag provided but not defined: -bogus", nil},
+		{"bad mode", append(base, "--mode", "permissive"), false, 2, `--mode: "permissive" is not a mode`, nil},
+		{"bad ring buffer size", append(base, "--ringbuf-bytes", "5000"), false, 2, "--ringbuf-bytes: 5000 is not a power of two", nil},
+		{"stray argument", append(base, "extra"), false, 2, `unexpected argument "extra"`, nil},
+		{"not a cgroup", []string{"run", "--cgroup", t.TempDir()}, false, 1, "is not a cgroup v2 directory", nil},
+		{"no such netns", []string{"run", "--cgroup", l.Cgroup, "--host-netns", "/nonexistent/netns"}, false, 1, "host network namespace: opening /nonexistent/netns", nil},
+		{"bad policy", append(base, "--policy", badPolicy), false, 1, badPolicy + `:1: mode: "permissive" is not a mode`, nil},
+		{"missing policy", append(base, "--policy", badPolicy+".missing"), false, 1, "reading policy", nil},
+		{"bad on-exit", append(base, "--on-exit", "maybe"), false, 2, `--on-exit: "maybe" is not keep or detach`, nil},
+		{"relative pin dir", append(base, "--pin-dir", "pins"), false, 2, `--pin-dir: "pins" is not an absolute path`, nil},
+		{"pin dir off bpffs", append(base, "--pin-dir", filepath.Join(t.TempDir(), "imdsguard")), false, 1, "is not on a BPF filesystem", nil},
+		{"startup taint without node name", append(base, "--startup-taint", "imdsguard.io/not-ready"), false, 1, "--startup-taint: NODE_NAME is not set", nil},
+		{"startup taint outside a pod", append(base, "--startup-taint", "imdsguard.io/not-ready"), false, 1, "--startup-taint: not running in a Kubernetes pod", []string{"NODE_NAME=node-1"}},
+		{"bad startup taint", append(base, "--startup-taint", "imdsguard.io/not-ready:Sometimes"), false, 2, "--startup-taint: ", nil},
+		{"not root", base, true, 1, "must run as root (missing CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN)", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, bins.imdsguard, tt.args...)
+			cmd.Env = append(os.Environ(), tt.env...)
 			if tt.nobody {
 				cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 			}
