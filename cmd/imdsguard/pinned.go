@@ -174,7 +174,7 @@ func detachCommand(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
-	if err := checkPrivileges(false); err != nil {
+	if err := checkPrivileges(); err != nil {
 		return err
 	}
 	st, err := loader.ReadStatus(*pinDir)

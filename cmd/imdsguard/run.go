@@ -170,9 +170,10 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 
-	if err := checkPrivileges(f.hostNetns != ""); err != nil {
+	if err := checkPrivileges(); err != nil {
 		return err
 	}
+	warnDegraded(log)
 	cgroupDir := f.cgroup
 	if cgroupDir == "" {
 		if cgroupDir, err = cgroupfs.V2Mount(); err != nil {
@@ -541,12 +542,10 @@ func newLogger(w io.Writer, level zapcore.Level) *zap.Logger {
 }
 
 // checkPrivileges names the missing capabilities before anything is loaded.
-func checkPrivileges(needSetns bool) error {
-	need := []capability{capBPF, capNetAdmin, capPerfmon}
-	if needSetns {
-		need = append(need, capSysAdmin)
-	}
-	missing, err := missingCapabilities(need)
+// CAP_SYS_ADMIN is always needed: adopting connections enters network
+// namespaces (the daemon's own included) with setns.
+func checkPrivileges() error {
+	missing, err := missingCapabilities([]capability{capBPF, capNetAdmin, capPerfmon, capSysAdmin})
 	if err != nil {
 		return err
 	}
@@ -554,4 +553,21 @@ func checkPrivileges(needSetns bool) error {
 		return fmt.Errorf("must run as root (missing %s)", joinCaps(missing))
 	}
 	return nil
+}
+
+// warnDegraded names the capabilities whose absence costs visibility, not
+// enforcement, so a too-tight sandbox shows in the log.
+func warnDegraded(log *zap.Logger) {
+	missing, err := missingCapabilities([]capability{capSysPtrace, capDACReadSearch})
+	if err != nil || len(missing) == 0 {
+		return
+	}
+	for _, c := range missing {
+		switch c {
+		case capSysPtrace:
+			log.Warn("without CAP_SYS_PTRACE: events lack exe and cmdline of other users' processes, and pods allowed by allowNonHostNetns are not let through the nftables table (their network namespaces cannot be read)")
+		case capDACReadSearch:
+			log.Warn("without CAP_DAC_READ_SEARCH: events lack cgroup paths (and so container and pod names)")
+		}
+	}
 }

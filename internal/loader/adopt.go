@@ -6,12 +6,14 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/cilium/ebpf/link"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	"github.com/imdsguard/imdsguard/bpf"
+	"github.com/imdsguard/imdsguard/internal/cgroupfs"
 	"github.com/imdsguard/imdsguard/internal/netnsexec"
 )
 
@@ -31,7 +33,11 @@ func (g *Guard) Adopt() (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	for i, ns := range networkNamespaces() {
+	within, err := cgroupFilter(g.meta.Cgroup)
+	if err != nil {
+		return 0, err
+	}
+	for i, ns := range networkNamespaces(within) {
 		err := netnsexec.Do(ns, func() error { return runIter(it) })
 		if err == nil {
 			continue
@@ -42,7 +48,8 @@ func (g *Guard) Adopt() (uint64, error) {
 		}
 		// Namespaces come and go while we walk them (a pod being torn
 		// down has no connections left to adopt): report, carry on.
-		if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ESRCH) {
+		// (EINVAL: a /run/netns entry half-way through deletion)
+		if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.EINVAL) {
 			g.log.Warn("adopting connections", zap.String("netns", ns), zap.Error(err))
 		}
 	}
@@ -75,10 +82,42 @@ func runIter(it *link.Iter) error {
 	return nil
 }
 
-// networkNamespaces lists one path per distinct network namespace: those of
-// all processes, and those bind-mounted under /run/netns (named namespaces
-// may hold no process).
-func networkNamespaces() []string {
+// cgroupFilter returns nil when dir is the root of its hierarchy (every
+// process is guarded), else a test for whether a pid's cgroup is dir or
+// below it: connections of processes the guard does not cover are not its
+// to adopt.
+func cgroupFilter(dir string) (func(pid string) bool, error) {
+	mount, err := cgroupfs.MountOf(dir)
+	if err != nil {
+		return nil, err
+	}
+	abs, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return nil, err
+	}
+	rel := strings.TrimPrefix(abs, mount)
+	if rel == "" || rel == "/" {
+		return nil, nil
+	}
+	return func(pid string) bool {
+		data, err := os.ReadFile(filepath.Join("/proc", pid, "cgroup"))
+		if err != nil {
+			return false
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if p, ok := strings.CutPrefix(line, "0::"); ok {
+				return p == rel || strings.HasPrefix(p, rel+"/")
+			}
+		}
+		return false
+	}, nil
+}
+
+// networkNamespaces lists one path per distinct network namespace: the
+// daemon's own first, then those of the processes within (all when within
+// is nil), and, when every process is guarded, those bind-mounted under
+// /run/netns (named namespaces may hold no process).
+func networkNamespaces(within func(pid string) bool) []string {
 	seen := map[[2]uint64]bool{}
 	var out []string
 	add := func(p string) {
@@ -95,7 +134,12 @@ func networkNamespaces() []string {
 	add("/proc/self/ns/net")
 	procs, _ := filepath.Glob("/proc/[0-9]*/ns/net")
 	for _, p := range procs {
-		add(p)
+		if within == nil || within(filepath.Base(filepath.Dir(filepath.Dir(p)))) {
+			add(p)
+		}
+	}
+	if within != nil {
+		return out
 	}
 	for _, dir := range []string{"/run/netns", "/var/run/netns"} {
 		named, _ := filepath.Glob(filepath.Join(dir, "*"))
