@@ -314,19 +314,21 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if sock := f.criSocket; sock != "none" {
-		if sock == "auto" {
-			sock = cri.FindSocket()
+		var names interface {
+			Lookup(string) (cri.Names, bool)
+			Close() error
 		}
-		if sock != "" {
-			names, err := cri.Dial(sock)
-			if err != nil {
-				log.Warn("no pod names in events", zap.Error(err))
-			} else {
-				defer names.Close()
-				ropts.Names = func(id string) (string, string, string, bool) {
-					n, ok := names.Lookup(id)
-					return n.Pod, n.Namespace, n.Container, ok
-				}
+		if sock == "auto" {
+			names = cri.NewAuto()
+		} else if names, err = cri.Dial(sock); err != nil {
+			log.Warn("no pod names in events", zap.Error(err))
+			names = nil
+		}
+		if names != nil {
+			defer names.Close()
+			ropts.Names = func(id string) (string, string, string, bool) {
+				n, ok := names.Lookup(id)
+				return n.Pod, n.Namespace, n.Container, ok
 			}
 		}
 	}

@@ -120,3 +120,47 @@ func (c *Client) refresh(ctx context.Context) error {
 
 // Close releases the connection.
 func (c *Client) Close() error { return c.conn.Close() }
+
+// Auto finds a default socket when a lookup first needs one, and keeps
+// looking (at most every refreshEvery) until one appears: under systemd the
+// daemon starts before the container runtime it names pods for.
+type Auto struct {
+	find func() string
+
+	mu    sync.Mutex
+	c     *Client
+	tried time.Time
+}
+
+// NewAuto returns an Auto over the default sockets.
+func NewAuto() *Auto { return &Auto{find: FindSocket} }
+
+// Lookup is Client.Lookup on the runtime found, or a miss while there is
+// none.
+func (a *Auto) Lookup(id string) (Names, bool) {
+	a.mu.Lock()
+	if a.c == nil && time.Since(a.tried) >= refreshEvery {
+		a.tried = time.Now()
+		if p := a.find(); p != "" {
+			if c, err := Dial(p); err == nil {
+				a.c = c
+			}
+		}
+	}
+	c := a.c
+	a.mu.Unlock()
+	if c == nil {
+		return Names{}, false
+	}
+	return c.Lookup(id)
+}
+
+// Close closes the client, if a runtime was found.
+func (a *Auto) Close() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.c == nil {
+		return nil
+	}
+	return a.c.Close()
+}

@@ -70,3 +70,33 @@ func TestLookup(t *testing.T) {
 		t.Fatalf("lookup against a dead runtime: ok=%v after %s", ok, time.Since(start))
 	}
 }
+
+// A runtime that starts after the daemon (systemd orders imdsguard first)
+// is found at a later lookup.
+func TestAutoFindsARuntimeThatStartsLater(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "cri.sock")
+	present := false
+	a := &Auto{find: func() string {
+		if present {
+			return sock
+		}
+		return ""
+	}}
+	defer a.Close()
+	if _, ok := a.Lookup("aaa"); ok {
+		t.Fatal("found names with no runtime")
+	}
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	runtimeapi.RegisterRuntimeServiceServer(srv, &fakeRuntime{})
+	go srv.Serve(ln)
+	defer srv.Stop()
+	present = true
+	a.tried = time.Time{} // skip the wait between searches
+	if n, ok := a.Lookup("aaa"); !ok || n.Pod != "web-1" {
+		t.Fatalf("after the runtime started: %+v %v", n, ok)
+	}
+}
