@@ -2,8 +2,10 @@
 package cgroupfs
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,23 +59,51 @@ func MountOf(dir string) (string, error) {
 	return best, nil
 }
 
-// cgroup2Mounts lists the mount points of cgroup2 file systems.
-func cgroup2Mounts() ([]string, error) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return nil, fmt.Errorf("reading mountinfo: %w", err)
-	}
-	var out []string
-	for _, line := range strings.Split(string(data), "\n") {
-		// "id parent major:minor root mountpoint opts … - fstype source superopts"
-		left, right, ok := strings.Cut(line, " - ")
+// Mount is one cgroup2 mount: its mount point, and the cgroup it shows
+// there (its root within the hierarchy: "/" unless it is a bind mount of
+// a subtree or seen from a cgroup namespace).
+type Mount struct {
+	Point string
+	Root  string
+}
+
+// ParseMounts returns the cgroup2 mounts listed in a mountinfo file, in
+// order.
+func ParseMounts(r io.Reader) ([]Mount, error) {
+	var out []Mount
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
+	for sc.Scan() {
+		// "id parent major:minor root mountpoint opts [optional…] - fstype source superopts"
+		left, right, ok := strings.Cut(sc.Text(), " - ")
 		if !ok {
 			continue
 		}
 		lf, rf := strings.Fields(left), strings.Fields(right)
 		if len(lf) >= 5 && len(rf) >= 1 && rf[0] == "cgroup2" {
-			out = append(out, unescapeMountinfo(lf[4]))
+			out = append(out, Mount{Point: unescapeMountinfo(lf[4]), Root: unescapeMountinfo(lf[3])})
 		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("reading mountinfo: %w", err)
+	}
+	return out, nil
+}
+
+// cgroup2Mounts lists the mount points of cgroup2 file systems.
+func cgroup2Mounts() ([]string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("reading mountinfo: %w", err)
+	}
+	defer f.Close()
+	mounts, err := ParseMounts(f)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(mounts))
+	for i, m := range mounts {
+		out[i] = m.Point
 	}
 	return out, nil
 }
@@ -81,7 +111,7 @@ func cgroup2Mounts() ([]string, error) {
 // unescapeMountinfo undoes the octal escapes (\040 for a space) of
 // mountinfo paths.
 func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, "\\") {
+	if !strings.Contains(s, `\`) {
 		return s
 	}
 	var b strings.Builder

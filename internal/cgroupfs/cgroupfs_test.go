@@ -2,6 +2,7 @@ package cgroupfs
 
 import (
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -26,5 +27,21 @@ func TestUnescapeMountinfo(t *testing.T) {
 		if got := unescapeMountinfo(in); got != want {
 			t.Errorf("unescapeMountinfo(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestParseMounts(t *testing.T) {
+	info := `24 1 0:22 / /sys rw - sysfs sysfs rw
+30 24 0:26 / /sys/fs/cgroup/unified rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate
+31 24 0:27 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd
+900 30 0:26 /kubepods /run/my\040cgroup rw master:9 - cgroup2 cgroup2 rw
+`
+	got, err := ParseMounts(strings.NewReader(info))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Mount{{Point: "/sys/fs/cgroup/unified", Root: "/"}, {Point: "/run/my cgroup", Root: "/kubepods"}}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Errorf("ParseMounts = %+v, want %+v", got, want)
 	}
 }

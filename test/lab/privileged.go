@@ -1,7 +1,6 @@
 package lab
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +12,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/imdsguard/imdsguard/internal/cgroupfs"
 )
 
 // mountInfo is the part of a /proc/self/mountinfo line the lab needs.
@@ -40,29 +41,13 @@ func cgroup2Mount() (mountInfo, error) {
 }
 
 func parseCgroup2Mount(r io.Reader) (mountInfo, error) {
-	var found []mountInfo
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
-	for sc.Scan() {
-		// id parent major:minor root mountpoint options [optional...] - fstype source superoptions
-		fields := strings.Fields(sc.Text())
-		sep := -1
-		for i, f := range fields {
-			if f == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 5 || sep+1 >= len(fields) || fields[sep+1] != "cgroup2" {
-			continue
-		}
-		found = append(found, mountInfo{
-			mountPoint: unescapeMountinfo(fields[4]),
-			root:       unescapeMountinfo(fields[3]),
-		})
-	}
-	if err := sc.Err(); err != nil {
+	mounts, err := cgroupfs.ParseMounts(r)
+	if err != nil {
 		return mountInfo{}, err
+	}
+	found := make([]mountInfo, len(mounts))
+	for i, m := range mounts {
+		found[i] = mountInfo{mountPoint: m.Point, root: m.Root}
 	}
 	for _, want := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
 		// The last mount on a path is the visible one.
@@ -76,26 +61,6 @@ func parseCgroup2Mount(r io.Reader) (mountInfo, error) {
 		return found[0], nil
 	}
 	return mountInfo{}, errors.New("no cgroup2 filesystem mounted")
-}
-
-// unescapeMountinfo undoes the octal escaping (\040 etc.) of mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v int
-			if _, err := fmt.Sscanf(s[i+1:i+4], "%3o", &v); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // privilegedProblem returns "" when the lab can run, else the reason why
