@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/imdsguard/imdsguard/test/imdsserver"
 	"github.com/imdsguard/imdsguard/test/lab"
@@ -167,18 +166,9 @@ func TestDaemonExitDetachesEverything(t *testing.T) {
 // attachedPrograms counts programs on the cgroup's connect and sockops hooks.
 func attachedPrograms(t testing.TB, cgroup string) int {
 	t.Helper()
-	f, err := os.Open(cgroup)
+	n, err := lab.ProgramsOn(cgroup, ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect, ebpf.AttachCGroupSockOps)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer f.Close()
-	n := 0
-	for _, at := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect, ebpf.AttachCGroupSockOps} {
-		res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: at})
-		if err != nil {
-			t.Fatalf("querying %s programs on %s: %v", at, cgroup, err)
-		}
-		n += len(res.Programs)
 	}
 	return n
 }

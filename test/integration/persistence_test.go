@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/imdsguard/imdsguard/test/imdsserver"
 	"github.com/imdsguard/imdsguard/test/lab"
@@ -378,14 +377,9 @@ func TestPinsOfAnotherLayoutAreReplaced(t *testing.T) {
 
 func programsOn(t testing.TB, cgroup string, at ebpf.AttachType) int {
 	t.Helper()
-	fd, err := syscall.Open(cgroup, syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
+	n, err := lab.ProgramsOn(cgroup, at)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer syscall.Close(fd)
-	res, err := link.QueryPrograms(link.QueryOptions{Target: fd, Attach: at})
-	if err != nil {
-		t.Fatalf("querying %s on %s: %v", at, cgroup, err)
-	}
-	return len(res.Programs)
+	return n
 }

@@ -29,6 +29,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"net"
 	"os"
 	"os/exec"
@@ -875,4 +877,22 @@ func rmdirTree(dir string) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// ProgramsOn counts the BPF programs attached to cgroup on the given hooks.
+func ProgramsOn(cgroup string, hooks ...ebpf.AttachType) (int, error) {
+	fd, err := unix.Open(cgroup, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	n := 0
+	for _, at := range hooks {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: fd, Attach: at})
+		if err != nil {
+			return 0, fmt.Errorf("querying %s programs on %s: %w", at, cgroup, err)
+		}
+		n += len(res.Programs)
+	}
+	return n, nil
 }

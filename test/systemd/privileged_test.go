@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/imdsguard/imdsguard/test/daemon"
 	"github.com/imdsguard/imdsguard/test/imdsserver"
@@ -556,19 +555,10 @@ func TestEachCapabilityIsNeeded(t *testing.T) {
 // attachedPrograms counts the programs attached to a cgroup.
 func attachedPrograms(t testing.TB, cgroup string) int {
 	t.Helper()
-	f, err := os.Open(cgroup)
+	n, err := lab.ProgramsOn(cgroup, ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect,
+		ebpf.AttachCGroupSockOps, ebpf.AttachCGroupInetEgress)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer f.Close()
-	n := 0
-	for _, at := range []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect,
-		ebpf.AttachCGroupSockOps, ebpf.AttachCGroupInetEgress} {
-		res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: at})
-		if err != nil {
-			t.Fatalf("querying %s programs on %s: %v", at, cgroup, err)
-		}
-		n += len(res.Programs)
 	}
 	return n
 }
