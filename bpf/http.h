@@ -6,8 +6,11 @@
  *
  * The judge sees the bytes of one sk_msg: everything the application wrote
  * that has not been sent yet. It walks them with a byte-at-a-time state
- * machine driven by bpf_loop (a bounded loop of this size would not pass the
- * verifier) and decides what the kernel should do with them:
+ * machine (step_byte) driven by bpf_loop (a bounded loop of this size would
+ * not pass the verifier); fast paths (fast_chain) take the common runs of
+ * bytes, a header line or more at a time, leaving exactly the state the
+ * byte-at-a-time walk would leave. It decides what the kernel should do with
+ * the bytes:
  *
  *  - PASS: every request in the message is complete and allowed (a body
  *    announced by Content-Length may continue in later writes: `skip`);
@@ -202,6 +205,16 @@ struct judgement {
  * register the mask was applied to. */
 #define MASKED(idx, mask) ({ __u32 __v = (idx); asm volatile("" : "+r"(__v)); __v & (mask); })
 
+/* Eight bytes from any address, in one load. The compiler splits a load it
+ * cannot prove aligned into eight byte loads (the BPF target has no
+ * unaligned access in its model); the JITs of x86-64 and arm64 load
+ * unaligned words, and the verifier accepts them on those (no strict
+ * alignment), so the word is declared aligned. */
+static __always_inline __u64 load64(const void *p)
+{
+	return *(const __u64 *)__builtin_assume_aligned(p, 8);
+}
+
 struct loop_ctx {
 	struct judge *j;
 	const struct config *cfg;
@@ -387,20 +400,93 @@ static __always_inline __u8 norm_at(const struct parser *p, __u32 i)
 	return p->norm[MASKED(i, NORM_MAX - 1)];
 }
 
+/* Eight bytes at a time (SWAR): the high bit of each byte of x below n
+ * (1 <= n <= 0x80), or equal to b; exact, no carry crosses bytes. */
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+static __always_inline __u64 bytes_below(__u64 x, __u64 n)
+{
+	return ~(((x & ~HIGHS) + ONES * (0x80 - n)) | x) & HIGHS;
+}
+
+static __always_inline __u64 bytes_equal(__u64 x, __u64 b)
+{
+	return bytes_below(x ^ (ONES * b), 1);
+}
+
+/* Bytes flagged by bytes_below/bytes_equal. */
+static __always_inline __u64 bytes_count(__u64 m)
+{
+	return ((m >> 7) * ONES) >> 56;
+}
+
 struct cred_ctx {
 	const struct parser *p;
 	const struct config *cfg;
 	__u32 rest; /* offset in norm where the path after the version starts */
-	__u32 k;    /* prefix being compared */
-	__u32 i;    /* byte of it */
 	__u32 match;
 };
 
-/* One byte of one prefix per step, so the verifier checks the comparison
- * once instead of once per (prefix, byte) pair. */
-static long cred_step(__u32 unused, void *ctx)
+/* One prefix per step, compared eight bytes at a time. */
+static long cred_step(__u32 k, void *ctx)
 {
 	struct cred_ctx *cc = ctx;
+	const struct config *cfg = cc->cfg;
+	const struct parser *p = cc->p;
+
+	if (k >= cfg->prefix_count || k >= MAX_PREFIXES)
+		return 1;
+	const struct cred_prefix *cp = &cfg->prefixes[MASKED(k, MAX_PREFIXES - 1)];
+	__u32 plen = cp->len;
+	if (plen == 0 || plen > PREFIX_MAX)
+		return 0;
+	__u32 rest = cc->rest;
+	/* norm_at reads bytes before this as they are, later ones as 0 */
+	__u32 avail = p->nlen < NORM_MAX ? p->nlen : NORM_MAX;
+	for (__u32 w = 0; w < PREFIX_MAX / 8; w++) {
+		__u32 i = w * 8;
+		if (i >= plen)
+			break;
+		__u32 at = rest + i;
+		/* the bytes norm_at(p, at .. at + 7) returns */
+		__u64 x = load64(&p->norm[MASKED(at, NORM_MAX - 1)]);
+		if (at >= avail)
+			x = 0;
+		else if (avail - at < 8)
+			x &= (1ULL << ((avail - at) * 8)) - 1;
+		/* lower(): 0x20 added to the bytes 'A' to 'Z' */
+		x += (bytes_below(x, 'Z' + 1) & ~bytes_below(x, 'A')) >> 2;
+		__u64 y = load64(&cp->s[MASKED(w, PREFIX_MAX / 8 - 1) * 8]);
+		__u64 diff = x ^ y;
+		if (plen - i < 8)
+			diff &= (1ULL << ((plen - i) * 8)) - 1;
+		if (diff)
+			return 0;
+	}
+	/* whole prefix matched: it must end at a segment boundary */
+	__u32 at = rest + plen;
+	if (at >= p->nlen || norm_at(p, at) == '/') {
+		cc->match = 1;
+		return 1;
+	}
+	return 0;
+}
+
+#ifdef JUDGE_TEST_KNOBS
+/* The byte-at-a-time comparison cred_step replaces (one byte of one prefix
+ * per step), kept in the test program so that the tests can compare. */
+struct cred_bytes_ctx {
+	const struct parser *p;
+	const struct config *cfg;
+	__u32 rest;
+	__u32 k;
+	__u32 i;
+	__u32 match;
+};
+
+static long cred_step_bytes(__u32 unused, void *ctx)
+{
+	struct cred_bytes_ctx *cc = ctx;
 	const struct config *cfg = cc->cfg;
 	const struct parser *p = cc->p;
 	__u32 k = cc->k;
@@ -416,7 +502,6 @@ static long cred_step(__u32 unused, void *ctx)
 		return 0;
 	}
 	if (i >= plen) {
-		/* whole prefix matched: it must end at a segment boundary */
 		__u32 at = cc->rest + plen;
 		if (at >= p->nlen || norm_at(p, at) == '/') {
 			cc->match = 1;
@@ -435,6 +520,11 @@ static long cred_step(__u32 unused, void *ctx)
 	return 0;
 }
 
+/* 1 turns the fast paths off, and the prefix comparison back to one byte
+ * per step: the tests compare. */
+__u32 judge_fast_off;
+#endif
+
 /* Matches the normalised path against the policy's credential prefixes,
  * which are stored without their version segment ("meta-data/iam/info"):
  * every version ("latest", "2021-07-15", "1.0", …) counts. A prefix matches
@@ -449,8 +539,15 @@ static __always_inline int credential_path(const struct parser *p, const struct 
 		rest = p->seg_start;
 	else
 		return 0;
+#ifdef JUDGE_TEST_KNOBS
+	if (judge_fast_off) {
+		struct cred_bytes_ctx cb = {.p = p, .cfg = cfg, .rest = rest};
+		bpf_loop(MAX_PREFIXES * (PREFIX_MAX + 1), cred_step_bytes, &cb, 0);
+		return cb.match;
+	}
+#endif
 	struct cred_ctx cc = {.p = p, .cfg = cfg, .rest = rest};
-	bpf_loop(MAX_PREFIXES * (PREFIX_MAX + 1), cred_step, &cc, 0);
+	bpf_loop(MAX_PREFIXES, cred_step, &cc, 0);
 	return cc.match;
 }
 
@@ -523,19 +620,79 @@ static __always_inline long finish_request(struct parser *p, const struct config
 	return 0;
 }
 
-static __always_inline long parse_error(struct parser *p, const struct config *cfg)
+/* Transitions shared by step_byte and the fast paths, so that both leave
+ * exactly the same state. */
+
+/* The "/" that starts the path (origin-form, or after the authority). */
+static __always_inline void path_begin(struct parser *p)
 {
-	/* the refused request covers what was read of it, including this byte */
-	p->pos++;
-	return finish_request(p, cfg, REASON_PARSE_ERROR);
+	p->state = P_PATH;
+	raw_path_byte(p, '/');
+	p->nlen = 0;
+	norm_put(p, '/');
+	p->seg_start = 1;
 }
 
-/* One step of the walk; returns 1 to stop. */
-static long parse_step(__u32 i, void *ctx)
+/* The first byte of a header line, a token character: a name begins. */
+static __always_inline void name_begin(struct parser *p)
 {
-	struct loop_ctx *lc = ctx;
-	struct judge *j = lc->j;
-	const struct config *cfg = lc->cfg;
+	p->state = P_NAME;
+	p->name_len = 0;
+	p->name_alive = (1 << H_COUNT) - 1;
+	p->header = H_NONE;
+}
+
+/* The ":" after a header name: which header it is. */
+static __always_inline void name_end(struct parser *p)
+{
+	p->header = H_NONE;
+	for (__u32 h = 0; h < H_COUNT; h++) {
+		if ((p->name_alive & (1 << h)) && p->name_len == header_len(h))
+			p->header = h;
+	}
+	if (p->header == H_TOKEN)
+		p->token_headers++;
+	if (p->header == H_XFF)
+		p->flags |= REQ_FORWARDED;
+	if (p->header == H_TE)
+		p->te = 1;
+	if (p->header == H_CL) {
+		p->cl_digits = 0;
+		p->cl = 0;
+	}
+	p->value_len = 0;
+	p->value_ws = 0;
+	p->state = P_VALUE_OWS;
+}
+
+/* The LF that ends a header line; -1 if the line is refused. */
+static __always_inline int line_end(struct parser *p)
+{
+	if (p->header == H_TOKEN && p->value_len > 0)
+		p->flags |= REQ_HAS_TOKEN;
+	if (p->header == H_CL) {
+		if (p->cl_digits == 0)
+			return -1;
+		if (p->cl_seen && p->cl != p->cl_first)
+			return -1; /* conflicting lengths */
+		p->cl_seen = 1;
+		p->cl_first = p->cl;
+	}
+	p->state = P_LINE_START;
+	return 0;
+}
+
+/* What one byte of the walk did. */
+enum step {
+	STEP_NEXT = 0,  /* the byte is consumed; go on */
+	STEP_STOP = 1,  /* the walk is over, p->stop says why */
+	STEP_DONE = 2,  /* the byte is consumed and ends the request's header block */
+	STEP_ERROR = 3, /* the request cannot be parsed (the byte is not consumed) */
+};
+
+/* The byte-at-a-time state machine: one byte (or one run of body bytes). */
+static __always_inline int step_byte(struct judge *j)
+{
 	struct parser *p = &j->p;
 
 	if (p->pos >= p->len) {
@@ -545,7 +702,7 @@ static long parse_step(__u32 i, void *ctx)
 		} else {
 			p->stop = STOP_INCOMPLETE;
 		}
-		return 1;
+		return STEP_STOP;
 	}
 
 	if (p->state == P_BODY) {
@@ -556,11 +713,11 @@ static long parse_step(__u32 i, void *ctx)
 		p->boundary = p->pos;
 		if (p->skip == 0)
 			p->state = P_PRE;
-		return 0;
+		return STEP_NEXT;
 	}
 
 	if (p->state != P_PRE && p->pos - p->req_start >= HDR_MAX)
-		return parse_error(p, cfg); /* header block over its bound */
+		return STEP_ERROR; /* header block over its bound */
 
 	__u8 c = j->buf[MASKED(p->pos, JUDGE_BUF - 1)];
 
@@ -569,38 +726,34 @@ static long parse_step(__u32 i, void *ctx)
 		if (c == '\r' || c == '\n' || c == ' ' || c == '\t') {
 			if (p->unsynced) {
 				start_request(p);
-				return parse_error(p, cfg);
+				return STEP_ERROR;
 			}
 			p->pos++;
 			p->boundary = p->pos;
-			return 0;
+			return STEP_NEXT;
 		}
 		if (p->nreqs >= MAX_REQS) {
 			p->stop = STOP_FULL;
-			return 1;
+			return STEP_STOP;
 		}
 		start_request(p);
 		/* fall through: c is the method's first byte */
 	case P_METHOD:
 		if (c == ' ') {
 			if (p->method_len == 0)
-				return parse_error(p, cfg);
+				return STEP_ERROR;
 			p->state = P_TARGET_START;
 			break;
 		}
 		if (!is_tchar(c) || p->method_len >= METHOD_MAX)
-			return parse_error(p, cfg);
+			return STEP_ERROR;
 		if (p->method_len < METHOD_LEN)
 			p->method[MASKED(p->method_len, METHOD_LEN - 1)] = c;
 		p->method_len++;
 		break;
 	case P_TARGET_START:
 		if (c == '/') {
-			p->state = P_PATH;
-			raw_path_byte(p, c);
-			p->nlen = 0;
-			norm_put(p, '/');
-			p->seg_start = 1;
+			path_begin(p);
 			break;
 		}
 		if (c == 'h' || c == 'H') {
@@ -610,7 +763,7 @@ static long parse_step(__u32 i, void *ctx)
 		}
 		/* asterisk-form, authority-form or garbage: nothing a metadata
 		 * client sends; refuse rather than guess how the server reads it */
-		return parse_error(p, cfg);
+		return STEP_ERROR;
 	case P_SCHEME: {
 		/* "http://" or "https://", any case */
 		static const char http[] = "http://";
@@ -627,15 +780,11 @@ static long parse_step(__u32 i, void *ctx)
 				p->state = P_AUTHORITY;
 			break;
 		}
-		return parse_error(p, cfg);
+		return STEP_ERROR;
 	}
 	case P_AUTHORITY:
 		if (c == '/') {
-			p->state = P_PATH;
-			raw_path_byte(p, c);
-			p->nlen = 0;
-			norm_put(p, '/');
-			p->seg_start = 1;
+			path_begin(p);
 			break;
 		}
 		if (c == ' ') { /* "http://host" with no path is "/" */
@@ -647,7 +796,7 @@ static long parse_step(__u32 i, void *ctx)
 			break;
 		}
 		if (c <= 0x20 || c >= 0x7f || c == '?' || c == '#')
-			return parse_error(p, cfg);
+			return STEP_ERROR;
 		break;
 	case P_PATH:
 		if (c == ' ') {
@@ -656,7 +805,7 @@ static long parse_step(__u32 i, void *ctx)
 			break;
 		}
 		if (c <= 0x20 || c >= 0x7f)
-			return parse_error(p, cfg);
+			return STEP_ERROR;
 		raw_path_byte(p, c);
 		if (c == '?' || c == '#') {
 			end_path(p);
@@ -668,12 +817,12 @@ static long parse_step(__u32 i, void *ctx)
 			break;
 		}
 		if (path_byte(p, c) < 0)
-			return parse_error(p, cfg);
+			return STEP_ERROR;
 		break;
 	case P_PCT1: {
 		int v = hexval(c);
 		if (v < 0)
-			return parse_error(p, cfg);
+			return STEP_ERROR;
 		raw_path_byte(p, c);
 		p->pct_val = v;
 		p->state = P_PCT2;
@@ -682,11 +831,11 @@ static long parse_step(__u32 i, void *ctx)
 	case P_PCT2: {
 		int v = hexval(c);
 		if (v < 0)
-			return parse_error(p, cfg);
+			return STEP_ERROR;
 		raw_path_byte(p, c);
 		p->state = P_PATH;
 		if (path_byte(p, (__u8)(p->pct_val * 16 + v)) < 0)
-			return parse_error(p, cfg);
+			return STEP_ERROR;
 		break;
 	}
 	case P_QUERY:
@@ -695,7 +844,7 @@ static long parse_step(__u32 i, void *ctx)
 			break;
 		}
 		if (c <= 0x20 || c >= 0x7f)
-			return parse_error(p, cfg);
+			return STEP_ERROR;
 		raw_path_byte(p, c);
 		break;
 	case P_VERSION: {
@@ -704,15 +853,15 @@ static long parse_step(__u32 i, void *ctx)
 		__u32 k = p->version_pos;
 		if (k < 7) {
 			if (c != (__u8)v11[MASKED(k, 7)])
-				return parse_error(p, cfg);
+				return STEP_ERROR;
 		} else if (k == 7) {
 			if (c != '0' && c != '1')
-				return parse_error(p, cfg);
+				return STEP_ERROR;
 		} else if (c == '\r') {
 			p->state = P_REQLINE_LF;
 			break;
 		} else {
-			return parse_error(p, cfg);
+			return STEP_ERROR;
 		}
 		p->version_pos = k + 1;
 		break;
@@ -720,18 +869,11 @@ static long parse_step(__u32 i, void *ctx)
 	case P_REQLINE_LF:
 	case P_HDR_LF:
 		if (c != '\n')
-			return parse_error(p, cfg); /* CR without LF */
+			return STEP_ERROR; /* CR without LF */
 		if (p->state == P_HDR_LF) {
-			if (p->header == H_TOKEN && p->value_len > 0)
-				p->flags |= REQ_HAS_TOKEN;
-			if (p->header == H_CL) {
-				if (p->cl_digits == 0)
-					return parse_error(p, cfg);
-				if (p->cl_seen && p->cl != p->cl_first)
-					return parse_error(p, cfg); /* conflicting lengths */
-				p->cl_seen = 1;
-				p->cl_first = p->cl;
-			}
+			if (line_end(p) < 0)
+				return STEP_ERROR;
+			break;
 		}
 		p->state = P_LINE_START;
 		break;
@@ -743,36 +885,16 @@ static long parse_step(__u32 i, void *ctx)
 		/* a line starting with SP/HT continues the previous header
 		 * (obs-fold): refused, it is how header smuggling starts */
 		if (!is_tchar(c))
-			return parse_error(p, cfg);
-		p->state = P_NAME;
-		p->name_len = 0;
-		p->name_alive = (1 << H_COUNT) - 1;
-		p->header = H_NONE;
+			return STEP_ERROR;
+		name_begin(p);
 		/* fall through */
 	case P_NAME:
 		if (c == ':') {
-			p->header = H_NONE;
-			for (__u32 h = 0; h < H_COUNT; h++) {
-				if ((p->name_alive & (1 << h)) && p->name_len == header_len(h))
-					p->header = h;
-			}
-			if (p->header == H_TOKEN)
-				p->token_headers++;
-			if (p->header == H_XFF)
-				p->flags |= REQ_FORWARDED;
-			if (p->header == H_TE)
-				p->te = 1;
-			if (p->header == H_CL) {
-				p->cl_digits = 0;
-				p->cl = 0;
-			}
-			p->value_len = 0;
-			p->value_ws = 0;
-			p->state = P_VALUE_OWS;
+			name_end(p);
 			break;
 		}
 		if (!is_tchar(c))
-			return parse_error(p, cfg); /* includes blanks before the colon */
+			return STEP_ERROR; /* includes blanks before the colon */
 		{
 			__u8 lc_ = lower(c);
 			__u32 alive = p->name_alive;
@@ -799,10 +921,10 @@ static long parse_step(__u32 i, void *ctx)
 			break;
 		}
 		if ((c < 0x20) || c == 0x7f)
-			return parse_error(p, cfg); /* bare LF, NUL, other controls */
+			return STEP_ERROR; /* bare LF, NUL, other controls */
 		if (p->header == H_CL) {
 			if (c < '0' || c > '9' || p->value_ws || p->cl_digits >= 9)
-				return parse_error(p, cfg);
+				return STEP_ERROR;
 			p->cl = p->cl * 10 + (c - '0');
 			p->cl_digits++;
 		}
@@ -810,13 +932,704 @@ static long parse_step(__u32 i, void *ctx)
 		break;
 	case P_END_LF:
 		if (c != '\n')
-			return parse_error(p, cfg);
+			return STEP_ERROR;
 		p->pos++;
-		return finish_request(p, cfg, REASON_NONE);
+		return STEP_DONE;
 	default:
-		return parse_error(p, cfg);
+		return STEP_ERROR;
 	}
 	p->pos++;
+	return STEP_NEXT;
+}
+
+/*
+ * Fast paths. Walking a request byte by byte through step_byte costs a
+ * dispatch on the state and a function call per byte. fast_chain takes the
+ * bytes along the common path of the grammar (the start of a request, the
+ * method, an origin-form target's path segments, the version, a header line
+ * whose value is not a Content-Length, the blank line ending the block):
+ * one run per state, mostly eight bytes at a time (SWAR: each byte's class
+ * computed in parallel in a 64-bit word), and the transitions between the
+ * runs, through the same helpers step_byte uses (path_begin, name_end,
+ * line_end, ...). It leaves exactly the state step_byte would leave byte by
+ * byte, and stops before any byte it does not take the plain way (one that
+ * step_byte refuses, or handles in a state fast_chain has no run for: "%",
+ * "?" after the path, a Content-Length value, obs-fold, ...), before the
+ * header block's bound and at the end of the buffer; step_byte takes that
+ * byte next. The test program can turn the fast paths off (judge_fast_off),
+ * and the tests compare every judgement and the parser's state both ways.
+ *
+ * Each run reads the parser's state from memory and writes it back (FRESH),
+ * so the verifier sees the same state after a run whatever byte count it
+ * took: the runs are checked one after the other, not once per combination
+ * of their lengths.
+ */
+#define FAST_MAX 64
+
+/* Hides the loop counter from the compiler, which would otherwise drop a
+ * bound it finds implied by another exit (a method ends by its 16th byte):
+ * the verifier only knows a loop ends by its explicit bound. */
+#define FAST_BOUND(k) asm volatile("" : "+r"(k))
+/* A field read from memory again, not from a register holding what was
+ * written: the verifier knows nothing about its value. */
+#define FRESH(x) (*(volatile __u32 *)&(x))
+
+/* Byte classes as 128-bit sets, one word for 0x00-0x3f, one for 0x40-0x7f;
+ * no byte over 0x7f is in any of them. */
+#define CBIT(c) (1ULL << ((c) & 63))
+#define CRANGE(a, b) ((~0ULL << ((a) & 63)) & (~0ULL >> (63 - ((b) & 63))))
+/* visible ASCII, 0x21-0x7e */
+#define VCHAR_LO CRANGE(0x21, 0x3f)
+#define VCHAR_HI CRANGE(0x40, 0x7e)
+/* token characters (is_tchar) */
+#define TCHAR_LO (CBIT('!') | CRANGE('#', '\'') | CBIT('*') | CBIT('+') | CBIT('-') | CBIT('.') | \
+		  CRANGE('0', '9'))
+#define TCHAR_HI (CRANGE('A', 'Z') | CBIT('^') | CBIT('_') | CBIT('`') | CRANGE('a', 'z') | CBIT('|') | \
+		  CBIT('~'))
+/* path bytes taken as they are: visible, not "/", "%", "?" or "#" */
+#define PATH_LO (VCHAR_LO & ~(CBIT('/') | CBIT('%') | CBIT('?') | CBIT('#')))
+#define PATH_HI VCHAR_HI
+/* authority bytes: visible, not "/", "?" or "#" */
+#define AUTH_LO (VCHAR_LO & ~(CBIT('/') | CBIT('?') | CBIT('#')))
+#define AUTH_HI VCHAR_HI
+
+static __always_inline int in_set(__u8 c, __u64 lo, __u64 hi)
+{
+	__u64 w = c < 64 ? lo : hi;
+	return c < 128 && ((w >> (c & 63)) & 1);
+}
+
+static __always_inline __u8 buf_at(const struct judge *j, __u32 i)
+{
+	return j->buf[MASKED(i, JUDGE_BUF - 1)];
+}
+
+static __always_inline __u64 word_at(const struct judge *j, __u32 i)
+{
+	/* buf is followed by the parser: the 8 bytes are in the map value
+	 * even at the end of buf. Callers classify only bytes before lim;
+	 * copy_run may copy later ones, past the length it records. */
+	return load64(&j->buf[MASKED(i, JUDGE_BUF - 1)]);
+}
+
+/* First offset the fast paths may not take: the end of the buffer, or of
+ * the header block's bound (step_byte refuses a byte at req_start + HDR_MAX
+ * or beyond). */
+static __always_inline __u32 fast_limit(const struct parser *p)
+{
+	__u32 lim = p->req_start + HDR_MAX;
+	return lim < p->len ? lim : p->len;
+}
+
+/* P_PRE: the first byte of a request (not a blank, which step_byte skips
+ * or refuses) starts it, as step_byte does; fast_method takes the byte. */
+static __always_inline void fast_pre(struct judge *j)
+{
+	struct parser *p = &j->p;
+	__u32 pos = FRESH(p->pos);
+	if (p->state != P_PRE || pos >= p->len || p->nreqs >= MAX_REQS)
+		return;
+	__u8 c = buf_at(j, pos);
+	if (c == '\r' || c == '\n' || c == ' ' || c == '\t')
+		return;
+	start_request(p);
+}
+
+/* P_METHOD: token characters, up to METHOD_MAX; then the blank. */
+static __always_inline void fast_method(struct judge *j, __u32 lim)
+{
+	struct parser *p = &j->p;
+	if (FRESH(p->state) != P_METHOD)
+		return;
+	__u32 pos = FRESH(p->pos);
+	if (pos >= lim)
+		return;
+	__u32 n = lim - pos;
+	__u32 k;
+	for (k = 0; k < FAST_MAX; k++) {
+		FAST_BOUND(k);
+		if (k >= n)
+			break;
+		__u8 c = buf_at(j, pos + k);
+		if (c == ' ') {
+			if (p->method_len == 0)
+				break;
+			p->state = P_TARGET_START;
+			k++;
+			break;
+		}
+		if (!in_set(c, TCHAR_LO, TCHAR_HI) || p->method_len >= METHOD_MAX)
+			break;
+		if (p->method_len < METHOD_LEN)
+			p->method[MASKED(p->method_len, METHOD_LEN - 1)] = c;
+		p->method_len++;
+	}
+	p->pos = pos + k;
+}
+
+/* P_TARGET_START: the "/" of an origin-form target. */
+static __always_inline void fast_target(struct judge *j, __u32 lim)
+{
+	struct parser *p = &j->p;
+	if (FRESH(p->state) != P_TARGET_START)
+		return;
+	__u32 pos = FRESH(p->pos);
+	if (pos >= lim || buf_at(j, pos) != '/')
+		return;
+	path_begin(p);
+	p->pos = pos + 1;
+}
+
+/* P_AUTHORITY: host and port, skipped; then the path's "/". */
+static __always_inline void fast_authority(struct judge *j, __u32 lim)
+{
+	struct parser *p = &j->p;
+	if (FRESH(p->state) != P_AUTHORITY)
+		return;
+	__u32 pos = FRESH(p->pos);
+	if (pos >= lim)
+		return;
+	__u32 n = lim - pos;
+	__u32 k;
+	for (k = 0; k < FAST_MAX; k++) {
+		FAST_BOUND(k);
+		if (k >= n)
+			break;
+		__u8 c = buf_at(j, pos + k);
+		if (c == '/') {
+			path_begin(p);
+			k++;
+			break;
+		}
+		if (!in_set(c, AUTH_LO, AUTH_HI))
+			break;
+	}
+	p->pos = pos + k;
+}
+
+/* The high bit of each byte of x that is not a letter, a digit or "-"
+ * (all token characters). */
+static __always_inline __u64 bytes_not_alnum_dash(__u64 x)
+{
+	__u64 l = x | (ONES * 0x20); /* letters to lower case, and others */
+	__u64 letter = bytes_below(l, 'z' + 1) & ~bytes_below(l, 'a');
+	__u64 digit = bytes_below(x, '9' + 1) & ~bytes_below(x, '0');
+	return ~(letter | digit | bytes_equal(x, '-')) & HIGHS;
+}
+
+/* Index of the first byte flagged in m (m != 0). */
+static __always_inline __u32 first_flagged(__u64 m)
+{
+	return bytes_count(((m & -m) - 1) & HIGHS);
+}
+
+/* The n first bytes of a word (n < 8). */
+static __always_inline __u64 low_bytes(__u32 n)
+{
+	return (1ULL << (n * 8)) - 1;
+}
+
+/* The high bit of each byte of x a path segment does not take as it is. */
+static __always_inline __u64 bytes_not_path(__u64 x)
+{
+	return bytes_below(x, 0x21) | (~bytes_below(x, 0x7f) & HIGHS) | bytes_equal(x, '/') | bytes_equal(x, '%') |
+	       bytes_equal(x, '?') | bytes_equal(x, '#');
+}
+
+static __always_inline void store64(void *p, __u64 v)
+{
+	*(__u64 *)__builtin_assume_aligned(p, 8) = v; /* see load64 */
+}
+
+/* Copies n bytes (n <= FAST_MAX + 8) of the message from pos to dst[at..],
+ * eight at a time; whole words fit (at + n + 8 <= size), or at >= size and
+ * nothing is kept. The bytes of the last word past n are past the length
+ * the caller records: no one reads them, the next bytes taken overwrite
+ * them. */
+static __always_inline void copy_run(struct judge *j, char *dst, __u32 at, __u32 size, __u32 pos, __u32 n)
+{
+	for (__u32 i = 0; i < FAST_MAX + 8; i += 8) {
+		FAST_BOUND(i);
+		__u32 to = MASKED(at + i, size - 1);
+		if (i >= n || at >= size || to > size - 8) /* (never the last: for the verifier) */
+			break;
+		store64(&dst[to], word_at(j, pos + i));
+	}
+}
+
+/* Whether copy_run can take n bytes at dst[at..]. */
+static __always_inline int copy_fits(__u32 at, __u32 size, __u32 n)
+{
+	return at >= size || at + n + 8 <= size;
+}
+
+/* The plain bytes of a path segment from p->pos: for each, raw_path_byte
+ * and path_byte, taken all at once. */
+static __always_inline void path_run(struct judge *j, char *raw_path, __u32 lim)
+{
+	struct parser *p = &j->p;
+	__u32 pos = FRESH(p->pos);
+	__u32 end = pos;
+	for (__u32 w = 0; w < FAST_MAX / 8; w++) {
+		FAST_BOUND(w);
+		if (end + 8 > lim)
+			break;
+		__u64 m = bytes_not_path(word_at(j, end));
+		if (m) {
+			end += first_flagged(m);
+			goto scanned;
+		}
+		end += 8;
+	}
+	p->pos = end;
+	end = FRESH(p->pos);
+	for (__u32 k = 0; k < 8; k++) {
+		FAST_BOUND(k);
+		if (end >= lim || !in_set(buf_at(j, end), PATH_LO, PATH_HI))
+			break;
+		end++;
+	}
+scanned:
+	p->pos = end;
+	/* read back: one unknown count for the verifier, not one per exit */
+	__u32 n = FRESH(p->pos) - pos;
+	if (n == 0)
+		return;
+	__u32 raw = p->raw_path_len;
+	__u32 nlen = p->nlen;
+	if (!copy_fits(raw, PATH_LEN, n) || !copy_fits(nlen, NORM_MAX, n)) {
+		/* near the end of the raw or normalised path: step_byte takes
+		 * these bytes one at a time */
+		p->pos = pos;
+		return;
+	}
+	__u32 sl = p->seg_len;
+	if (sl == 0)
+		p->seg_c0 = buf_at(j, pos);
+	if (sl <= 1 && sl + n >= 2)
+		p->seg_c1 = buf_at(j, pos + 1 - sl);
+	p->seg_len = sl + n;
+	p->raw_path_len = raw + n;
+	p->nlen = nlen + n;
+	copy_run(j, raw_path, raw, PATH_LEN, pos, n);
+	copy_run(j, p->norm, nlen, NORM_MAX, pos, n);
+}
+
+/* Path segments taken per fast_path; a longer path takes another step. */
+#define FAST_SEGS 8
+
+/* P_PATH: segments and the "/" between them; then the blank before the
+ * version. "%", "?", "#" and anything refused are left to step_byte. */
+static __always_inline void fast_path(struct judge *j, __u32 lim)
+{
+	struct parser *p = &j->p;
+	if (FRESH(p->state) != P_PATH)
+		return;
+	__u32 r = p->nreqs;
+	if (r >= MAX_REQS)
+		return;
+	char *raw_path = p->reqs[MASKED(r, MAX_REQS - 1)].path;
+	for (__u32 s = 0; s < FAST_SEGS; s++) {
+		FAST_BOUND(s);
+		path_run(j, raw_path, lim);
+		__u32 pos = FRESH(p->pos);
+		if (pos >= lim)
+			return;
+		__u8 c = buf_at(j, pos);
+		if (c == ' ') {
+			end_path(p);
+			p->state = P_VERSION;
+			p->pos = pos + 1;
+			return;
+		}
+		if (c != '/' || p->nseg >= SEG_MAX)
+			return; /* left to step_byte (end_segment might refuse the "/") */
+		raw_path_byte(p, c);
+		end_segment(p);
+		p->pos = pos + 1;
+	}
+}
+
+/* P_QUERY: visible bytes, reported with the path; then the blank. */
+static __always_inline void fast_query(struct judge *j, __u32 lim)
+{
+	struct parser *p = &j->p;
+	if (FRESH(p->state) != P_QUERY)
+		return;
+	__u32 pos = FRESH(p->pos);
+	if (pos >= lim)
+		return;
+	__u32 n = lim - pos;
+	__u32 k;
+	for (k = 0; k < FAST_MAX; k++) {
+		FAST_BOUND(k);
+		if (k >= n)
+			break;
+		__u8 c = buf_at(j, pos + k);
+		if (c == ' ') {
+			p->state = P_VERSION;
+			k++;
+			break;
+		}
+		if (!in_set(c, VCHAR_LO, VCHAR_HI))
+			break;
+		raw_path_byte(p, c);
+	}
+	p->pos = pos + k;
+}
+
+/* P_VERSION: "HTTP/1.0" or "HTTP/1.1", its CR; P_REQLINE_LF: the LF. */
+static __always_inline void fast_version(struct judge *j, __u32 lim)
+{
+	static const char v11[] = "HTTP/1.";
+	struct parser *p = &j->p;
+	if (FRESH(p->state) != P_VERSION)
+		return;
+	__u32 pos = FRESH(p->pos);
+	if (pos + 8 <= lim && p->version_pos == 0) {
+		/* the whole version at once, as the loop below takes it */
+		__u64 x = word_at(j, pos);
+		if (x == 0x312e312f50545448ULL /* "HTTP/1.1" */ || x == 0x302e312f50545448ULL /* "HTTP/1.0" */) {
+			p->version_pos = 8;
+			p->pos = pos + 8;
+			pos = FRESH(p->pos);
+		}
+	}
+	if (pos >= lim)
+		return;
+	__u32 n = lim - pos;
+	__u32 k;
+	for (k = 0; k < 10; k++) {
+		FAST_BOUND(k);
+		if (k >= n)
+			break;
+		__u8 c = buf_at(j, pos + k);
+		__u32 vp = p->version_pos;
+		if (vp < 7) {
+			if (c != (__u8)v11[MASKED(vp, 7)])
+				break;
+		} else if (vp == 7) {
+			if (c != '0' && c != '1')
+				break;
+		} else if (vp == 8 && c == '\r') {
+			p->state = P_REQLINE_LF;
+			k++;
+			break;
+		} else {
+			break;
+		}
+		p->version_pos = vp + 1;
+	}
+	pos += k;
+	p->pos = pos;
+	if (FRESH(p->state) == P_REQLINE_LF && pos < lim && buf_at(j, pos) == '\n') {
+		p->state = P_LINE_START;
+		p->pos = pos + 1;
+	}
+}
+
+/* The high bit of each byte of x that is not a token character (is_tchar):
+ * controls, blank, DEL, bytes over 0x7f and the separators. */
+static __always_inline __u64 bytes_not_tchar(__u64 x)
+{
+	return bytes_below(x, 0x21) | (~bytes_below(x, 0x7f) & HIGHS) | bytes_equal(x, '"') |
+	       bytes_equal(x, '(') | bytes_equal(x, ')') | bytes_equal(x, ',') | bytes_equal(x, '/') |
+	       (bytes_below(x, '@' + 1) & ~bytes_below(x, ':')) | (bytes_below(x, ']' + 1) & ~bytes_below(x, '[')) |
+	       bytes_equal(x, '{') | bytes_equal(x, '}');
+}
+
+/* The tracked names, lower case, zero-padded so that eight bytes can be
+ * read from any offset below 32. */
+static const char hdr_names[H_COUNT][40] = {
+	[H_TOKEN] = "x-aws-ec2-metadata-token",
+	[H_XFF] = "x-forwarded-for",
+	[H_CL] = "content-length",
+	[H_TE] = "transfer-encoding",
+};
+
+/* P_LINE_START: a token character begins a name. P_NAME: token characters
+ * (the tracked names still matching narrow), then the ":". */
+static __always_inline void fast_name(struct judge *j, __u32 lim)
+{
+	struct parser *p = &j->p;
+	__u32 state = FRESH(p->state);
+	__u32 pos = FRESH(p->pos);
+	if (pos >= lim)
+		return;
+	if (state == P_LINE_START) {
+		if (!in_set(buf_at(j, pos), TCHAR_LO, TCHAR_HI))
+			return;
+		name_begin(p);
+	} else if (state != P_NAME) {
+		return;
+	}
+	__u32 nl = p->name_len;
+	/* the token characters from pos on, eight at a time */
+	__u32 end = pos;
+	for (__u32 w = 0; w < FAST_MAX / 8; w++) {
+		FAST_BOUND(w);
+		if (end + 8 > lim)
+			break;
+		__u64 x = word_at(j, end);
+		if (!bytes_not_alnum_dash(x)) {
+			end += 8; /* letters, digits and "-" only, the common case */
+			continue;
+		}
+		__u64 m = bytes_not_tchar(x);
+		if (m) {
+			end += first_flagged(m);
+			goto counted;
+		}
+		end += 8;
+	}
+	p->pos = end;
+	end = FRESH(p->pos);
+	for (__u32 k = 0; k < 8; k++) {
+		FAST_BOUND(k);
+		if (end >= lim || !in_set(buf_at(j, end), TCHAR_LO, TCHAR_HI))
+			break;
+		end++;
+	}
+counted:
+	p->pos = end;
+	p->name_len = nl + (end - pos);
+	/* Which tracked names survive those bytes: each one still alive is
+	 * compared on its own, eight bytes at a time. The count is read back
+	 * from memory, so the verifier sees one unknown count here, not one
+	 * state per count the loops above can end with. */
+	__u32 t = FRESH(p->name_len) - nl;
+	__u32 alive = p->name_alive;
+#pragma unroll
+	for (__u32 h = 0; h < H_COUNT; h++) {
+		if (!(alive & (1 << h)))
+			continue;
+		if (nl + t > header_len(h)) {
+			alive &= ~(1 << h); /* longer than the name */
+			continue;
+		}
+		for (__u32 i = 0; i < 32; i += 8) {
+			FAST_BOUND(i);
+			if (i >= t)
+				break;
+			/* x | 0x20 is lower(x) for the letters, and leaves the
+			 * digits and "-" as they are; of the other token
+			 * characters, none becomes a letter, digit or "-" either
+			 * way: against the names' bytes it compares as lower() */
+			__u64 x = word_at(j, pos + i) | (ONES * 0x20);
+			__u64 diff = x ^ load64(&hdr_names[h][MASKED(nl + i, 31)]);
+			if (t - i < 8)
+				diff &= low_bytes(t - i);
+			if (diff) {
+				alive &= ~(1 << h);
+				break;
+			}
+		}
+	}
+	p->name_alive = alive;
+	pos = FRESH(p->pos);
+	if (pos < lim && buf_at(j, pos) == ':') {
+		name_end(p);
+		p->pos = pos + 1;
+	}
+}
+
+
+/* P_VALUE_OWS, P_VALUE of any header but Content-Length: blanks and value
+ * bytes, then the CR; P_HDR_LF: the LF. */
+static __always_inline void fast_value(struct judge *j, __u32 lim)
+{
+	struct parser *p = &j->p;
+	__u32 state = FRESH(p->state);
+	if ((state != P_VALUE_OWS && state != P_VALUE) || p->header == H_CL)
+		return;
+	__u32 pos = FRESH(p->pos);
+	if (pos >= lim)
+		return;
+	__u32 n = lim - pos;
+	__u32 in_value = state == P_VALUE;
+	__u32 vlen = p->value_len;
+	__u32 ws = p->value_ws;
+	__u32 k;
+	/* byte by byte up to the first value byte, then eight bytes at a time
+	 * while none of them ends the value (or is refused), then byte by
+	 * byte again */
+	for (k = 0; k < 8; k++) {
+		FAST_BOUND(k);
+		if (k >= n || in_value)
+			break;
+		__u8 c = buf_at(j, pos + k);
+		if (c == ' ' || c == '\t')
+			continue; /* blanks before the value are not in it */
+		if (c < 0x20 || c == 0x7f)
+			break; /* the CR, or a byte refused */
+		in_value = 1;
+		vlen++;
+	}
+	p->pos = pos + k;
+	p->value_len = vlen;
+	if (!in_value)
+		goto bytes;
+	p->state = P_VALUE;
+	pos = FRESH(p->pos);
+	vlen = FRESH(p->value_len);
+	for (k = 0; k < FAST_MAX / 8 * 2; k++) {
+		FAST_BOUND(k);
+		if (pos + 8 > lim)
+			break;
+		__u64 x = word_at(j, pos);
+		if (!(bytes_below(x, 0x21) | (~bytes_below(x, 0x7f) & HIGHS))) {
+			/* visible ASCII only, the common case: no blank, no end */
+			vlen += 8;
+			pos += 8;
+			continue;
+		}
+		__u64 ht = bytes_equal(x, '\t');
+		__u64 blank = ht | bytes_equal(x, ' ');
+		__u64 end = (bytes_below(x, 0x20) & ~ht) | bytes_equal(x, 0x7f);
+		if (end) {
+			/* the CR, or a byte refused: the bytes before it */
+			__u32 before = first_flagged(end);
+			blank &= low_bytes(before);
+			if (blank)
+				ws = 1;
+			p->value_len = vlen + before - bytes_count(blank);
+			p->pos = pos + before;
+			goto done;
+		}
+		if (blank) {
+			ws = 1;
+			vlen -= bytes_count(blank);
+		}
+		vlen += 8;
+		pos += 8;
+	}
+	p->pos = pos;
+	p->value_len = vlen;
+bytes:
+	pos = FRESH(p->pos);
+	vlen = FRESH(p->value_len);
+	if (pos >= lim)
+		goto done;
+	n = lim - pos;
+	for (k = 0; k < 8; k++) {
+		FAST_BOUND(k);
+		if (k >= n)
+			break;
+		__u8 c = buf_at(j, pos + k);
+		if (c == ' ' || c == '\t') {
+			ws |= in_value; /* blanks before the value are not in it */
+			continue;
+		}
+		if (c < 0x20 || c == 0x7f)
+			break; /* the CR, or a byte refused */
+		in_value = 1;
+		vlen++;
+	}
+	if (in_value)
+		p->state = P_VALUE;
+	p->value_len = vlen;
+	pos += k;
+	p->pos = pos;
+done:
+	p->value_ws = ws;
+	pos = FRESH(p->pos);
+	if (pos >= lim || buf_at(j, pos) != '\r')
+		return;
+	p->state = P_HDR_LF;
+	p->pos = ++pos;
+	if (pos >= lim || buf_at(j, pos) != '\n')
+		return;
+	line_end(p); /* cannot refuse: not a Content-Length */
+	p->pos = pos + 1;
+}
+
+/* P_LINE_START: the CR LF ending the header block. Returns STEP_DONE once
+ * both are taken. */
+static __always_inline int fast_end(struct judge *j, __u32 lim)
+{
+	struct parser *p = &j->p;
+	if (FRESH(p->state) != P_LINE_START)
+		return STEP_NEXT;
+	__u32 pos = FRESH(p->pos);
+	if (pos + 1 >= lim || buf_at(j, pos) != '\r' || buf_at(j, pos + 1) != '\n')
+		return STEP_NEXT;
+	p->state = P_END_LF;
+	p->pos = pos + 2;
+	return STEP_DONE;
+}
+
+static __always_inline int fast_chain(struct judge *j)
+{
+	struct parser *p = &j->p;
+	fast_pre(j);
+	__u32 state = FRESH(p->state);
+	if (state == P_PRE || state == P_BODY)
+		return STEP_NEXT;
+	__u32 lim = fast_limit(p);
+	if (state < P_LINE_START) {
+		/* the request line */
+		fast_method(j, lim);
+		fast_target(j, lim);
+		fast_authority(j, lim);
+		fast_path(j, lim);
+		fast_query(j, lim);
+		fast_version(j, lim);
+	}
+	fast_name(j, lim);
+	fast_value(j, lim);
+	return fast_end(j, lim);
+}
+
+/* One step of the walk: the bytes the fast paths take, or if they take
+ * none, a byte through the state machine. A global function: the verifier
+ * checks it once, on its own, rather than once per path into it. */
+__attribute__((noinline)) int judge_step(struct judge *j)
+{
+	if (!j)
+		return STEP_STOP;
+#ifdef JUDGE_TEST_KNOBS
+	if (judge_fast_off)
+		return step_byte(j);
+#endif
+	__u32 pos = j->p.pos;
+	int r = fast_chain(j);
+	if (r != STEP_NEXT || FRESH(j->p.pos) != pos)
+		return r;
+	return step_byte(j);
+}
+
+/* Steps per bpf_loop callback: each takes at least a byte. */
+#define STEPS_PER_CALLBACK 16
+
+/* One bpf_loop iteration: up to STEPS_PER_CALLBACK steps, or until a request
+ * is finished. Returns 1 to stop. */
+static long parse_step(__u32 i, void *ctx)
+{
+	struct loop_ctx *lc = ctx;
+	struct judge *j = lc->j;
+	struct parser *p = &j->p;
+	int r = STEP_NEXT;
+
+	for (__u32 m = 0; m < STEPS_PER_CALLBACK; m++) {
+		r = judge_step(j);
+		if (r != STEP_NEXT)
+			break;
+	}
+	if (r == STEP_NEXT)
+		return 0;
+	if (r == STEP_STOP)
+		return 1;
+	if (r == STEP_ERROR)
+		p->pos++; /* the refused request covers what was read of it, including this byte */
+	if (finish_request(p, lc->cfg, r == STEP_ERROR ? REASON_PARSE_ERROR : REASON_NONE))
+		return 1;
+	if (p->pos >= p->len) {
+		/* what step_byte does next, between requests (or in a body) at
+		 * the end, without another iteration */
+		p->stop = STOP_END;
+		p->boundary = p->pos;
+		return 1;
+	}
 	return 0;
 }
 

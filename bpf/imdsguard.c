@@ -26,7 +26,8 @@ struct {
 } sock_states SEC(".maps");
 
 static __always_inline void emit_connect(struct bpf_sock_addr *ctx, const struct endpoint_key *key,
-					 __u64 cookie, __u8 action, __u8 reason, __u8 flags, __u16 rule)
+					 __u64 cookie, __u64 cgroup_id, __u8 action, __u8 reason, __u8 flags,
+					 __u16 rule)
 {
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -35,7 +36,7 @@ static __always_inline void emit_connect(struct bpf_sock_addr *ctx, const struct
 		return;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
-	event_task(e);
+	event_task(e, cgroup_id);
 	e->netns_cookie = cookie;
 	__builtin_memcpy(e->addr, key->addr, sizeof(e->addr));
 	e->port = bpf_ntohs(key->port);
@@ -61,7 +62,8 @@ static __always_inline int judge_connect(struct bpf_sock_addr *ctx, struct endpo
 		return 0; /* unreachable once loaded; fail closed for IMDS */
 
 	__u16 idx = 0;
-	const struct rule *rule = match_rule(gen, &idx);
+	__u64 cgroup_id = bpf_get_current_cgroup_id();
+	const struct rule *rule = match_rule(gen, cgroup_id, &idx);
 	__u32 rflags = rule ? rule->flags : 0;
 	__u64 cookie = bpf_get_netns_cookie(ctx);
 	__u8 flags = 0;
@@ -76,7 +78,7 @@ static __always_inline int judge_connect(struct bpf_sock_addr *ctx, struct endpo
 
 	__u8 action = verdict(cfg, reason);
 	count(COUNTER_SLOT(KIND_CONNECT, action, reason));
-	emit_connect(ctx, key, cookie, action, reason, flags, rule ? idx + 1 : 0);
+	emit_connect(ctx, key, cookie, cgroup_id, action, reason, flags, rule ? idx + 1 : 0);
 	if (action == ACTION_DENY)
 		return 0;
 
@@ -183,7 +185,8 @@ static __always_inline void msg_endpoint(struct sk_msg_md *msg, struct event *e)
 }
 
 static __always_inline void emit_request(struct sk_msg_md *msg, const struct config *cfg,
-					 const struct req_result *r, __u32 gen, __u16 rule)
+					 const struct req_result *r, __u32 gen, __u16 rule, __u64 cgroup_id,
+					 __u64 netns_cookie)
 {
 	count(COUNTER_SLOT(KIND_REQUEST, r->action, r->reason));
 	if (r->flags & REQ_CREDENTIAL)
@@ -194,8 +197,8 @@ static __always_inline void emit_request(struct sk_msg_md *msg, const struct con
 		return;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
-	event_task(e);
-	e->netns_cookie = bpf_get_netns_cookie(msg);
+	event_task(e, cgroup_id);
+	e->netns_cookie = netns_cookie;
 	msg_endpoint(msg, e);
 	e->kind = KIND_REQUEST;
 	e->action = r->action;
@@ -215,35 +218,40 @@ static __always_inline void emit_request(struct sk_msg_md *msg, const struct con
 	bpf_ringbuf_submit(e, ringbuf_wakeup());
 }
 
+/* Messages up to this size are copied word by word; larger ones by a helper
+ * (a loop over 16 KiB would cost the verifier once per word). */
+#define COPY_WORDS 64
+
 /* Copies the first len bytes of the message into buf; returns the count.
- * Copies 8-byte words, then one last word ending at len (overlapping the
- * previous one), so that no loop variable is live after the loop and the
- * verifier checks the rest of the program once, not once per length. */
+ * The bytes a write brings are usually in the message's first fragment
+ * already; only when they are not does bpf_msg_pull_data make them so. */
 static __always_inline __u32 copy_msg(struct sk_msg_md *msg, struct judge *j, __u32 len)
 {
-	if (len == 0 || len > JUDGE_BUF || bpf_msg_pull_data(msg, 0, len, 0))
+	if (len == 0 || len > JUDGE_BUF)
 		return 0;
 	__u8 *data = msg->data;
 	__u8 *end = msg->data_end;
-	if ((void *)(data + len) > (void *)end)
-		return 0;
-	if (len < 8) {
-		for (__u32 k = 0; k < 8; k++) {
-			if (k >= len || (void *)(data + k + 1) > (void *)end)
-				break;
-			j->buf[k] = data[k];
-		}
-		return len;
+	if ((void *)(data + len) > (void *)end) {
+		if (bpf_msg_pull_data(msg, 0, len, 0))
+			return 0;
+		data = msg->data;
+		end = msg->data_end;
+		if ((void *)(data + len) > (void *)end)
+			return 0;
 	}
-	for (__u32 i = 0; i + 8 <= JUDGE_BUF; i += 8) {
+	if (len > COPY_WORDS * 8 || len < 8)
+		return bpf_probe_read_kernel(j->buf, len, data) ? 0 : len;
+	/* 8-byte words, then one last word ending at len (overlapping the
+	 * one before) */
+	for (__u32 i = 0; i < COPY_WORDS * 8; i += 8) {
 		if (i + 8 > len || (void *)(data + i + 8) > (void *)end)
 			break;
-		*(__u64 *)&j->buf[MASKED(i, JUDGE_BUF - 1)] = *(__u64 *)(data + i);
+		store64(&j->buf[i], *(__u64 *)(data + i));
 	}
-	__u32 last = MASKED(len - 8, JUDGE_BUF - 1);
-	if ((void *)(data + last + 8) > (void *)end || last + 8 > JUDGE_BUF)
+	__u32 last = MASKED(len - 8, COPY_WORDS * 8 - 1);
+	if ((void *)(data + last + 8) > (void *)end)
 		return 0;
-	*(__u64 *)&j->buf[last] = *(__u64 *)(data + last);
+	store64(&j->buf[last], *(__u64 *)(data + last));
 	return len;
 }
 
@@ -289,14 +297,16 @@ int imds_msg(struct sk_msg_md *msg)
 	 * network namespace gets here only if it was adopted at start or
 	 * connected in audit mode: its requests are refused. */
 	__u16 idx = 0;
-	const struct rule *rule = match_rule(gen, &idx);
+	__u64 cgroup_id = bpf_get_current_cgroup_id();
+	__u64 netns_cookie = bpf_get_netns_cookie(msg);
+	const struct rule *rule = match_rule(gen, cgroup_id, &idx);
 	__u32 rflags = rule ? rule->flags : 0;
 	__u16 rule_id = rule ? idx + 1 : 0;
 	__u8 force = 0;
 	if (rflags & RULE_DENY)
 		force = REASON_POLICY_RULE;
 	else if ((cfg->flags & CONFIG_BLOCK_NON_HOST_NETNS) && !(rflags & RULE_ALLOW_NON_HOST_NETNS) &&
-		 bpf_get_netns_cookie(msg) != cfg->host_netns_cookie)
+		 netns_cookie != cfg->host_netns_cookie)
 		force = REASON_NON_HOST_NETNS;
 	__u32 clear = (rflags & RULE_ALLOW_V1) ? CONFIG_REQUIRE_TOKEN : 0;
 
@@ -308,7 +318,7 @@ int imds_msg(struct sk_msg_md *msg)
 			continue;
 		if (k >= jm.emit_to)
 			break;
-		emit_request(msg, cfg, &j->p.reqs[k], gen, rule_id);
+		emit_request(msg, cfg, &j->p.reqs[k], gen, rule_id, cgroup_id, netns_cookie);
 	}
 	if (jm.cork)
 		bpf_msg_cork_bytes(msg, jm.cork);

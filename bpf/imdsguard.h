@@ -302,13 +302,14 @@ static __always_inline void addr_v6(__u8 *addr, __u32 w0, __u32 w1, __u32 w2, __
 	__builtin_memcpy(&addr[12], &w3, 4);
 }
 
-/* Fills in who is writing or connecting: the current task. */
-static __always_inline void event_task(struct event *e)
+/* Fills in who is writing or connecting: the current task, whose cgroup
+ * the caller read already. */
+static __always_inline void event_task(struct event *e, __u64 cgroup_id)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u64 uid_gid = bpf_get_current_uid_gid();
 	e->ts_ns = bpf_ktime_get_ns();
-	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->cgroup_id = cgroup_id;
 	e->pid = pid_tgid >> 32;
 	e->ppid = current_ppid();
 	e->tid = (__u32)pid_tgid;
@@ -322,10 +323,11 @@ static __always_inline struct config *get_config(void)
 	return get_config_gen(current_gen());
 }
 
-/* The first rule matching the current task, or 0; *idx gets its index. */
-static __always_inline const struct rule *match_rule(__u32 gen, __u16 *idx)
+/* The first rule matching the current task (in cgroup cgroup_id), or 0;
+ * *idx gets its index. */
+static __always_inline const struct rule *match_rule(__u32 gen, __u64 cgroup_id, __u16 *idx)
 {
-	struct cgroup_key key = {.cgroup_id = bpf_get_current_cgroup_id(), .gen = gen};
+	struct cgroup_key key = {.cgroup_id = cgroup_id, .gen = gen};
 	struct rule_list *list = bpf_map_lookup_elem(&cgroup_rules, &key);
 	if (!list) {
 		key.cgroup_id = 0;

@@ -218,5 +218,12 @@ func fuzzSeeds() []string {
 		tokGet(strings.Repeat("/a", 40)),
 		httpReq("OPTIONS", "*", tokenHdr) + tokGet(id),
 		withBody("POST", id, strings.Repeat("z", 300), tokenHdr) + tokGet(id) + bareGet(id),
+		// what the fast paths take eight bytes at a time
+		"GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: 169.254.169.254\r\n" +
+			"User-Agent: aws-sdk-go-v2/1.30.3 os/linux lang/go#1.22.5 md/GOOS#linux\r\n" +
+			"X-aws-ec2-metadata-token: " + strings.Repeat("A", 56) + "\r\nAccept-Encoding: gzip\r\n\r\n",
+		httpReq("GET", "/latest/meta-data/abcdefgh%2F..%2Fiam/security-credentials", "X-aws-ec2-metadata-token:\t \t \t \t abc",
+			"X-Forwarded-Fo: \x80\xff", "Content-Lengthy: 5"),
+		httpReq("GET", "/"+strings.Repeat("seg0123/", 20), tokenHdr),
 	}
 }

@@ -2,8 +2,10 @@ package bpf
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"strings"
+	"structs"
 	"testing"
 	"unsafe"
 
@@ -30,6 +32,10 @@ var defaultPrefixes = []string{"meta-data/iam/security-credentials", "meta-data/
 // judgeProg runs http.h's judge_message through BPF_PROG_TEST_RUN.
 type judgeProg struct {
 	objs JudgeTestObjects
+	// crossCheck runs every judgement twice, with the judge's fast paths
+	// and without (byte by byte through its state machine only), and fails
+	// the test unless both decide exactly the same.
+	crossCheck bool
 }
 
 // loadJudge loads the test program, or skips (fails under CI) without BPF.
@@ -54,6 +60,7 @@ func loadJudge(t testing.TB, cfg judgeConfig) *judgeProg {
 	}
 	t.Cleanup(func() { jp.objs.Close() })
 	jp.setConfig(t, cfg)
+	jp.crossCheck = true
 	return &jp
 }
 
@@ -98,7 +105,23 @@ func (jp *judgeProg) setConfig(t testing.TB, cfg judgeConfig) {
 // run judges msg (its first judgeBuf bytes) for a socket in state st.
 func (jp *judgeProg) run(t testing.TB, msg []byte, st sockState) JudgeTestJudgeRun {
 	t.Helper()
+	out := jp.runMode(t, msg, st, false)
+	if jp.crossCheck {
+		slow := jp.runMode(t, msg, st, true)
+		if d := diffRuns(out, slow); d != "" {
+			t.Fatalf("fast paths and byte-by-byte walk disagree on %q (state %+v): %s", msg, st, d)
+		}
+	}
+	return out
+}
+
+// runMode judges msg with the fast paths on, or off (slow).
+func (jp *judgeProg) runMode(t testing.TB, msg []byte, st sockState, slow bool) JudgeTestJudgeRun {
+	t.Helper()
 	var in JudgeTestJudgeRun
+	if slow {
+		in.FastOff = 1
+	}
 	n := min(len(msg), judgeBuf)
 	buf := make([]byte, n+1) // +1: a valid pointer even for an empty message
 	copy(buf, msg[:n])
@@ -243,6 +266,118 @@ func (c *conn) write(t testing.TB, b []byte) (int, error) {
 }
 
 var errEACCES = errors.New("EACCES")
+
+// parserFields is struct parser up to its requests.
+type parserFields = struct {
+	_            structs.HostLayout
+	Pos          uint32
+	Len          uint32
+	State        uint32
+	Stop         uint32
+	ReqStart     uint32
+	Skip         uint32
+	Nreqs        uint32
+	Boundary     uint32
+	Unsynced     uint32
+	ForceReason  uint32
+	CfgFlags     uint32
+	MethodLen    uint32
+	SchemePos    uint32
+	VersionPos   uint32
+	RawPathLen   uint32
+	PctVal       uint32
+	NameLen      uint32
+	NameAlive    uint32
+	Header       uint32
+	ValueLen     uint32
+	ValueWs      uint32
+	Cl           uint32
+	ClDigits     uint32
+	ClSeen       uint32
+	ClFirst      uint32
+	TokenHeaders uint32
+	Flags        uint32
+	Te           uint32
+	Nlen         uint32
+	SegStart     uint32
+	SegLen       uint32
+	SegC0        uint32
+	SegC1        uint32
+	Nseg         uint32
+	Segs         [32]uint32
+	Norm         [256]int8
+	Method       [8]int8
+}
+
+// parserState decodes the parser state a judge run reports, with the
+// array bytes past their lengths cleared (scratch space an earlier request
+// may have left anything in).
+func parserState(r JudgeTestJudgeRun) parserFields {
+	var p parserFields
+	if unsafe.Sizeof(p) != unsafe.Sizeof(r.Parser) {
+		panic(fmt.Sprintf("struct parser: %d bytes before its requests, the test knows %d", unsafe.Sizeof(r.Parser), unsafe.Sizeof(p)))
+	}
+	p = *(*parserFields)(unsafe.Pointer(&r.Parser[0]))
+	if p.Nreqs == 0 && (p.State == 0 || p.State == 1) { // P_PRE, P_BODY
+		// no request started in this walk: the fields start_request
+		// sets are what an earlier walk (maybe on another CPU) left
+		p = parserFields{Pos: p.Pos, Len: p.Len, State: p.State, Stop: p.Stop, ReqStart: p.ReqStart, Skip: p.Skip,
+			Boundary: p.Boundary, Unsynced: p.Unsynced, ForceReason: p.ForceReason, CfgFlags: p.CfgFlags}
+		return p
+	}
+	for i := range p.Segs {
+		if uint32(i) >= p.Nseg {
+			p.Segs[i] = 0
+		}
+	}
+	for i := range p.Norm {
+		if uint32(i) >= p.Nlen {
+			p.Norm[i] = 0
+		}
+	}
+	for i := range p.Method {
+		if uint32(i) >= p.MethodLen {
+			p.Method[i] = 0
+		}
+	}
+	return p
+}
+
+// diffRuns describes how two judgements of the same bytes differ, or is
+// empty: every output the sk_msg program acts on, and each judged request's
+// meaningful bytes (the scratch space past a method's or path's length holds
+// whatever an earlier request left there).
+func diffRuns(a, b JudgeTestJudgeRun) string {
+	type judgement struct {
+		Skip, RerunFrom, Flags, Verdict, Cork, Apply, EmitFrom, EmitTo, Nreqs uint32
+	}
+	ja := judgement{a.Skip, a.RerunFrom, a.Flags, a.Verdict, a.Cork, a.Apply, a.EmitFrom, a.EmitTo, a.Nreqs}
+	jb := judgement{b.Skip, b.RerunFrom, b.Flags, b.Verdict, b.Cork, b.Apply, b.EmitFrom, b.EmitTo, b.Nreqs}
+	if ja != jb {
+		return fmt.Sprintf("judgement %+v, byte by byte %+v", ja, jb)
+	}
+	if pa, pb := parserState(a), parserState(b); pa != pb {
+		return fmt.Sprintf("parser state\n  %+v\nbyte by byte\n  %+v", pa, pb)
+	}
+	for k := range min(int(a.Nreqs), maxReqs) {
+		ra, rb := a.Reqs[k], b.Reqs[k]
+		type result struct {
+			Start, End, ContentLength uint32
+			PathLen                   uint16
+			Action, Reason, Flags     uint8
+			MethodLen                 uint8
+			Method, Path              string
+		}
+		res := func(r JudgeTestReqResult) result {
+			q := reqFrom(r)
+			return result{r.Start, r.End, r.ContentLength, r.PathLen, r.Action, r.Reason, r.Flags, r.MethodLen, q.Method, q.Path}
+		}
+		if res(ra) != res(rb) {
+			return fmt.Sprintf("request %d: %+v, byte by byte %+v", k, res(ra), res(rb))
+		}
+	}
+	return ""
+}
 
 // writeAll sends each part as one write and reports the first EACCES.
 func (c *conn) writeAll(t testing.TB, parts ...string) (denied bool) {

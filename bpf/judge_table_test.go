@@ -563,8 +563,14 @@ func judgeCases(t *testing.T) []judgeCase {
 }
 
 func TestJudgeTable(t *testing.T) {
+	runJudgeCases(t, judgeCases(t))
+}
+
+// runJudgeCases replays each case on a fresh socket and checks it.
+func runJudgeCases(t *testing.T, cases []judgeCase) {
+	t.Helper()
 	jp := loadJudge(t, judgeConfig{})
-	for _, tc := range judgeCases(t) {
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			jp.setConfig(t, tc.cfg)
 			c := newConn(jp)

@@ -6,6 +6,9 @@
  * bytes handed in by BPF_PROG_TEST_RUN, which the kernel cannot do for
  * sk_msg programs themselves. Never loaded by the daemon.
  */
+/* judge_fast_off (http.h): the tests compare the fast paths with the
+ * byte-by-byte walk */
+#define JUDGE_TEST_KNOBS
 #include "http.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
@@ -37,8 +40,12 @@ struct judge_run {
 	__u32 emit_from;
 	__u32 emit_to;
 	__u32 nreqs;
-	__u32 pad;
+	__u32 fast_off; /* 1: the judge walks byte by byte, without its fast paths */
 	struct req_result reqs[MAX_REQS];
+	/* the parser's state after the walk, up to its requests (struct
+	 * parser): the tests check the fast paths leave it as the
+	 * byte-by-byte walk does */
+	__u8 parser[__builtin_offsetof(struct parser, reqs)];
 };
 
 /* Keeps struct judge_run in the BTF so bpf2go generates its Go type. */
@@ -58,6 +65,7 @@ int judge_test(struct judge_run *run)
 	if (len && bpf_copy_from_user(j->buf, len, (void *)run->data))
 		return -3;
 
+	judge_fast_off = run->fast_off;
 	struct sock_state st = {.skip = run->skip, .rerun_from = run->rerun_from, .flags = run->flags};
 	struct judgement jm = {.msg_size = run->msg_size};
 	judge_message(j, len, cfg, &st, &jm, run->force_reason, run->clear_flags);
@@ -74,5 +82,6 @@ int judge_test(struct judge_run *run)
 #pragma unroll
 	for (int k = 0; k < MAX_REQS; k++)
 		run->reqs[k] = j->p.reqs[k];
+	__builtin_memcpy(run->parser, &j->p, sizeof(run->parser));
 	return 0;
 }

@@ -109,8 +109,9 @@ type JudgeTestJudgeRun struct {
 	EmitFrom    uint32
 	EmitTo      uint32
 	Nreqs       uint32
-	Pad         uint32
+	FastOff     uint32
 	Reqs        [8]JudgeTestReqResult
+	Parser      [528]uint8
 }
 
 type JudgeTestReqResult struct {
@@ -154,6 +155,7 @@ const (
 	JudgeTestMapRules          = "rules"
 	JudgeTestMapTestJudges     = "test_judges"
 	JudgeTestProgJudgeTest     = "judge_test"
+	JudgeTestVarJudgeFastOff   = "judge_fast_off"
 	JudgeTestVarUnusedEvent    = "unused_event"
 	JudgeTestVarUnusedJudgeRun = "unused_judge_run"
 )
@@ -221,6 +223,7 @@ type JudgeTestMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type JudgeTestVariableSpecs struct {
+	JudgeFastOff   *ebpf.VariableSpec `ebpf:"judge_fast_off"`
 	UnusedEvent    *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedJudgeRun *ebpf.VariableSpec `ebpf:"unused_judge_run"`
 }
@@ -272,6 +275,7 @@ func (m *JudgeTestMaps) Close() error {
 //
 // It can be passed to LoadJudgeTestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type JudgeTestVariables struct {
+	JudgeFastOff   *ebpf.Variable `ebpf:"judge_fast_off"`
 	UnusedEvent    *ebpf.Variable `ebpf:"unused_event"`
 	UnusedJudgeRun *ebpf.Variable `ebpf:"unused_judge_run"`
 }
