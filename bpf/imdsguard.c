@@ -102,6 +102,8 @@ static __always_inline int judge_connect(struct bpf_sock_addr *ctx, struct endpo
 SEC("cgroup/connect4")
 int imds_connect4(struct bpf_sock_addr *ctx)
 {
+	if (not_an_endpoint_port(ctx->user_port))
+		return 1;
 	struct endpoint_key key = {};
 
 	addr_v4(key.addr, ctx->user_ip4);
@@ -112,6 +114,8 @@ int imds_connect4(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect6")
 int imds_connect6(struct bpf_sock_addr *ctx)
 {
+	if (not_an_endpoint_port(ctx->user_port))
+		return 1;
 	struct endpoint_key key = {};
 
 	/* an IPv4-mapped address lands on the IPv4 key */

@@ -145,6 +145,30 @@ struct {
 } endpoints SEC(".maps");
 
 /*
+ * Ports no endpoint of any generation in the endpoints map uses, as bits
+ * (bit port % 64): the connect hooks return at once for a port whose bit is
+ * set, before building a key and looking it up, so connections to anything
+ * but IMDS pay one inlined array read. Userspace widens the set of ports
+ * (clears bits) before a new generation is written and narrows it only
+ * after the old one is gone. Zero, as before userspace writes it, skips
+ * nothing: the full check runs.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} port_skip SEC(".maps");
+
+static __always_inline int not_an_endpoint_port(__u32 user_port)
+{
+	__u32 zero = 0;
+	__u64 *skip = bpf_map_lookup_elem(&port_skip, &zero);
+	__u16 port = bpf_ntohs((__u16)user_port);
+	return skip && (*skip & (1ULL << (port & 63)));
+}
+
+/*
  * The policy lives in two generations. Userspace writes a new policy into
  * the generation not in use, then flips policy_gen with one map update, so
  * every program run reads one generation from start to end: no request is

@@ -168,6 +168,7 @@ const (
 	ImdsguardMapImdsSocks     = "imds_socks"
 	ImdsguardMapJudges        = "judges"
 	ImdsguardMapPolicyGen     = "policy_gen"
+	ImdsguardMapPortSkip      = "port_skip"
 	ImdsguardMapRules         = "rules"
 	ImdsguardMapSockStates    = "sock_states"
 	ImdsguardProgImdsAdopt    = "imds_adopt"
@@ -241,6 +242,7 @@ type ImdsguardMapSpecs struct {
 	ImdsSocks   *ebpf.MapSpec `ebpf:"imds_socks"`
 	Judges      *ebpf.MapSpec `ebpf:"judges"`
 	PolicyGen   *ebpf.MapSpec `ebpf:"policy_gen"`
+	PortSkip    *ebpf.MapSpec `ebpf:"port_skip"`
 	Rules       *ebpf.MapSpec `ebpf:"rules"`
 	SockStates  *ebpf.MapSpec `ebpf:"sock_states"`
 }
@@ -280,6 +282,7 @@ type ImdsguardMaps struct {
 	ImdsSocks   *ebpf.Map `ebpf:"imds_socks"`
 	Judges      *ebpf.Map `ebpf:"judges"`
 	PolicyGen   *ebpf.Map `ebpf:"policy_gen"`
+	PortSkip    *ebpf.Map `ebpf:"port_skip"`
 	Rules       *ebpf.Map `ebpf:"rules"`
 	SockStates  *ebpf.Map `ebpf:"sock_states"`
 }
@@ -294,6 +297,7 @@ func (m *ImdsguardMaps) Close() error {
 		m.ImdsSocks,
 		m.Judges,
 		m.PolicyGen,
+		m.PortSkip,
 		m.Rules,
 		m.SockStates,
 	)

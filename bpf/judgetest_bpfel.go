@@ -152,6 +152,7 @@ const (
 	JudgeTestMapEndpoints      = "endpoints"
 	JudgeTestMapEvents         = "events"
 	JudgeTestMapPolicyGen      = "policy_gen"
+	JudgeTestMapPortSkip       = "port_skip"
 	JudgeTestMapRules          = "rules"
 	JudgeTestMapTestJudges     = "test_judges"
 	JudgeTestProgJudgeTest     = "judge_test"
@@ -215,6 +216,7 @@ type JudgeTestMapSpecs struct {
 	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	PolicyGen   *ebpf.MapSpec `ebpf:"policy_gen"`
+	PortSkip    *ebpf.MapSpec `ebpf:"port_skip"`
 	Rules       *ebpf.MapSpec `ebpf:"rules"`
 	TestJudges  *ebpf.MapSpec `ebpf:"test_judges"`
 }
@@ -254,6 +256,7 @@ type JudgeTestMaps struct {
 	Endpoints   *ebpf.Map `ebpf:"endpoints"`
 	Events      *ebpf.Map `ebpf:"events"`
 	PolicyGen   *ebpf.Map `ebpf:"policy_gen"`
+	PortSkip    *ebpf.Map `ebpf:"port_skip"`
 	Rules       *ebpf.Map `ebpf:"rules"`
 	TestJudges  *ebpf.Map `ebpf:"test_judges"`
 }
@@ -266,6 +269,7 @@ func (m *JudgeTestMaps) Close() error {
 		m.Endpoints,
 		m.Events,
 		m.PolicyGen,
+		m.PortSkip,
 		m.Rules,
 		m.TestJudges,
 	)

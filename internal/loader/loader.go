@@ -261,7 +261,7 @@ func (g *Guard) writeFirstPolicy(pol *policy.Compiled, cg CgroupRules) error {
 		return fmt.Errorf("writing policy generation: %w", err)
 	}
 	g.gen = 0
-	return nil
+	return g.syncPortSkip()
 }
 
 // pinAll pins every map, link and the sk_msg program, then the meta that
@@ -298,6 +298,7 @@ func (g *Guard) mapsByName() map[string]*ebpf.Map {
 		bpf.ImdsguardMapImdsSocks:   g.objs.ImdsSocks,
 		bpf.ImdsguardMapJudges:      g.objs.Judges,
 		bpf.ImdsguardMapPolicyGen:   g.objs.PolicyGen,
+		bpf.ImdsguardMapPortSkip:    g.objs.PortSkip,
 		bpf.ImdsguardMapRules:       g.objs.Rules,
 		bpf.ImdsguardMapSockStates:  g.objs.SockStates,
 	}

@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -133,6 +134,14 @@ func (g *Guard) Apply(pol *policy.Compiled, cg CgroupRules) error {
 		}
 		return err
 	}
+	// The connect hooks' port shortcut must let the new endpoints through
+	// before they are in force.
+	if err := g.syncPortSkip(); err != nil {
+		if cerr := g.clearGeneration(next); cerr != nil {
+			g.log.Warn("cleaning up a failed policy write", zap.Error(cerr))
+		}
+		return err
+	}
 	if err := g.objs.PolicyGen.Update(uint32(0), next, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("switching policy generation: %w", err)
 	}
@@ -146,6 +155,9 @@ func (g *Guard) Apply(pol *policy.Compiled, cg CgroupRules) error {
 	}
 	if err := g.clearGeneration(old); err != nil {
 		g.log.Warn("clearing the old policy", zap.Error(err))
+	} else if err := g.syncPortSkip(); err != nil {
+		// Still safe: the shortcut skips fewer ports than it could.
+		g.log.Warn("narrowing the connect hooks' port shortcut", zap.Error(err))
 	}
 	g.log.Debug("policy switched", zap.Uint32("generation", next), zap.Duration("grace", time.Since(start)))
 	return nil
@@ -193,4 +205,32 @@ func (g *Guard) waitForPrograms() error {
 		return fmt.Errorf("waiting for running programs: %w", err)
 	}
 	return nil
+}
+
+// syncPortSkip sets the ports the connect hooks may skip at once: those of
+// no endpoint in the endpoints map, of either generation (bits port % 64).
+// It only ever skips ports no entry uses, so calling it after adding a
+// generation and after removing one keeps the shortcut safe throughout.
+func (g *Guard) syncPortSkip() error {
+	var used uint64
+	var k bpf.ImdsguardEndpointKey
+	var v bpf.ImdsguardEndpointValue
+	it := g.objs.Endpoints.Iterate()
+	for it.Next(&k, &v) {
+		used |= 1 << (portOf(k.Port) & 63)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading endpoints: %w", err)
+	}
+	if err := g.objs.PortSkip.Update(uint32(0), ^used, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("writing the port shortcut: %w", err)
+	}
+	return nil
+}
+
+// portOf turns a key's port (network byte order in memory) into a number.
+func portOf(p uint16) uint16 {
+	var b [2]byte
+	binary.NativeEndian.PutUint16(b[:], p)
+	return binary.BigEndian.Uint16(b[:])
 }

@@ -3,6 +3,8 @@ package integration
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -298,5 +300,49 @@ func TestConfigMapUpdatesAndBrokenUpdateKeepsPolicy(t *testing.T) {
 	}
 	if len(srv.Requests()) != 2 {
 		t.Errorf("server answered %d requests, want 2", len(srv.Requests()))
+	}
+}
+
+// The connect hooks skip ports no endpoint uses without a lookup; an
+// endpoint added by a reload is guarded from the switch on, and one removed
+// is let through again.
+func TestEndpointOnAnotherPortIsGuardedAfterReload(t *testing.T) {
+	l := lab.New(t)
+	startIMDS(t, l, imdsserver.Options{})
+	// Another port of the IMDS address, whose bit (port % 64) is not
+	// port 80's (8080's is).
+	other := net.JoinHostPort(lab.IMDSv4, "8081")
+	ln, err := l.Listen(lab.IMDS, "tcp4", other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	dir := t.TempDir()
+	pol := writePolicy(t, dir, "policy.yaml", "mode: enforce\n")
+	d := startDaemon(t, l, "--policy", pol)
+	podConnect := func() string {
+		return runClient(t, l, lab.Pod, "", "-mode", "connect", "-addr", other).ConnectErrno
+	}
+	if e := podConnect(); e != "" {
+		t.Fatalf("pod connect to %s before it is an endpoint: %q, want success", other, e)
+	}
+	writePolicy(t, dir, "policy.yaml", "mode: enforce\nendpoints: [\"169.254.169.254:80\", \"169.254.169.254:8081\"]\n")
+	d.Signal(syscall.SIGHUP)
+	d.WaitLog(`"msg":"policy reloaded"`, 5*time.Second)
+	if e := podConnect(); e != "EPERM" {
+		t.Errorf("pod connect to %s once it is an endpoint: %q, want EPERM", other, e)
+	}
+	if e := runClient(t, l, lab.Pod, "", "-mode", "connect", "-addr", imdsAddr).ConnectErrno; e != "EPERM" {
+		t.Errorf("pod connect to %s: %q, want EPERM", imdsAddr, e)
+	}
+	writePolicy(t, dir, "policy.yaml", "mode: enforce\n")
+	d.Signal(syscall.SIGHUP)
+	waitFor(t, 5*time.Second, "the second reload", func() bool {
+		return strings.Count(d.Stderr(), `"msg":"policy reloaded"`) >= 2
+	})
+	if e := podConnect(); e != "" {
+		t.Errorf("pod connect to %s after it is no endpoint again: %q, want success", other, e)
 	}
 }
