@@ -157,6 +157,8 @@ int imds_sockops(struct bpf_sock_ops *skops)
 {
 	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
 		return 1;
+	if (not_an_endpoint_port(ctx_port(skops->remote_port)))
+		return 1;
 
 	struct endpoint_key key = {};
 	if (skops->family == AF_INET)
@@ -404,7 +406,8 @@ int imds_adopt(struct bpf_iter__tcp *ctx)
  * unjudged. For sockets marked SOCK_GUARDED at connect, this checks every
  * outgoing segment: payload beyond what the judge let through is dropped
  * (TCP keeps retrying it; the peer never gets it) and reported once.
- * Every other packet returns after one socket-storage lookup.
+ * Packets to ports no endpoint uses return after one array read; others
+ * after a socket-storage lookup.
  */
 struct tcphdr___ig {
 	__be16 source;
@@ -422,6 +425,11 @@ int imds_egress(struct __sk_buff *skb)
 {
 	struct bpf_sock *sk = skb->sk;
 	if (!sk)
+		return 1;
+	/* Every packet of every socket in the cgroup comes here; only sockets
+	 * connected to an endpoint are guarded, so other ports return before
+	 * the socket lookups. */
+	if (not_an_endpoint_port(ctx_port(skb->remote_port)))
 		return 1;
 	sk = bpf_sk_fullsock(sk);
 	if (!sk)

@@ -231,8 +231,11 @@ struct rule_list {
 	__u16 idx[RULES_PER_CGROUP];
 };
 
+/* Not preallocated: most nodes have a few hundred cgroups, and a
+ * preallocated table this size would hold 15 MiB whatever the policy. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 2 * 65536);
 	__type(key, struct cgroup_key);
 	__type(value, struct rule_list);
