@@ -3,14 +3,13 @@ package integration
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/imdsguard/imdsguard/test/daemon"
 	"github.com/imdsguard/imdsguard/test/lab"
+	"github.com/imdsguard/imdsguard/test/labclient/report"
 )
 
 type event = daemon.Event
@@ -20,24 +19,8 @@ func startDaemon(t testing.TB, l *lab.Lab, args ...string) *daemon.Daemon {
 	return daemon.Start(t, bins.imdsguard, l, args...)
 }
 
-// clientResult is labclient's JSON report.
-type clientResult struct {
-	PID          int     `json:"pid"`
-	ConnectErrno string  `json:"connect_errno"`
-	ConnectMS    float64 `json:"connect_ms"`
-	Writes       []struct {
-		N     int    `json:"n"`
-		Errno string `json:"errno"`
-	} `json:"writes"`
-	Status            int            `json:"status"`
-	Body              string         `json:"body"`
-	Response          string         `json:"response"`
-	ReadErrno         string         `json:"read_errno"`
-	TokenStatus       int            `json:"token_status"`
-	TokenConnectErrno string         `json:"token_connect_errno"`
-	ConnectErrnos     map[string]int `json:"connect_errnos"`
-	Error             string         `json:"error"`
-}
+// clientResult is labclient's report.
+type clientResult = report.Report
 
 // runClient runs labclient in ns inside the lab's cgroup (or cgroupDir).
 func runClient(t testing.TB, l *lab.Lab, ns lab.NS, cgroupDir string, args ...string) clientResult {
@@ -60,11 +43,9 @@ func runClient(t testing.TB, l *lab.Lab, ns lab.NS, cgroupDir string, args ...st
 
 func parseClient(t testing.TB, out []byte) clientResult {
 	t.Helper()
-	// The last JSON line is the report (earlier lines are progress markers).
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	var r clientResult
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &r); err != nil {
-		t.Fatalf("labclient output is not JSON: %v\n%s", err, out)
+	r, err := report.Parse(out)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
 	}
 	return r
 }

@@ -3,7 +3,6 @@ package lab_test
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,31 +17,19 @@ import (
 	"time"
 
 	"github.com/imdsguard/imdsguard/test/lab"
+	"github.com/imdsguard/imdsguard/test/labclient/report"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
-// clientResult is the part of labclient's JSON output the tests use.
-type clientResult struct {
-	PID          int    `json:"pid"`
-	ConnectErrno string `json:"connect_errno"`
-	Writes       []struct {
-		N     int    `json:"n"`
-		Errno string `json:"errno"`
-	} `json:"writes"`
-	Status    int    `json:"status"`
-	Body      string `json:"body"`
-	Response  string `json:"response"`
-	ReadErrno string `json:"read_errno"`
-	Error     string `json:"error"`
-}
+// clientResult is labclient's report.
+type clientResult = report.Report
 
 func decodeLast(t *testing.T, out []byte) clientResult {
 	t.Helper()
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	var r clientResult
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &r); err != nil {
+	r, err := report.Parse(out)
+	if err != nil {
 		t.Fatalf("decode labclient output %q: %v", out, err)
 	}
 	return r

@@ -58,6 +58,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/imdsguard/imdsguard/test/escape"
+	"github.com/imdsguard/imdsguard/test/labclient/report"
 )
 
 func main() {
@@ -210,48 +211,12 @@ func sockaddr(hostport string) (family int, sa unix.Sockaddr, mapped bool, err e
 	return unix.AF_INET6, sa6, ip.Is4In6(), nil
 }
 
-type writeResult struct {
-	N     int    `json:"n"`
-	Errno string `json:"errno"`
-}
-
-// result is printed as JSON on the last line of stdout.
-type result struct {
-	PID  int    `json:"pid"`
-	Mode string `json:"mode"`
-	Addr string `json:"addr"`
-	// LocalAddr is the connected socket's address (getsockname), so a test
-	// can match the daemon's reports by source port.
-	LocalAddr string `json:"local_addr,omitempty"`
-	// ConnectErrno is "" on success, else the errno name (EPERM, ...).
-	ConnectErrno string        `json:"connect_errno"`
-	ConnectMS    float64       `json:"connect_ms"`
-	Writes       []writeResult `json:"writes"`
-	// ShutdownErrno is the errno of shutdown(SHUT_WR) in raw mode.
-	ShutdownErrno string `json:"shutdown_errno,omitempty"`
-	Status        int    `json:"status"`   // http: response status
-	Body          string `json:"body"`     // http: response body
-	Response      string `json:"response"` // raw: all bytes read
-	ReadErrno     string `json:"read_errno"`
-	// Token* describe the -fetch-token PUT.
-	TokenStatus       int    `json:"token_status,omitempty"`
-	TokenConnectErrno string `json:"token_connect_errno,omitempty"`
-	TokenError        string `json:"token_error,omitempty"`
-	// WaitFileTimeout is set when -keepalive-wait ran out before -wait-file
-	// appeared.
-	WaitFileTimeout bool `json:"wait_file_timeout,omitempty"`
-	// ConnectErrnos counts the outcome of each -repeat connection ("" is success).
-	ConnectErrnos map[string]int `json:"connect_errnos,omitempty"`
-	Error         string         `json:"error"`
-}
-
-func (r *result) addError(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	if r.Error != "" {
-		r.Error += "; "
-	}
-	r.Error += msg
-}
+// result and writeResult are the report's types, shared with the tests
+// that read it.
+type (
+	result      = report.Report
+	writeResult = report.Write
+)
 
 func run(args []string, stdout, stderr io.Writer) int {
 	cfg, err := parseArgs(args, stderr)
@@ -279,7 +244,7 @@ func execute(cfg *config, stdout io.Writer) *result {
 		// socket calls below do (the whole client is one goroutine).
 		runtime.LockOSThread()
 		if err := unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(unsafe.StringData(cfg.comm+"\x00"))), 0, 0, 0); err != nil {
-			res.addError("prctl: %v", err)
+			res.AddError("prctl: %v", err)
 		}
 	}
 	if cfg.mode == "http" && cfg.fetchToken {
@@ -299,7 +264,7 @@ func execute(cfg *config, stdout io.Writer) *result {
 	c := dial(cfg)
 	res.ConnectErrno, res.ConnectMS = c.errno, c.ms
 	if c.fd < 0 {
-		res.addError("%s", c.err)
+		res.AddError("%s", c.err)
 		return res
 	}
 	defer unix.Close(c.fd)
@@ -561,21 +526,21 @@ func doHTTP(cfg *config, fd int, res *result) {
 	w := writeOnce(fd, req, cfg.timeout)
 	res.Writes = append(res.Writes, w)
 	if w.Errno != "" {
-		res.addError("write: %s", w.Errno)
+		res.AddError("write: %s", w.Errno)
 		return
 	}
 	if w.N != len(req) {
-		res.addError("short write: %d of %d bytes", w.N, len(req))
+		res.AddError("short write: %d of %d bytes", w.N, len(req))
 	}
 	raw, rerr := readAll(fd, cfg.timeout)
 	res.ReadErrno = rerr
 	if rerr != "" {
-		res.addError("read: %s", rerr)
+		res.AddError("read: %s", rerr)
 	}
 	status, body, err := parseResponse(raw)
 	res.Status, res.Body = status, body
 	if err != nil {
-		res.addError("%v", err)
+		res.AddError("%v", err)
 	}
 }
 
@@ -587,7 +552,7 @@ func doRaw(cfg *config, fd int, res *result) {
 		w := writeOnce(fd, []byte(s), cfg.timeout)
 		res.Writes = append(res.Writes, w)
 		if w.Errno != "" {
-			res.addError("write %d: %s", i+1, w.Errno)
+			res.AddError("write %d: %s", i+1, w.Errno)
 		}
 	}
 	if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
@@ -597,6 +562,6 @@ func doRaw(cfg *config, fd int, res *result) {
 	res.Response = string(raw)
 	res.ReadErrno = rerr
 	if rerr != "" {
-		res.addError("read: %s", rerr)
+		res.AddError("read: %s", rerr)
 	}
 }

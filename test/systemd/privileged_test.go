@@ -22,6 +22,7 @@ import (
 	"github.com/imdsguard/imdsguard/test/daemon"
 	"github.com/imdsguard/imdsguard/test/imdsserver"
 	"github.com/imdsguard/imdsguard/test/lab"
+	"github.com/imdsguard/imdsguard/test/labclient/report"
 )
 
 // The privileged tests run the daemon as the unit does (unitexec: exactly
@@ -190,18 +191,8 @@ func startAsUnit(t *testing.T, f *fixture, caps []string, args ...string) (*daem
 	return nil, strings.TrimSpace(stderr)
 }
 
-// clientResult is the part of labclient's report the probes read.
-type clientResult struct {
-	PID          int    `json:"pid"`
-	ConnectErrno string `json:"connect_errno"`
-	Writes       []struct {
-		N     int    `json:"n"`
-		Errno string `json:"errno"`
-	} `json:"writes"`
-	Status int    `json:"status"`
-	Body   string `json:"body"`
-	Error  string `json:"error"`
-}
+// clientResult is labclient's report.
+type clientResult = report.Report
 
 // runClient runs labclient in ns, in the lab's cgroup or dir.
 func runClient(t *testing.T, l *lab.Lab, ns lab.NS, dir string, args ...string) clientResult {
@@ -217,10 +208,9 @@ func runClient(t *testing.T, l *lab.Lab, ns lab.NS, dir string, args ...string) 
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("labclient %v in %s: %v\nstderr: %s", args, ns, err, stderr.String())
 	}
-	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
-	var r clientResult
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &r); err != nil {
-		t.Fatalf("labclient output is not JSON: %v\n%s", err, stdout.String())
+	r, err := report.Parse(stdout.Bytes())
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stdout.String())
 	}
 	return r
 }
