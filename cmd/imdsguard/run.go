@@ -526,11 +526,7 @@ type totals loader.Counters
 
 func (t totals) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	for _, v := range loader.Counters(t).Verdicts() {
-		key := v.Kind.String() + "_" + v.Action.String()
-		if v.Reason != 0 {
-			key += "_" + v.Reason.String()
-		}
-		enc.AddUint64(key, v.Count)
+		enc.AddUint64(v.Name(), v.Count)
 	}
 	return nil
 }

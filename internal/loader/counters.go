@@ -57,6 +57,16 @@ type Verdict struct {
 	Count  uint64
 }
 
+// Name is the counter's name in logs and status: kind_action, plus _reason
+// when there is one ("request_deny_imdsv1_no_token").
+func (v Verdict) Name() string {
+	name := v.Kind.String() + "_" + v.Action.String()
+	if v.Reason != 0 {
+		name += "_" + v.Reason.String()
+	}
+	return name
+}
+
 // Verdicts lists the non-zero verdict counters.
 func (c Counters) Verdicts() []Verdict {
 	var out []Verdict

@@ -59,11 +59,7 @@ func (c Counters) View() *CounterView {
 	v := &CounterView{Verdicts: map[string]uint64{}, CredentialAccess: map[string]uint64{},
 		EventsLost: c.EventsLost(), Unguarded: c.Unguarded(), Adopted: c.Adopted()}
 	for _, vd := range c.Verdicts() {
-		key := vd.Kind.String() + "_" + vd.Action.String()
-		if vd.Reason != 0 {
-			key += "_" + vd.Reason.String()
-		}
-		v.Verdicts[key] = vd.Count
+		v.Verdicts[vd.Name()] = vd.Count
 	}
 	for a := bpf.ActionAllow; a <= bpf.ActionAudit; a++ {
 		if n := c.CredentialAccess(a); n > 0 {
