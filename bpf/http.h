@@ -66,6 +66,7 @@ struct sock_state {
 	__u32 flags;      /* enum sock_flag */
 	__u32 isn;        /* initial sequence number, seen by the egress guard */
 	__u64 passed;     /* payload bytes the judge let through */
+	struct owner owner; /* who requests are judged by (SOCK_OWNED) */
 };
 
 enum sock_flag {
@@ -80,6 +81,9 @@ enum sock_flag {
 	SOCK_ISN = 1 << 2,
 	/* An unjudged write was reported already (once per socket). */
 	SOCK_REPORTED = 1 << 3,
+	/* owner holds the task that connected (set at connect), or for a
+	 * socket adopted at start, the first task that wrote to it. */
+	SOCK_OWNED = 1 << 4,
 };
 
 /* req_result.flags */

@@ -26,7 +26,7 @@ struct {
 } sock_states SEC(".maps");
 
 static __always_inline void emit_connect(struct bpf_sock_addr *ctx, const struct endpoint_key *key,
-					 __u64 cookie, __u64 cgroup_id, __u8 action, __u8 reason, __u8 flags,
+					 __u64 cookie, const struct owner *o, __u8 action, __u8 reason, __u8 flags,
 					 __u16 rule)
 {
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -36,7 +36,7 @@ static __always_inline void emit_connect(struct bpf_sock_addr *ctx, const struct
 		return;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
-	event_task(e, cgroup_id);
+	event_owner(e, o);
 	e->netns_cookie = cookie;
 	__builtin_memcpy(e->addr, key->addr, sizeof(e->addr));
 	e->port = bpf_ntohs(key->port);
@@ -62,8 +62,9 @@ static __always_inline int judge_connect(struct bpf_sock_addr *ctx, struct endpo
 		return 0; /* unreachable once loaded; fail closed for IMDS */
 
 	__u16 idx = 0;
-	__u64 cgroup_id = bpf_get_current_cgroup_id();
-	const struct rule *rule = match_rule(gen, cgroup_id, &idx);
+	struct owner o;
+	owner_of_current(&o);
+	const struct rule *rule = match_rule(gen, &o, &idx);
 	__u32 rflags = rule ? rule->flags : 0;
 	__u64 cookie = bpf_get_netns_cookie(ctx);
 	__u8 flags = 0;
@@ -78,7 +79,7 @@ static __always_inline int judge_connect(struct bpf_sock_addr *ctx, struct endpo
 
 	__u8 action = verdict(cfg, reason);
 	count(COUNTER_SLOT(KIND_CONNECT, action, reason));
-	emit_connect(ctx, key, cookie, cgroup_id, action, reason, flags, rule ? idx + 1 : 0);
+	emit_connect(ctx, key, cookie, &o, action, reason, flags, rule ? idx + 1 : 0);
 	if (action == ACTION_DENY)
 		return 0;
 
@@ -93,8 +94,9 @@ static __always_inline int judge_connect(struct bpf_sock_addr *ctx, struct endpo
 		struct sock_state *st = bpf_sk_storage_get(&sock_states, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!st)
 			return cfg->mode == MODE_AUDIT; /* cannot guard it: refuse in enforce mode */
-		st->flags = SOCK_GUARDED;
+		st->flags = SOCK_GUARDED | SOCK_OWNED;
 		st->passed = 0;
+		st->owner = o;
 	}
 	return 1;
 }
@@ -180,19 +182,37 @@ int imds_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
-static __always_inline void msg_endpoint(struct sk_msg_md *msg, struct event *e)
+/*
+ * What every request event of one program run shares. The events are
+ * emitted from a bpf_loop callback, which the verifier checks once: the
+ * same code unrolled MAX_REQS times, with its branches, grows past the
+ * verifier's budget of one million instructions on Linux 6.1 (6.18 prunes
+ * it to a fifth of that).
+ */
+struct emit_ctx {
+	const struct config *cfg;
+	struct judge *j;
+	const struct owner *owner;
+	__u64 netns_cookie;
+	__u8 addr[16];
+	__u32 from; /* index of the first request to report */
+	__u32 gen;
+	__u16 port; /* host byte order */
+	__u16 rule;
+	__u32 pad;
+};
+
+static __always_inline void msg_endpoint(struct sk_msg_md *msg, struct emit_ctx *c)
 {
 	if (msg->family == AF_INET)
-		addr_v4(e->addr, msg->remote_ip4);
+		addr_v4(c->addr, msg->remote_ip4);
 	else
-		addr_v6(e->addr, CTX_U32(msg->remote_ip6[0]), CTX_U32(msg->remote_ip6[1]),
+		addr_v6(c->addr, CTX_U32(msg->remote_ip6[0]), CTX_U32(msg->remote_ip6[1]),
 			CTX_U32(msg->remote_ip6[2]), CTX_U32(msg->remote_ip6[3]));
-	e->port = bpf_ntohs(ctx_port(msg->remote_port));
+	c->port = bpf_ntohs(ctx_port(msg->remote_port));
 }
 
-static __always_inline void emit_request(struct sk_msg_md *msg, const struct config *cfg,
-					 const struct req_result *r, __u32 gen, __u16 rule, __u64 cgroup_id,
-					 __u64 netns_cookie)
+static __always_inline void emit_request(const struct emit_ctx *c, const struct req_result *r)
 {
 	count(COUNTER_SLOT(KIND_REQUEST, r->action, r->reason));
 	if (r->flags & REQ_CREDENTIAL)
@@ -203,15 +223,16 @@ static __always_inline void emit_request(struct sk_msg_md *msg, const struct con
 		return;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
-	event_task(e, cgroup_id);
-	e->netns_cookie = netns_cookie;
-	msg_endpoint(msg, e);
+	event_owner(e, c->owner);
+	e->netns_cookie = c->netns_cookie;
+	__builtin_memcpy(e->addr, c->addr, sizeof(e->addr));
+	e->port = c->port;
 	e->kind = KIND_REQUEST;
 	e->action = r->action;
 	e->reason = r->reason;
-	e->gen = gen;
-	e->rule = rule;
-	if (e->netns_cookie == cfg->host_netns_cookie)
+	e->gen = c->gen;
+	e->rule = c->rule;
+	if (e->netns_cookie == c->cfg->host_netns_cookie)
 		e->flags |= EVENT_HOST_NETNS;
 	if (r->flags & REQ_HAS_TOKEN)
 		e->flags |= EVENT_HAS_TOKEN;
@@ -222,6 +243,17 @@ static __always_inline void emit_request(struct sk_msg_md *msg, const struct con
 	__builtin_memcpy(e->method, r->method, METHOD_LEN);
 	__builtin_memcpy(e->path, r->path, PATH_LEN);
 	bpf_ringbuf_submit(e, ringbuf_wakeup());
+}
+
+/* bpf_loop callback: reports request from + i. */
+static long emit_one(__u32 i, void *arg)
+{
+	struct emit_ctx *c = arg;
+	__u32 k = c->from + i;
+	if (k >= MAX_REQS)
+		return 1;
+	emit_request(c, &c->j->p.reqs[k]);
+	return 0;
 }
 
 /* Messages up to this size are copied word by word; larger ones by a helper
@@ -298,14 +330,19 @@ int imds_msg(struct sk_msg_md *msg)
 		return fail;
 	}
 
-	/* The writer's rule: deny refuses every request, allowV1 lifts the
+	/* The owner's rule: deny refuses every request, allowV1 lifts the
 	 * token rule, allowNonHostNetns the netns one. A socket of another
 	 * network namespace gets here only if it was adopted at start or
-	 * connected in audit mode: its requests are refused. */
+	 * connected in audit mode: its requests are refused. The owner is the
+	 * task that connected; a socket adopted at start has none recorded and
+	 * takes the first task that writes to it. */
+	if (!(st->flags & SOCK_OWNED)) {
+		owner_of_current(&st->owner);
+		st->flags |= SOCK_OWNED;
+	}
 	__u16 idx = 0;
-	__u64 cgroup_id = bpf_get_current_cgroup_id();
 	__u64 netns_cookie = bpf_get_netns_cookie(msg);
-	const struct rule *rule = match_rule(gen, cgroup_id, &idx);
+	const struct rule *rule = match_rule(gen, &st->owner, &idx);
 	__u32 rflags = rule ? rule->flags : 0;
 	__u16 rule_id = rule ? idx + 1 : 0;
 	__u8 force = 0;
@@ -319,12 +356,18 @@ int imds_msg(struct sk_msg_md *msg)
 	struct judgement jm = {.msg_size = size};
 	judge_message(j, len, cfg, st, &jm, force, clear);
 
-	for (__u32 k = 0; k < MAX_REQS; k++) {
-		if (k < jm.emit_from)
-			continue;
-		if (k >= jm.emit_to)
-			break;
-		emit_request(msg, cfg, &j->p.reqs[k], gen, rule_id, cgroup_id, netns_cookie);
+	if (jm.emit_to > jm.emit_from) {
+		struct emit_ctx ec = {
+			.cfg = cfg,
+			.j = j,
+			.owner = &st->owner,
+			.netns_cookie = netns_cookie,
+			.from = jm.emit_from,
+			.gen = gen,
+			.rule = rule_id,
+		};
+		msg_endpoint(msg, &ec);
+		bpf_loop(jm.emit_to - jm.emit_from, emit_one, &ec, 0);
 	}
 	if (jm.cork)
 		bpf_msg_cork_bytes(msg, jm.cork);
@@ -494,14 +537,13 @@ int imds_egress(struct __sk_buff *skb)
 		if (!e) {
 			count(COUNTER_EVENTS_LOST);
 		} else {
-			/* packet context: the writer is not known here, only the socket */
+			/* packet context: the writer is not known here, only the
+			 * socket and the task that connected it */
 			__builtin_memset(e, 0, sizeof(*e));
-			e->ts_ns = bpf_ktime_get_ns();
+			event_owner(e, &st->owner);
 			e->kind = KIND_REQUEST;
 			e->action = action;
 			e->reason = REASON_UNJUDGED_WRITE;
-			e->uid = bpf_get_socket_uid(skb);
-			e->cgroup_id = bpf_skb_cgroup_id(skb);
 			e->port = bpf_ntohs(th.dest);
 			if ((vihl >> 4) == 4) {
 				__u32 ip = 0;

@@ -277,20 +277,52 @@ static __always_inline __u64 ringbuf_wakeup(void)
 struct task_struct {
 	struct task_struct *real_parent;
 	int tgid;
+	char comm[TASK_COMM_LEN];
 } __attribute__((preserve_access_index));
 
-/* The writer's parent, read in the kernel: the process may be gone by the
- * time the daemon reads the event. */
-static __always_inline __u32 current_ppid(void)
+/*
+ * Who a socket's requests are judged and reported by: the task that
+ * connected it. The connect hooks run in that task on every kernel, while
+ * sk_msg programs lack bpf_get_current_comm before Linux 6.14 (and the
+ * writer of a request may be a kernel thread, as with io_uring's SQPOLL),
+ * so the judge takes the owner recorded at connect from socket storage.
+ */
+struct owner {
+	__u64 cgroup_id;
+	__u32 pid; /* thread group id, as userspace calls a pid */
+	__u32 tid;
+	__u32 ppid;
+	__u32 uid;
+	__u32 gid;
+	__u32 pad;
+	__u64 comm[TASK_COMM_WORDS]; /* NUL-padded, compared as two words */
+};
+
+/* Fills in the current task: its ids, cgroup and command, and its parent
+ * read in the kernel (the parent may be gone by the time the daemon reads
+ * the event). The command is read from the task rather than with
+ * bpf_get_current_comm, which sk_msg programs do not have before 6.14:
+ * one way for every hook and kernel. */
+static __always_inline void owner_of_current(struct owner *o)
 {
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	struct task_struct *parent = 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
 	int ppid = 0;
-	if (bpf_probe_read_kernel(&parent, sizeof(parent), &t->real_parent) || !parent)
-		return 0;
-	if (bpf_probe_read_kernel(&ppid, sizeof(ppid), &parent->tgid))
-		return 0;
-	return ppid;
+
+	o->cgroup_id = bpf_get_current_cgroup_id();
+	o->pid = pid_tgid >> 32;
+	o->tid = (__u32)pid_tgid;
+	o->uid = (__u32)uid_gid;
+	o->gid = uid_gid >> 32;
+	o->pad = 0;
+	o->comm[0] = 0;
+	o->comm[1] = 0;
+	bpf_probe_read_kernel(o->comm, TASK_COMM_LEN, &t->comm);
+	if (!bpf_probe_read_kernel(&parent, sizeof(parent), &t->real_parent) && parent)
+		bpf_probe_read_kernel(&ppid, sizeof(ppid), &parent->tgid);
+	o->ppid = ppid;
 }
 
 static __always_inline __u32 current_gen(void)
@@ -329,20 +361,17 @@ static __always_inline void addr_v6(__u8 *addr, __u32 w0, __u32 w1, __u32 w2, __
 	__builtin_memcpy(&addr[12], &w3, 4);
 }
 
-/* Fills in who is writing or connecting: the current task, whose cgroup
- * the caller read already. */
-static __always_inline void event_task(struct event *e, __u64 cgroup_id)
+/* Fills in who the event is about: the socket's owner. */
+static __always_inline void event_owner(struct event *e, const struct owner *o)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u64 uid_gid = bpf_get_current_uid_gid();
 	e->ts_ns = bpf_ktime_get_ns();
-	e->cgroup_id = cgroup_id;
-	e->pid = pid_tgid >> 32;
-	e->ppid = current_ppid();
-	e->tid = (__u32)pid_tgid;
-	e->uid = (__u32)uid_gid;
-	e->gid = uid_gid >> 32;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->cgroup_id = o->cgroup_id;
+	e->pid = o->pid;
+	e->ppid = o->ppid;
+	e->tid = o->tid;
+	e->uid = o->uid;
+	e->gid = o->gid;
+	__builtin_memcpy(e->comm, o->comm, sizeof(e->comm));
 }
 
 static __always_inline struct config *get_config(void)
@@ -350,11 +379,10 @@ static __always_inline struct config *get_config(void)
 	return get_config_gen(current_gen());
 }
 
-/* The first rule matching the current task (in cgroup cgroup_id), or 0;
- * *idx gets its index. */
-static __always_inline const struct rule *match_rule(__u32 gen, __u64 cgroup_id, __u16 *idx)
+/* The first rule matching owner o, or 0; *idx gets its index. */
+static __always_inline const struct rule *match_rule(__u32 gen, const struct owner *o, __u16 *idx)
 {
-	struct cgroup_key key = {.cgroup_id = cgroup_id, .gen = gen};
+	struct cgroup_key key = {.cgroup_id = o->cgroup_id, .gen = gen};
 	struct rule_list *list = bpf_map_lookup_elem(&cgroup_rules, &key);
 	if (!list) {
 		key.cgroup_id = 0;
@@ -365,9 +393,6 @@ static __always_inline const struct rule *match_rule(__u32 gen, __u64 cgroup_id,
 	__u32 n = list->n;
 	if (n == 0)
 		return 0;
-	__u32 uid = (__u32)bpf_get_current_uid_gid();
-	__u64 comm[TASK_COMM_WORDS] = {};
-	bpf_get_current_comm(comm, sizeof(comm));
 	for (__u32 i = 0; i < RULES_PER_CGROUP; i++) {
 		if (i >= n)
 			break;
@@ -375,9 +400,9 @@ static __always_inline const struct rule *match_rule(__u32 gen, __u64 cgroup_id,
 		const struct rule *r = bpf_map_lookup_elem(&rules, &k);
 		if (!r)
 			continue;
-		if ((r->flags & RULE_MATCH_UID) && r->uid != uid)
+		if ((r->flags & RULE_MATCH_UID) && r->uid != o->uid)
 			continue;
-		if ((r->flags & RULE_MATCH_COMM) && (r->comm[0] != comm[0] || r->comm[1] != comm[1]))
+		if ((r->flags & RULE_MATCH_COMM) && (r->comm[0] != o->comm[0] || r->comm[1] != o->comm[1]))
 			continue;
 		*idx = list->idx[i];
 		return r;

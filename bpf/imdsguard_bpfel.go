@@ -154,6 +154,17 @@ type ImdsguardSockState struct {
 	Flags     uint32
 	Isn       uint32
 	Passed    uint64
+	Owner     struct {
+		_        structs.HostLayout
+		CgroupId uint64
+		Pid      uint32
+		Tid      uint32
+		Ppid     uint32
+		Uid      uint32
+		Gid      uint32
+		Pad      uint32
+		Comm     [2]uint64
+	}
 }
 
 // Names of all BPF objects in the ELF.

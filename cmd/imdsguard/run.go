@@ -188,15 +188,15 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--cgroup: %w", err)
 	}
-	hostCookie, err := loader.NetnsCookie(f.hostNetns)
-	if err != nil {
-		return fmt.Errorf("host network namespace: %w", err)
-	}
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return fmt.Errorf("raising the locked-memory limit for BPF maps: %w", err)
 	}
 	if err := loader.CheckKernel(); err != nil {
 		return err
+	}
+	hostCookie, err := loader.NetnsCookie(f.hostNetns)
+	if err != nil {
+		return fmt.Errorf("host network namespace: %w", err)
 	}
 	plan, err := enforcer.MakePlan(pol, cgroupMount)
 	if err != nil {

@@ -6,9 +6,9 @@ package integration
 import (
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
+
+	"github.com/imdsguard/imdsguard/test/testbin"
 )
 
 // binaries built once for the whole test binary; TestMain fills it before
@@ -44,11 +44,9 @@ func TestMain(m *testing.M) {
 			{&bins.mock, "github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock"},
 			{&bins.rawclient, "github.com/imdsguard/imdsguard/test/rawclient"},
 		} {
-			out := filepath.Join(dir, filepath.Base(b.pkg))
-			cmd := exec.Command(goTool(), "build", "-o", out, b.pkg)
-			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-			if err := cmd.Run(); err != nil {
-				fmt.Fprintf(os.Stderr, "building %s: %v\n", b.pkg, err)
+			out, err := testbin.Build(b.pkg, dir)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
 				return 1
 			}
 			*b.dst = out

@@ -15,6 +15,7 @@ import (
 
 	"github.com/imdsguard/imdsguard/test/imdsserver"
 	"github.com/imdsguard/imdsguard/test/lab"
+	"github.com/imdsguard/imdsguard/test/testbin"
 )
 
 const credPath = "/latest/meta-data/iam/security-credentials/" + imdsserver.DefaultRole
@@ -195,10 +196,9 @@ func checkAllRequestsCarriedTokens(t testing.TB, srv *imdsserver.Server) {
 
 func buildPackage(t testing.TB, pkg string) string {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), filepath.Base(pkg))
-	cmd := exec.Command(goTool(), "build", "-o", out, pkg)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building %s: %v\n%s", pkg, err, b)
+	out, err := testbin.Build(pkg, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }

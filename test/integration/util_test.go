@@ -4,13 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"io"
-	"path/filepath"
-	"runtime"
 	"sync"
 	"syscall"
 )
-
-func goTool() string { return filepath.Join(runtime.GOROOT(), "bin", "go") }
 
 // safeBuffer is a bytes.Buffer a child process writes while a test reads.
 type safeBuffer struct {

@@ -6,14 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/imdsguard/imdsguard/test/testbin"
 )
 
 // Ping sends an ICMP (v4 or v6) echo request from inside ns to addr, again
@@ -137,19 +135,9 @@ const LabclientPackage = "github.com/imdsguard/imdsguard/test/labclient"
 // keeps the package free of mutable globals.
 func BuildLabclient(t testing.TB) string {
 	t.Helper()
-	goBin, err := exec.LookPath("go")
+	out, err := testbin.Build(LabclientPackage, t.TempDir())
 	if err != nil {
-		if root := os.Getenv("GOROOT"); root != "" {
-			goBin = filepath.Join(root, "bin", "go")
-		} else {
-			goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
-		}
-	}
-	out := filepath.Join(t.TempDir(), "labclient")
-	cmd := exec.Command(goBin, "build", "-o", out, LabclientPackage)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build labclient: %v\n%s", err, b)
+		t.Fatalf("build labclient: %v", err)
 	}
 	return out
 }

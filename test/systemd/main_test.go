@@ -6,13 +6,11 @@
 package systemd
 
 import (
-	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
+
+	"github.com/imdsguard/imdsguard/test/testbin"
 )
 
 // unitPath is the unit under test, relative to this package.
@@ -41,8 +39,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func goTool() string { return filepath.Join(runtime.GOROOT(), "bin", "go") }
-
 // build returns the built binaries, building them on the first call.
 func build(t testing.TB) binaries {
 	t.Helper()
@@ -64,13 +60,10 @@ func build(t testing.TB) binaries {
 			{&bins.labclient, "github.com/imdsguard/imdsguard/test/labclient"},
 			{&bins.unitexec, "github.com/imdsguard/imdsguard/test/systemd/unitexec"},
 		} {
-			out := filepath.Join(buildDir, filepath.Base(b.pkg))
-			cmd := exec.Command(goTool(), "build", "-o", out, b.pkg)
-			if msg, err := cmd.CombinedOutput(); err != nil {
-				buildErr = fmt.Errorf("building %s: %v\n%s", b.pkg, err, msg)
+			*b.dst, buildErr = testbin.Build(b.pkg, buildDir)
+			if buildErr != nil {
 				return
 			}
-			*b.dst = out
 		}
 	})
 	if buildErr != nil {

@@ -1,0 +1,49 @@
+// Package testbin gives tests the programs they run (the daemon, lab
+// clients, mock servers): built from source with the Go toolchain on a
+// developer's machine, or taken prebuilt from IMDSGUARD_TEST_BIN_DIR where
+// no toolchain exists, as inside the kernel-matrix VMs (test/kernels).
+package testbin
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"runtime"
+)
+
+// EnvDir names the directory of prebuilt binaries, one per package, each
+// named after the last element of its import path.
+const EnvDir = "IMDSGUARD_TEST_BIN_DIR"
+
+// Build returns the path of pkg's binary: dir/<name> freshly built, or the
+// prebuilt one when EnvDir is set. A prebuilt binary that is missing is an
+// error, not a fallback to building: the VM has no toolchain, and a test
+// that ran something else would prove nothing.
+func Build(pkg, dir string) (string, error) {
+	name := path.Base(pkg)
+	if pre := os.Getenv(EnvDir); pre != "" {
+		p := filepath.Join(pre, name)
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("prebuilt %s (%s=%s): %w", pkg, EnvDir, pre, err)
+		}
+		return p, nil
+	}
+	out := filepath.Join(dir, name)
+	cmd := exec.Command(goTool(), "build", "-o", out, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building %s: %w\n%s", pkg, err, msg)
+	}
+	return out, nil
+}
+
+// goTool finds the go command: on PATH, else in the GOROOT the test was
+// built with (sudo resets PATH).
+func goTool() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	return filepath.Join(runtime.GOROOT(), "bin", "go")
+}
