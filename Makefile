@@ -2,7 +2,7 @@
 GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build generate check-generated vet test test-unit bench bench-short clean
+.PHONY: all build generate check-generated vet test test-unit test-kernels bench bench-short clean
 
 all: build
 
@@ -27,6 +27,14 @@ vet:
 # IMDSGUARD_REQUIRE_PRIVILEGED=1 a test that would skip fails instead.
 test:
 	$(GO) test -count=1 -v -timeout 30m ./...
+
+# The kernel matrix (test/kernels): boots each kernel line's Debian cloud
+# kernel under QEMU and runs the privileged suites inside it. Lines from 6.1
+# up must pass every suite; older ones must refuse to start cleanly.
+KERNELS ?= 6.1 6.12 5.10
+test-kernels:
+	@test "$$(id -u)" = 0 || { echo "make test-kernels needs root (apt, debootstrap, the suites' own needs): run sudo make test-kernels"; exit 1; }
+	GO=$(GO) test/kernels/matrix.sh $(KERNELS)
 
 # Unprivileged quick pass.
 test-unit:

@@ -38,6 +38,7 @@ const (
 	ReasonForwardedRequest Reason = 4
 	ReasonPolicyRule       Reason = 5
 	ReasonUnjudgedWrite    Reason = 6
+	ReasonUnsupportedProto Reason = 7
 	reasonMax                     = 8
 )
 
@@ -57,6 +58,8 @@ func (r Reason) String() string {
 		return "policy_rule"
 	case ReasonUnjudgedWrite:
 		return "unjudged_write"
+	case ReasonUnsupportedProto:
+		return "unsupported_protocol"
 	}
 	return "unknown"
 }

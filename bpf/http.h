@@ -558,17 +558,38 @@ static __always_inline int credential_path(const struct parser *p, const struct 
 static const char token_path[] = "/latest/api/token";
 #define TOKEN_PATH_LEN (sizeof(token_path) - 1)
 
+/* The token PUT is the exact raw path /latest/api/token, optionally with a
+ * query: not a path that only resolves to it (/latest/x/../api/token,
+ * //latest/api/token, %2F, a "#" fragment), which a proxy or server in
+ * between could read otherwise. */
 static __always_inline int is_token_put(const struct parser *p)
 {
 	if (p->method_len != 3 || p->method[0] != 'P' || p->method[1] != 'U' || p->method[2] != 'T')
 		return 0;
-	if (p->nlen != TOKEN_PATH_LEN)
+	__u32 n = p->raw_path_len;
+	const char *raw = p->reqs[MASKED(p->nreqs, MAX_REQS - 1)].path;
+	if (n < TOKEN_PATH_LEN || (n > TOKEN_PATH_LEN && raw[TOKEN_PATH_LEN] != '?'))
 		return 0;
 	for (__u32 i = 0; i < TOKEN_PATH_LEN; i++) {
-		if (p->norm[MASKED(i, NORM_MAX - 1)] != token_path[MASKED(i, 31)])
+		if (raw[i] != token_path[MASKED(i, 31)])
 			return 0;
 	}
 	return 1;
+}
+
+/* Whether the method may carry a body. IMDS clients send none but on the
+ * token PUT; a GET or HEAD with one is refused, as a server that ignores
+ * its Content-Length would read the body as the next request. */
+static __always_inline int body_allowed(const struct parser *p)
+{
+	const char *m = p->method;
+	if (p->method_len == 3)
+		return m[0] == 'P' && m[1] == 'U' && m[2] == 'T';
+	if (p->method_len == 4)
+		return m[0] == 'P' && m[1] == 'O' && m[2] == 'S' && m[3] == 'T';
+	if (p->method_len == 5)
+		return m[0] == 'P' && m[1] == 'A' && m[2] == 'T' && m[3] == 'C' && m[4] == 'H';
+	return 0;
 }
 
 /* Records the request ending at p->pos (exclusive) with a reason, and says
@@ -586,6 +607,8 @@ static __always_inline long finish_request(struct parser *p, const struct config
 			reason = p->force_reason;
 		else if (p->te)
 			reason = REASON_PARSE_ERROR; /* chunked bodies cannot be followed */
+		else if (p->cl && !body_allowed(p))
+			reason = REASON_PARSE_ERROR; /* a body on GET, HEAD, ... */
 		else if (p->token_headers > 1)
 			reason = REASON_PARSE_ERROR; /* which one the server reads is unknown */
 		else if ((flags & REQ_FORWARDED) && (p->cfg_flags & CONFIG_REFUSE_FORWARDED))

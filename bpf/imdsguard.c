@@ -49,6 +49,19 @@ static __always_inline void emit_connect(struct bpf_sock_addr *ctx, const struct
 	bpf_ringbuf_submit(e, ringbuf_wakeup());
 }
 
+/*
+ * An IPPROTO_MPTCP socket connects through a TCP subflow, and it is the
+ * subflow these hooks see. Sockmap cannot hold MPTCP subflows, so the
+ * request judge would never see its requests and the egress guard would
+ * hold them back until the client gave up: such a connection is refused at
+ * connect, with an errno, instead.
+ */
+static __always_inline int is_mptcp_subflow(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	return sk && bpf_skc_to_mptcp_sock(sk) != 0;
+}
+
 /* Returns 1 to let connect() proceed, 0 to fail it with EPERM. */
 static __always_inline int judge_connect(struct bpf_sock_addr *ctx, struct endpoint_key *key)
 {
@@ -74,6 +87,8 @@ static __always_inline int judge_connect(struct bpf_sock_addr *ctx, struct endpo
 		flags |= EVENT_HOST_NETNS;
 	if (rflags & RULE_DENY)
 		reason = REASON_POLICY_RULE;
+	else if (is_mptcp_subflow(ctx))
+		reason = REASON_UNSUPPORTED_PROTOCOL;
 	else if (!host && (cfg->flags & CONFIG_BLOCK_NON_HOST_NETNS) && !(rflags & RULE_ALLOW_NON_HOST_NETNS))
 		reason = REASON_NON_HOST_NETNS;
 

@@ -32,6 +32,7 @@ enum reason {
 	REASON_FORWARDED_REQUEST = 4,
 	REASON_POLICY_RULE = 5,
 	REASON_UNJUDGED_WRITE = 6, /* payload that did not pass the request judge */
+	REASON_UNSUPPORTED_PROTOCOL = 7, /* a socket the judge cannot follow (MPTCP) */
 	REASON_MAX = 8,
 };
 

@@ -250,8 +250,11 @@ func fastCases(t *testing.T) []judgeCase {
 		good("Transfer-Encodingx is not TE", tok("Transfer-Encodingx: chunked"), okTok),
 		// Content-Lengthy announces no body: what follows is a request
 		good("Content-Lengthy is not Content-Length", tok("Content-Lengthy: 5")+tok(), okTok, okTok),
-		// the same name as Content-Length is: a body, skipped
-		good("CONTENT-LENGTH is Content-Length", tok("CONTENT-LENGTH: 5")+"abcde"+tok(), okTok, okTok),
+		// the same name as Content-Length is: a body, skipped (on a POST:
+		// a GET with a body is refused)
+		good("CONTENT-LENGTH is Content-Length", httpReq("POST", idPath, tokenHdr, "CONTENT-LENGTH: 5")+"abcde"+tok(),
+			ok("POST", idPath).tok(), okTok),
+		bad("CONTENT-LENGTH on a GET is a body", tok("CONTENT-LENGTH: 5")+"abcde"+tok(), badReq(idPath).tok()),
 		bad("HTTP/1.2", "GET / HTTP/1.2\r\n"+tokenHdr+"\r\n\r\n", badReq("/")),
 		bad("HTTP/1.1 then a byte", "GET / HTTP/1.1x\r\n"+tokenHdr+"\r\n\r\n", badReq("/")),
 		bad("method of 17 letters", httpReq("GETGETGETGETGETGE", idPath, tokenHdr), refused("GETGETGE", "", ReasonParseError)),

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,5 +109,23 @@ func TestCgroupResolver(t *testing.T) {
 	}
 	if got := r.Path(1<<62 + 3); got != "" {
 		t.Fatalf("Path(unknown id) = %q, want empty", got)
+	}
+}
+
+// A token passed as a header argument (curl -H) never reaches an event.
+func TestCmdlineTokensAreRedacted(t *testing.T) {
+	for _, tt := range []struct{ in, want []string }{
+		{[]string{"curl", "-H", "X-aws-ec2-metadata-token: AQAEAsecret", "http://169.254.169.254/"},
+			[]string{"curl", "-H", "X-aws-ec2-metadata-token: <redacted>", "http://169.254.169.254/"}},
+		{[]string{"curl", "--header=x-aws-ec2-metadata-token:secret"},
+			[]string{"curl", "--header=x-aws-ec2-metadata-token: <redacted>"}},
+		// the TTL header carries no secret
+		{[]string{"curl", "-H", "X-aws-ec2-metadata-token-ttl-seconds: 60"},
+			[]string{"curl", "-H", "X-aws-ec2-metadata-token-ttl-seconds: 60"}},
+	} {
+		got := strings.Join(redactTokens(append([]string{}, tt.in...)), " ")
+		if want := strings.Join(tt.want, " "); got != want {
+			t.Errorf("redactTokens(%q) = %q, want %q", tt.in, got, want)
+		}
 	}
 }

@@ -139,7 +139,24 @@ func processInfo(pid uint32) (exe, cmdline string) {
 		if len(data) > MaxCmdline {
 			data = data[:MaxCmdline]
 		}
-		cmdline = strings.TrimRight(strings.ReplaceAll(string(data), "\x00", " "), " ")
+		args := strings.Split(strings.TrimRight(string(data), "\x00"), "\x00")
+		cmdline = strings.Join(redactTokens(args), " ")
 	}
 	return exe, cmdline
+}
+
+// tokenHeader is how a client names the session token, as an argument
+// (curl -H "X-aws-ec2-metadata-token: $TOKEN", the usual way in scripts).
+const tokenHeader = "x-aws-ec2-metadata-token:"
+
+// redactTokens replaces the value of every token header in a command line:
+// the token's value is never logged, also when the client put it in its
+// arguments and is still running when its event is read.
+func redactTokens(args []string) []string {
+	for i, a := range args {
+		if at := strings.Index(strings.ToLower(a), tokenHeader); at >= 0 {
+			args[i] = a[:at+len(tokenHeader)] + " <redacted>"
+		}
+	}
+	return args
 }

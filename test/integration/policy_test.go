@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imdsguard/imdsguard/test/daemon"
 	"github.com/imdsguard/imdsguard/test/imdsserver"
 	"github.com/imdsguard/imdsguard/test/lab"
 )
@@ -184,11 +185,13 @@ func TestReloadsUnderLoadNeverLetARequestThrough(t *testing.T) {
 	pol := writePolicy(t, dir, "policy.yaml", a)
 	d := startDaemon(t, l, "--policy", pol)
 
+	// The client hammers until the reloads are done (stop exists), however
+	// long they take on this machine.
+	stop := filepath.Join(dir, "stop")
 	script := `
-import socket, time
+import os, socket, sys
 ok = refused = 0
-end = time.time() + float(__import__("sys").argv[1])
-while time.time() < end:
+while not os.path.exists(sys.argv[1]):
     s = socket.create_connection(("169.254.169.254", 80), timeout=2)
     try:
         s.sendall(b"GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -200,25 +203,40 @@ print(ok, refused)
 `
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := l.Command(ctx, lab.Node, "/usr/bin/python3", "-c", script, "6")
+	cmd := l.Command(ctx, lab.Node, "/usr/bin/python3", "-c", script, stop)
 	var out safeBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < 100; i++ {
+		// b, bad, a, ...: each file differs from the policy in force, so
+		// each reload reports (an unchanged one would not)
 		body := a
 		switch i % 3 {
-		case 1:
+		case 0:
 			body = b
-		case 2:
+		case 1:
 			body = bad
 		}
+		seen := policyEvents(d)
 		writePolicy(t, dir, "policy.yaml", body)
 		if err := d.Signal(syscall.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
+		// Paced by the daemon: the next file replaces this one only once
+		// a reload has read it (under emulation a reload takes far longer
+		// than the 30 ms between writes), so every invalid file is seen.
+		for deadline := time.Now().Add(10 * time.Second); policyEvents(d) == seen; {
+			if time.Now().After(deadline) {
+				t.Fatalf("reload %d: no policy event within 10 s", i)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 		time.Sleep(30 * time.Millisecond)
+	}
+	if err := os.WriteFile(stop, nil, 0o644); err != nil {
+		t.Fatal(err)
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("client: %v: %s", err, out.String())
@@ -247,6 +265,17 @@ print(ok, refused)
 	if invalid < 20 {
 		t.Errorf("%d invalid-policy events, want one per invalid file (33)", invalid)
 	}
+}
+
+// policyEvents counts the daemon's policy events (loaded and invalid).
+func policyEvents(d *daemon.Daemon) int {
+	n := 0
+	for _, line := range d.Lines() {
+		if strings.Contains(line, `"kind":"policy"`) {
+			n++
+		}
+	}
+	return n
 }
 
 // A Kubernetes ConfigMap update swaps a "..data" symlink; a broken update

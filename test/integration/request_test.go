@@ -260,6 +260,11 @@ func TestRawClientIsJudgedPerRequest(t *testing.T) {
 	if string(got) != wantBytes {
 		t.Fatalf("server received:\n%q\nwant exactly the allowed requests:\n%q", got, wantBytes)
 	}
+	// Events arrive after the client is done (the daemon polls the ring
+	// buffer): wait for the last one before reading them all.
+	d.WaitEvent("the refused request", func(e event) bool {
+		return e.Kind == "request" && e.PID == r.PID && e.Action == "deny"
+	})
 	var verdicts []string
 	for _, ev := range d.Events() {
 		if ev.Kind == "request" && ev.PID == r.PID {
@@ -413,5 +418,39 @@ func TestPolicyWithoutTokenRule(t *testing.T) {
 	}
 	if got := len(srv.Requests()); got != 1 {
 		t.Errorf("server answered %d requests, want 1", got)
+	}
+}
+
+// A client that puts the token in its arguments, as scripts do with
+// curl -H, and is still running when its event is read: the token is not in
+// the event's cmdline (the SIEM must never hold a live token).
+func TestTokenInClientArgumentsIsNotLogged(t *testing.T) {
+	l := lab.New(t)
+	startIMDS(t, l, imdsserver.Options{})
+	d := startDaemon(t, l)
+	const token = "AQAEAsecret-session-token-value"
+	script := `
+import socket, sys, time
+s = socket.create_connection((sys.argv[2], 80), timeout=5)
+s.sendall(("GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\n" + sys.argv[1] + "\r\n\r\n").encode())
+print(s.recv(100).split(b" ")[1].decode(), flush=True)
+time.sleep(3)
+`
+	// from a file: a short command line, all of it in the event
+	file := filepath.Join(t.TempDir(), "client.py")
+	if err := os.WriteFile(file, []byte(script), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, stderr, code, _ := runInLab(t, l, lab.Node, nil, "python3", file, "X-aws-ec2-metadata-token: "+token, lab.IMDSv4)
+	// the server refuses the made-up token (401); the guard let it through
+	if code != 0 || strings.TrimSpace(out) != "401" {
+		t.Fatalf("client: exit %d out %q stderr %q, want the server's 401", code, out, stderr)
+	}
+	ev := d.WaitEvent("the request", func(e event) bool { return e.Kind == "request" && e.Comm == "python3" })
+	if !strings.Contains(ev.Cmdline, "X-aws-ec2-metadata-token: <redacted>") {
+		t.Errorf("event cmdline %q, want the token header redacted", ev.Cmdline)
+	}
+	if raw := strings.Join(d.Lines(), "\n"); strings.Contains(raw, token) {
+		t.Fatalf("events contain the session token:\n%s", raw)
 	}
 }
