@@ -39,7 +39,9 @@ const (
 	ReasonPolicyRule       Reason = 5
 	ReasonUnjudgedWrite    Reason = 6
 	ReasonUnsupportedProto Reason = 7
-	reasonMax                     = 8
+	ReasonAdoptedConn      Reason = 8
+	// ReasonMax bounds the reasons: counter slots are laid out by it.
+	ReasonMax = 16
 )
 
 func (r Reason) String() string {
@@ -60,6 +62,8 @@ func (r Reason) String() string {
 		return "unjudged_write"
 	case ReasonUnsupportedProto:
 		return "unsupported_protocol"
+	case ReasonAdoptedConn:
+		return "adopted_connection"
 	}
 	return "unknown"
 }
@@ -108,11 +112,11 @@ const (
 
 // CounterSlot is the index in the counters map for one (kind, action, reason).
 func CounterSlot(k Kind, a Action, r Reason) uint32 {
-	return uint32(k)*actionMax*reasonMax + uint32(a)*reasonMax + uint32(r)
+	return uint32(k)*actionMax*ReasonMax + uint32(a)*ReasonMax + uint32(r)
 }
 
 // CounterEventsLost counts events dropped because the ring buffer was full.
-const CounterEventsLost uint32 = kindMax * actionMax * reasonMax
+const CounterEventsLost uint32 = kindMax * actionMax * ReasonMax
 
 // CounterUnguarded counts IMDS sockets sockops could not put under sk_msg.
 const CounterUnguarded uint32 = CounterEventsLost + 1
@@ -125,4 +129,4 @@ const CounterAdopted uint32 = CounterEventsLost + 2
 const CounterCredential uint32 = CounterEventsLost + 3
 
 // CounterSlots is the size of the counters map.
-const CounterSlots = 64
+const CounterSlots = 128

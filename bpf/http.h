@@ -84,6 +84,8 @@ enum sock_flag {
 	/* owner holds the task that connected (set at connect), or for a
 	 * socket adopted at start, the first task that wrote to it. */
 	SOCK_OWNED = 1 << 4,
+	/* An adopted connection was reported already (once per socket). */
+	SOCK_ADOPTION_REPORTED = 1 << 5,
 };
 
 /* req_result.flags */

@@ -358,8 +358,31 @@ int imds_msg(struct sk_msg_md *msg)
 	__u16 idx = 0;
 	__u64 netns_cookie = bpf_get_netns_cookie(msg);
 	const struct rule *rule = match_rule(gen, &st->owner, &idx);
-	__u32 rflags = rule ? rule->flags : 0;
 	__u16 rule_id = rule ? idx + 1 : 0;
+
+	/* A connection opened before the guard may stand inside a body or a
+	 * half-written request (a POST announcing 100 bytes, 10 sent): the
+	 * server's view of its stream is unknown, so nothing written on it
+	 * can be judged. Enforce mode refuses every write on it (the drop
+	 * verdict sticks to the socket, so later writes fail unjudged); audit
+	 * mode reports it once and judges as well as it can. */
+	if ((st->flags & SOCK_UNSYNCED) && !(st->flags & SOCK_ADOPTION_REPORTED)) {
+		st->flags |= SOCK_ADOPTION_REPORTED;
+		struct req_result *r = &j->p.reqs[0];
+		__builtin_memset(r, 0, sizeof(*r));
+		r->reason = REASON_ADOPTED_CONNECTION;
+		r->action = verdict(cfg, REASON_ADOPTED_CONNECTION);
+		struct emit_ctx ec = {
+			.cfg = cfg, .j = j, .owner = &st->owner, .netns_cookie = netns_cookie, .gen = gen, .rule = rule_id,
+		};
+		msg_endpoint(msg, &ec);
+		bpf_loop(1, emit_one, &ec, 0);
+		if (r->action == ACTION_DENY) {
+			j->busy = 0;
+			return SK_DROP;
+		}
+	}
+	__u32 rflags = rule ? rule->flags : 0;
 	__u8 force = 0;
 	if (rflags & RULE_DENY)
 		force = REASON_POLICY_RULE;

@@ -33,7 +33,8 @@ enum reason {
 	REASON_POLICY_RULE = 5,
 	REASON_UNJUDGED_WRITE = 6, /* payload that did not pass the request judge */
 	REASON_UNSUPPORTED_PROTOCOL = 7, /* a socket the judge cannot follow (MPTCP) */
-	REASON_MAX = 8,
+	REASON_ADOPTED_CONNECTION = 8, /* opened before the guard: where its stream stands is unknown */
+	REASON_MAX = 16,
 };
 
 enum kind {
@@ -78,7 +79,7 @@ enum counter_extra {
 	COUNTER_UNGUARDED, /* IMDS sockets sockops could not put under sk_msg */
 	COUNTER_ADOPTED,   /* IMDS sockets found established at start and put under sk_msg */
 	COUNTER_CREDENTIAL, /* credential-path requests, one slot per action (+ACTION_*) */
-	COUNTER_MAX = 64,
+	COUNTER_MAX = 128,
 };
 
 /*

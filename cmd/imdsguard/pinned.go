@@ -32,6 +32,9 @@ type statusReport struct {
 		Error   string `json:"error,omitempty"`
 	} `json:"nftables"`
 	Enforcing bool `json:"enforcing"`
+	// LastRescanAgeSeconds is how long ago the daemon last scanned the
+	// cgroup tree (new cgroups get their rules then); absent if never.
+	LastRescanAgeSeconds *float64 `json:"last_rescan_age_seconds,omitempty"`
 }
 
 func statusCommand(args []string, stdout, stderr io.Writer) error {
@@ -47,6 +50,10 @@ func statusCommand(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	r := statusReport{Status: st}
+	if st.Meta != nil && !st.Meta.LastRescanAt.IsZero() {
+		age := time.Since(st.Meta.LastRescanAt).Seconds()
+		r.LastRescanAgeSeconds = &age
+	}
 	r.Nftables.Table = "inet " + nft.TableName
 	present, err := tableExists(tableNetns(*hostNetns, st.Meta))
 	r.Nftables.Present = present
@@ -126,6 +133,9 @@ func printStatus(w io.Writer, r *statusReport) {
 		line("version", "%s (layout %s)", m.Version, m.Layout)
 		line("mode", "%s", m.Mode)
 		line("policy", "%s from %s, loaded %s (generation %d)", m.PolicyHash, m.PolicySource, m.PolicyLoadedAt.Format(time.RFC3339), m.Generation)
+		if r.LastRescanAgeSeconds != nil {
+			line("cgroup rescan", "%.1fs ago (new cgroups get their rules at each rescan)", *r.LastRescanAgeSeconds)
+		}
 		line("cgroup", "%s (id %d)", m.Cgroup, m.CgroupID)
 		line("started", "%s by pid %d", m.StartedAt.Format(time.RFC3339), m.PID)
 	}

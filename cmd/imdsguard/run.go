@@ -87,6 +87,7 @@ func (d *daemonState) Hooks() []string {
 }
 func (d *daemonState) Reloads() map[string]uint64 { return d.enf.Reloads() }
 func (d *daemonState) Ready() bool                { return d.ready.Load() }
+func (d *daemonState) LastRescan() time.Time      { return d.enf.LastRescan() }
 func (d *daemonState) OutputDropped() uint64      { return d.out.Dropped() }
 
 func runCommand(args []string, stdout, stderr io.Writer) error {

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -104,14 +105,24 @@ type Enforcer struct {
 	nftCfg    nft.Config
 	nftOn     bool
 	restores  uint64
+
+	// when the cgroup tree was last scanned successfully (unix ns), read
+	// without the lock by /readyz
+	lastRescan atomic.Int64
 }
 
 // New takes over a guard loaded with plan.
 func New(guard *loader.Guard, plan *Plan, opts Options, sink PolicySink, log *zap.Logger) *Enforcer {
 	e := &Enforcer{guard: guard, opts: opts, log: log, sink: sink, plan: plan, reloads: map[string]uint64{}, netnsFd: -1}
 	e.names[guard.Generation()&1] = ruleNames(plan.Compiled)
+	e.lastRescan.Store(time.Now().UnixNano()) // MakePlan scanned the tree
 	return e
 }
+
+// LastRescan is when the cgroup tree was last scanned successfully: new
+// cgroups get their rules only through rescans, so an old one means the
+// daemon is stuck.
+func (e *Enforcer) LastRescan() time.Time { return time.Unix(0, e.lastRescan.Load()) }
 
 func ruleNames(c *policy.Compiled) []string {
 	names := make([]string, len(c.Rules))
@@ -173,10 +184,13 @@ func LoadPolicy(path, modeOverride string) (*policy.Policy, error) {
 // or one the kernel refuses, leaves the policy in force untouched; either
 // way the result is logged, counted and reported as an event.
 func (e *Enforcer) Reload(trigger string) error {
+	pe := &events.PolicyEvent{Time: time.Now(), Source: e.opts.PolicyPath, Trigger: trigger}
+	// Read and compile outside the lock: a slow file system cannot stop
+	// rescans or a shutdown (and a FIFO or device fails the read at once).
+	plan, perr := e.readPlan()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	pe := &events.PolicyEvent{Time: time.Now(), Source: e.opts.PolicyPath, Trigger: trigger}
-	result, err := e.reloadLocked(pe)
+	result, err := e.reloadLocked(pe, plan, perr)
 	pe.Result = result
 	e.reloads[result]++
 	if err != nil {
@@ -194,12 +208,16 @@ func (e *Enforcer) Reload(trigger string) error {
 	return err
 }
 
-func (e *Enforcer) reloadLocked(pe *events.PolicyEvent) (string, error) {
+// readPlan reads the policy file and compiles it for the cgroup tree.
+func (e *Enforcer) readPlan() (*Plan, error) {
 	pol, err := LoadPolicy(e.opts.PolicyPath, e.opts.ModeOverride)
 	if err != nil {
-		return "invalid", err
+		return nil, err
 	}
-	plan, err := MakePlan(pol, e.opts.CgroupMount)
+	return MakePlan(pol, e.opts.CgroupMount)
+}
+
+func (e *Enforcer) reloadLocked(pe *events.PolicyEvent, plan *Plan, err error) (string, error) {
 	if err != nil {
 		return "invalid", err
 	}
@@ -230,6 +248,18 @@ func (e *Enforcer) reloadLocked(pe *events.PolicyEvent) (string, error) {
 func (e *Enforcer) Rescan() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if err := e.rescanLocked(); err != nil {
+		return err
+	}
+	now := time.Now()
+	e.lastRescan.Store(now.UnixNano())
+	if err := e.guard.RecordRescan(now); err != nil {
+		e.log.Warn("recording the rescan in the pinned meta", zap.Error(err))
+	}
+	return nil
+}
+
+func (e *Enforcer) rescanLocked() error {
 	p := e.plan
 	if !p.Compiled.HasCgroupRules() {
 		return nil

@@ -72,7 +72,7 @@ func (c Counters) Verdicts() []Verdict {
 	var out []Verdict
 	for k := bpf.KindConnect; k <= bpf.KindRequest; k++ {
 		for a := bpf.ActionAllow; a <= bpf.ActionAudit; a++ {
-			for r := bpf.Reason(0); r < 8; r++ {
+			for r := bpf.Reason(0); r < bpf.ReasonMax; r++ {
 				if n := c.Get(k, a, r); n > 0 {
 					out = append(out, Verdict{k, a, r, n})
 				}

@@ -341,6 +341,17 @@ func (g *Guard) RecordPolicy(hash, mode string) error {
 	return g.writeMeta()
 }
 
+// RecordRescan records a successful scan of the cgroup tree in the pinned
+// meta, for `imdsguard status`; at most once a second, as rescans run
+// twice a second.
+func (g *Guard) RecordRescan(at time.Time) error {
+	if g.pinDir == "" || at.Sub(g.meta.LastRescanAt) < time.Second {
+		return nil
+	}
+	g.meta.LastRescanAt = at.UTC()
+	return g.writeMeta()
+}
+
 // Release closes the guard's file descriptors and leaves the pinned
 // enforcement in place, for the next daemon to take over (--on-exit keep).
 // An unpinned guard is detached.

@@ -65,6 +65,9 @@ type Meta struct {
 	// own): where its nftables table is.
 	HostNetns  string `json:"host_netns,omitempty"`
 	Generation uint32 `json:"generation"`
+	// LastRescanAt is when the daemon last scanned the cgroup tree (new
+	// cgroups get their rules then), written at most once a second.
+	LastRescanAt time.Time `json:"last_rescan_at"`
 }
 
 // hooks in attach order: the egress guard before the connect hooks that

@@ -25,6 +25,8 @@ type Source interface {
 	Hooks() []string
 	Reloads() map[string]uint64
 	Ready() bool // programs attached and a policy loaded
+	// LastRescan is when the cgroup tree was last scanned successfully.
+	LastRescan() time.Time
 	OutputDropped() uint64
 }
 
@@ -77,6 +79,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// StaleRescan is how old the last cgroup rescan may be before /readyz
+// fails: rescans run twice a second.
+const StaleRescan = 10 * time.Second
+
 // Handler serves /metrics, /healthz (the process is alive) and /readyz
 // (programs attached and a policy loaded).
 func Handler(src Source) http.Handler {
@@ -92,7 +98,13 @@ func Handler(src Source) http.Handler {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
 		}
-		fmt.Fprintln(w, "ready")
+		// A daemon that stopped rescanning gives new cgroups no rules.
+		age := time.Since(src.LastRescan()).Round(100 * time.Millisecond)
+		if age > StaleRescan {
+			http.Error(w, fmt.Sprintf("not ready: the last cgroup rescan was %s ago", age), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintf(w, "ready (last cgroup rescan %s ago)\n", age)
 	})
 	return mux
 }

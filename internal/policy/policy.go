@@ -8,11 +8,13 @@ package policy
 import (
 	_ "embed"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/imdsguard/imdsguard/bpf"
 )
@@ -119,11 +121,44 @@ func DefaultYAML() []byte { return append([]byte(nil), defaultYAML...) }
 
 // Load reads and parses a policy file.
 func Load(path string) (*Policy, error) {
-	data, err := os.ReadFile(path)
+	data, err := readRegular(path, MaxFileBytes)
 	if err != nil {
 		return nil, fmt.Errorf("reading policy: %w", err)
 	}
 	return Parse(data, path)
+}
+
+// MaxFileBytes bounds a policy file; real ones are a few KiB.
+const MaxFileBytes = 1 << 20
+
+// readRegular reads a regular file of at most max bytes. It opens with
+// O_NONBLOCK and checks the type before reading, so a FIFO, a device or a
+// socket put in the policy's place fails at once instead of blocking the
+// daemon in open() or read().
+func readRegular(path string, max int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%s)", path, st.Mode().Type())
+	}
+	if st.Size() > max {
+		return nil, fmt.Errorf("%s has %d bytes, more than the %d a policy may have", path, st.Size(), max)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("%s grew past the %d bytes a policy may have while being read", path, max)
+	}
+	return data, nil
 }
 
 // Parse decodes a policy strictly, fills in defaults and validates it.

@@ -78,10 +78,14 @@ func TestEventsNameContainerAndPod(t *testing.T) {
 	}
 	sock := fakeCRI(t, map[string][3]string{id: {"web-1", "shop", "app"}})
 	d := startDaemon(t, l, "--cri-socket", sock, "--instance-id", "auto")
-	// the client lingers after connecting, so /proc still has it when the
-	// daemon reads the event (exe and cmdline come from there)
-	r := runClient(t, l, lab.Node, dir, "-mode", "connect", "-addr", imdsAddr, "-keepalive-wait", "300ms")
-	ev := d.WaitEvent("the connect", func(e event) bool { return e.PID == r.PID })
+	// the client stays until its event is read, so /proc still has it
+	// (exe and cmdline come from there), however slow the machine
+	wait, release := startWaitingClientIn(t, l, lab.Node, dir, "-mode", "connect", "-addr", imdsAddr)
+	ev := d.WaitEvent("the connect", func(e event) bool { return e.Kind == "connect" && e.ContainerID == id })
+	release()
+	if r := wait(); ev.PID != r.PID {
+		t.Errorf("event pid %d, want the client's %d", ev.PID, r.PID)
+	}
 	if ev.ContainerID != id || ev.Runtime != "containerd" || ev.PodUID != podUID || ev.Hostname == "" {
 		t.Fatalf("event %+v, want container %s (containerd) in pod %s, and a hostname", ev, id, podUID)
 	}
@@ -133,22 +137,33 @@ func TestRepeatsAreFolded(t *testing.T) {
 	l := lab.New(t)
 	startIMDS(t, l, imdsserver.Options{})
 	d := startDaemon(t, l, "--fold-window", "2s")
-	for range 5 {
-		if _, _, code, _ := runInLab(t, l, lab.Node, nil, "curl", "-sS", "-m", "5", "http://"+imdsAddr+credPath); code != 55 {
-			t.Fatalf("curl exit %d, want 55", code)
-		}
+	// five refusals from one process, well inside one window (five curls
+	// can take longer than the window under emulation)
+	script := `
+import socket, sys
+for _ in range(5):
+    s = socket.create_connection((sys.argv[1], 80), timeout=5)
+    try:
+        s.sendall(b"GET ` + credPath + ` HTTP/1.1\r\nHost: x\r\n\r\n")
+        sys.exit("sent")
+    except PermissionError:
+        pass
+    s.close()
+`
+	if _, stderr, code, _ := runInLab(t, l, lab.Node, nil, "python3", "-c", script, lab.IMDSv4); code != 0 {
+		t.Fatalf("python3 exit %d: %s, want five refusals", code, stderr)
 	}
-	first := d.WaitEvent("the first refusal", func(e event) bool { return e.Kind == "request" && e.Comm == "curl" })
+	first := d.WaitEvent("the first refusal", func(e event) bool { return e.Kind == "request" && e.Comm == "python3" })
 	if first.Count != 1 {
 		t.Fatalf("first event count %d, want 1", first.Count)
 	}
-	folded := d.WaitEvent("the folded repeats", func(e event) bool { return e.Kind == "request" && e.Comm == "curl" && e.Count > 1 })
+	folded := d.WaitEvent("the folded repeats", func(e event) bool { return e.Kind == "request" && e.Comm == "python3" && e.Count > 1 })
 	if folded.Count != 4 {
 		t.Fatalf("folded count %d, want 4", folded.Count)
 	}
 	n := 0
 	for _, e := range d.Events() {
-		if e.Kind == "request" && e.Comm == "curl" {
+		if e.Kind == "request" && e.Comm == "python3" {
 			n++
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -324,45 +325,86 @@ func startWaitingClientIn(t testing.TB, l *lab.Lab, ns lab.NS, dir string, args 
 	return wait, release
 }
 
-// Keep-alive connections opened before the daemon started are judged too.
-func TestConnectionsOpenedBeforeStartAreJudged(t *testing.T) {
+// Connections opened before the daemon started cannot be judged: the server
+// may be inside a body or a half-written request. The attack: a POST
+// announcing a 100-byte body, 10 of them sent before the guard starts; the
+// other 90 hide a token-less credentials GET that the server, its body
+// done, reads as a request. Every write on an adopted connection is
+// refused, and each connection is reported once.
+func TestConnectionsOpenedBeforeStartAreRefused(t *testing.T) {
 	l := lab.New(t)
 	srv := startIMDS(t, l, imdsserver.Options{})
 
 	enc := func(s string) string { return strings.NewReplacer("\r", `\r`, "\n", `\n`).Replace(s) }
+	head := "POST /latest/meta-data/x HTTP/1.1\r\nHost: 169.254.169.254\r\nX-aws-ec2-metadata-token: tok\r\nContent-Length: 100\r\n\r\n"
+	body10 := "0123456789"
+	// the 90 bytes that end the server's body look to a judge that starts
+	// here like a POST whose body is the smuggled request
+	smuggled := get(credPath, "")
+	cover := func(pad string) string {
+		return "POST /x HTTP/1.1\r\nX-aws-ec2-metadata-token: t\r\nX-Pad: " + pad + "\r\nContent-Length: " +
+			strconv.Itoa(len(smuggled)) + "\r\n\r\n"
+	}
+	rest := cover(strings.Repeat("p", 90-len(cover("")))) + smuggled
+	attackWait, attackGo := startWaitingClient(t, l, lab.Node, "-mode", "raw", "-addr", imdsAddr,
+		"-pre-write", enc(head+body10), "-write", enc(rest))
 	hostWait, hostGo := startWaitingClient(t, l, lab.Node, "-mode", "raw", "-addr", imdsAddr,
-		"-write", enc(get("/latest/meta-data/instance-id", "tok")), "-write", enc(get(credPath, "")))
+		"-write", enc(get("/latest/meta-data/instance-id", "tok")), "-write", enc(get("/latest/meta-data/instance-id", "tok")))
 	podWait, podGo := startWaitingClient(t, l, lab.Pod, "-mode", "raw", "-addr", imdsAddr,
 		"-write", enc(get(credPath, "tok")))
+	// the server has the head and the first 10 bytes before the guard starts
+	for deadline := time.Now().Add(5 * time.Second); srv.ReceivedBytes() < len(head+body10); {
+		if time.Now().After(deadline) {
+			t.Fatalf("server got %d bytes before the start, want %d", srv.ReceivedBytes(), len(head+body10))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 
 	d := startDaemon(t, l)
-	if !strings.Contains(d.WaitLog(`"msg":"enforcing"`, time.Second), `"adopted_connections":2`) {
-		t.Errorf("start log does not report 2 adopted connections:\n%s", d.Stderr())
+	if !strings.Contains(d.WaitLog(`"msg":"enforcing"`, time.Second), `"adopted_connections":3`) {
+		t.Errorf("start log does not report 3 adopted connections:\n%s", d.Stderr())
 	}
+	attackGo()
 	hostGo()
 	podGo()
-	host, pod := hostWait(), podWait()
+	attack, host, pod := attackWait(), hostWait(), podWait()
 
-	if len(host.Writes) != 2 || host.Writes[0].Errno != "" || host.Writes[1].Errno != "EACCES" {
-		t.Errorf("host writes %+v, want the request with a token sent and the token-less one refused", host.Writes)
+	if attack.PreWrite.Errno != "" || len(attack.Writes) != 1 || attack.Writes[0].Errno != "EACCES" {
+		t.Errorf("attack writes %+v then %+v, want the rest of the body refused", attack.PreWrite, attack.Writes)
+	}
+	if len(host.Writes) != 2 || host.Writes[0].Errno != "EACCES" || host.Writes[1].Errno != "EACCES" {
+		t.Errorf("host writes %+v, want both refused, token or not", host.Writes)
 	}
 	if len(pod.Writes) != 1 || pod.Writes[0].Errno != "EACCES" {
-		t.Errorf("pod writes %+v, want its request refused (a pod connection, even with a token)", pod.Writes)
+		t.Errorf("pod writes %+v, want its request refused", pod.Writes)
 	}
 	var got []byte
 	for _, c := range srv.Conns() {
 		got = append(got, c.Received...)
 	}
-	if want := get("/latest/meta-data/instance-id", "tok"); string(got) != want {
-		t.Fatalf("server received %q, want only %q", got, want)
+	if string(got) != head+body10 {
+		t.Fatalf("server received %q, want only what was sent before the start", got)
 	}
-	ev := d.WaitEvent("pod request", func(e event) bool { return e.Kind == "request" && e.PID == pod.PID })
-	if ev.Action != "deny" || ev.Reason != "non_host_netns" || ev.HostNetns {
-		t.Errorf("pod request event %+v, want deny non_host_netns", ev)
+	for _, r := range srv.Requests() {
+		if r.URI != "/latest/meta-data/x" {
+			t.Errorf("server got %s %s after the start", r.Method, r.URI)
+		}
 	}
-	ev = d.WaitEvent("host request", func(e event) bool { return e.Kind == "request" && e.PID == host.PID && e.Action != "allow" })
-	if ev.Action != "deny" || ev.Reason != "imdsv1_no_token" {
-		t.Errorf("host request event %+v, want deny imdsv1_no_token", ev)
+	for _, c := range []clientResult{attack, host, pod} {
+		ev := d.WaitEvent("the adopted connection", func(e event) bool { return e.Kind == "request" && e.PID == c.PID })
+		if ev.Action != "deny" || ev.Reason != "adopted_connection" {
+			t.Errorf("event %+v, want deny adopted_connection", ev)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	n := 0
+	for _, ev := range d.Events() {
+		if ev.Reason == "adopted_connection" {
+			n++
+		}
+	}
+	if n != 3 {
+		t.Errorf("%d adopted_connection events, want one per connection (3)", n)
 	}
 }
 

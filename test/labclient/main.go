@@ -80,6 +80,7 @@ type config struct {
 	headers       []string
 	host          string
 	writes        []string // already unescaped
+	preWrite      string   // written right after connect, before any wait
 	pause         time.Duration
 	keepaliveWait time.Duration
 	waitFile      string
@@ -102,6 +103,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("labclient", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var headers, writes stringList
+	var preWrite string
 	fs.StringVar(&cfg.addr, "addr", "", "destination `HOST:PORT` (IPv4, [IPv6], or [::ffff:a.b.c.d])")
 	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Second, "connect timeout, and read timeout")
 	fs.StringVar(&cfg.mode, "mode", "connect", "connect, http or raw")
@@ -113,6 +115,7 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	fs.Var(&headers, "header", "http: extra `'Name: value'` header (repeatable)")
 	fs.StringVar(&cfg.host, "host", "", "http: Host header (default: -addr)")
 	fs.Var(&writes, "write", "raw: bytes for one write() call, Go escapes allowed (repeatable)")
+	fs.StringVar(&preWrite, "pre-write", "", "raw: bytes for one write() right after connect, before -wait-file (an adopted connection's past), Go escapes allowed")
 	fs.DurationVar(&cfg.pause, "pause", 20*time.Millisecond, "raw: pause between writes")
 	fs.DurationVar(&cfg.keepaliveWait, "keepalive-wait", 0, "after connect, wait this long before sending (maximum wait with -wait-file)")
 	fs.StringVar(&cfg.waitFile, "wait-file", "", "after connect, wait until this file exists before sending")
@@ -161,6 +164,11 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 		}
 		cfg.writes = append(cfg.writes, b)
 	}
+	pre, err := escape.Unescape(preWrite)
+	if err != nil {
+		return nil, fmt.Errorf("-pre-write %q: %v", preWrite, err)
+	}
+	cfg.preWrite = pre
 	if cfg.host == "" {
 		cfg.host = cfg.addr
 	}
@@ -171,7 +179,6 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 		}
 		cfg.comm = c
 	}
-	var err error
 	cfg.family, cfg.sa, cfg.mapped, err = sockaddr(cfg.addr)
 	if err != nil {
 		return nil, fmt.Errorf("-addr: %v", err)
@@ -270,6 +277,9 @@ func execute(cfg *config, stdout io.Writer) *result {
 	defer unix.Close(c.fd)
 	if sa, err := unix.Getsockname(c.fd); err == nil {
 		res.LocalAddr = sockaddrString(sa)
+	}
+	if cfg.preWrite != "" {
+		res.PreWrite = writeOnce(c.fd, []byte(cfg.preWrite), cfg.timeout)
 	}
 	if cfg.keepaliveWait > 0 || cfg.waitFile != "" {
 		fmt.Fprintln(stdout, `{"connected":true}`)

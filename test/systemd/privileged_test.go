@@ -231,7 +231,7 @@ func probeDaemon(t *testing.T, f *fixture, d *daemon.Daemon) map[probe]string {
 	// The client lingers after connecting, so /proc still has it when the
 	// daemon reports the connect (exe comes from there).
 	denied := runClient(t, l, lab.Node, "", "-mode", "raw", "-addr", imdsAddr, "-timeout", "3s",
-		"-keepalive-wait", "300ms", "-write", get)
+		"-keepalive-wait", "1s", "-write", get)
 	if len(denied.Writes) == 0 || denied.Writes[0].Errno != "EACCES" {
 		failed[hostNoTokenEACCES] = fmt.Sprintf("connect errno %q, writes %+v, error %q", denied.ConnectErrno, denied.Writes, denied.Error)
 	} else if slices.ContainsFunc(f.srv.Requests(), func(r imdsserver.Request) bool { return r.URI == credPath }) {

@@ -26,6 +26,7 @@ type Report struct {
 	ConnectErrno string  `json:"connect_errno"`
 	ConnectMS    float64 `json:"connect_ms"`
 	Writes       []Write `json:"writes"`
+	PreWrite     Write   `json:"pre_write"` // -pre-write, before the wait
 	// ShutdownErrno is the errno of shutdown(SHUT_WR) in raw mode.
 	ShutdownErrno string `json:"shutdown_errno,omitempty"`
 	Status        int    `json:"status"`   // http: response status
