@@ -77,6 +77,7 @@ static __always_inline int judge_connect(struct bpf_sock_addr *ctx, struct endpo
 	__u16 idx = 0;
 	struct owner o;
 	owner_of_current(&o);
+	find_rules_of_new_cgroup(&o, gen);
 	const struct rule *rule = match_rule(gen, &o, &idx);
 	__u32 rflags = rule ? rule->flags : 0;
 	__u64 cookie = bpf_get_netns_cookie(ctx);
@@ -353,6 +354,7 @@ int imds_msg(struct sk_msg_md *msg)
 	 * takes the first task that writes to it. */
 	if (!(st->flags & SOCK_OWNED)) {
 		owner_of_current(&st->owner);
+		find_rules_of_new_cgroup(&st->owner, gen);
 		st->flags |= SOCK_OWNED;
 	}
 	__u16 idx = 0;

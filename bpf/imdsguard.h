@@ -225,8 +225,15 @@ struct {
 struct cgroup_key {
 	__u64 cgroup_id;
 	__u32 gen;
-	__u32 pad;
+	/* 0: the list of cgroup_id itself; 1: the list of the cgroups below
+	 * it that have no entry of their own (made since the daemon's last
+	 * scan): every rule that could apply to one of them and grants
+	 * nothing it might not match */
+	__u32 subtree;
 };
+
+/* Deepest cgroup level the ancestor walk looks at (root is level 0). */
+#define MAX_CGROUP_LEVEL 64
 
 struct rule_list {
 	__u32 n;
@@ -285,7 +292,7 @@ struct task_struct {
 /*
  * Who a socket's requests are judged and reported by: the task that
  * connected it. The connect hooks run in that task on every kernel, while
- * sk_msg programs lack bpf_get_current_comm before Linux 6.14 (and the
+ * sk_msg programs lack bpf_get_current_comm on 6.1 and 6.12 (and the
  * writer of a request may be a kernel thread, as with io_uring's SQPOLL),
  * so the judge takes the owner recorded at connect from socket storage.
  */
@@ -298,13 +305,16 @@ struct owner {
 	__u32 gid;
 	__u32 pad;
 	__u64 comm[TASK_COMM_WORDS]; /* NUL-padded, compared as two words */
+	/* for a cgroup without an entry of its own: its nearest ancestor with
+	 * a subtree entry, found at connect; 0 if none */
+	__u64 subtree_of;
 };
 
 /* Fills in the current task: its ids, cgroup and command, and its parent
  * read in the kernel (the parent may be gone by the time the daemon reads
  * the event). The command is read from the task rather than with
- * bpf_get_current_comm, which sk_msg programs do not have before 6.14:
- * one way for every hook and kernel. */
+ * bpf_get_current_comm, which sk_msg programs lack on 6.1 and 6.12: one
+ * way for every hook and kernel. */
 static __always_inline void owner_of_current(struct owner *o)
 {
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
@@ -319,6 +329,7 @@ static __always_inline void owner_of_current(struct owner *o)
 	o->uid = (__u32)uid_gid;
 	o->gid = uid_gid >> 32;
 	o->pad = 0;
+	o->subtree_of = 0;
 	o->comm[0] = 0;
 	o->comm[1] = 0;
 	bpf_probe_read_kernel(o->comm, TASK_COMM_LEN, &t->comm);
@@ -381,13 +392,60 @@ static __always_inline struct config *get_config(void)
 	return get_config_gen(current_gen());
 }
 
-/* The first rule matching owner o, or 0; *idx gets its index. */
+struct ancestor_walk {
+	__u64 self;
+	__u64 found;
+	__u32 gen;
+	__u32 pad;
+};
+
+/* bpf_loop callback: level i of the current task's cgroup, from the root
+ * down; remembers the deepest ancestor with a subtree entry. */
+static long ancestor_step(__u32 i, void *arg)
+{
+	struct ancestor_walk *w = arg;
+	__u64 id = bpf_get_current_ancestor_cgroup_id(i);
+	if (id == 0 || id == w->self)
+		return 1; /* past the task's own cgroup */
+	struct cgroup_key key = {.cgroup_id = id, .gen = w->gen, .subtree = 1};
+	if (bpf_map_lookup_elem(&cgroup_rules, &key))
+		w->found = id;
+	return 0;
+}
+
+/*
+ * A cgroup made since the daemon's last scan has no entry: rather than the
+ * default list, its processes get the subtree list of its nearest ancestor
+ * that has one, as strict as the policy could judge any cgroup there (a
+ * process that makes a cgroup and moves into it escapes no rule). Called
+ * in the task that connects, whose ancestors these are.
+ */
+static __always_inline void find_rules_of_new_cgroup(struct owner *o, __u32 gen)
+{
+	struct cgroup_key key = {.cgroup_id = o->cgroup_id, .gen = gen};
+	o->subtree_of = 0;
+	if (bpf_map_lookup_elem(&cgroup_rules, &key))
+		return;
+	struct ancestor_walk w = {.self = o->cgroup_id, .gen = gen};
+	bpf_loop(MAX_CGROUP_LEVEL, ancestor_step, &w, 0);
+	o->subtree_of = w.found;
+}
+
+/* The first rule matching owner o, or 0; *idx gets its index. The list is
+ * the owner's cgroup's own, else the subtree list found at connect, else
+ * the default (id 0). */
 static __always_inline const struct rule *match_rule(__u32 gen, const struct owner *o, __u16 *idx)
 {
 	struct cgroup_key key = {.cgroup_id = o->cgroup_id, .gen = gen};
 	struct rule_list *list = bpf_map_lookup_elem(&cgroup_rules, &key);
+	if (!list && o->subtree_of) {
+		key.cgroup_id = o->subtree_of;
+		key.subtree = 1;
+		list = bpf_map_lookup_elem(&cgroup_rules, &key);
+	}
 	if (!list) {
 		key.cgroup_id = 0;
+		key.subtree = 0;
 		list = bpf_map_lookup_elem(&cgroup_rules, &key);
 		if (!list)
 			return 0;

@@ -17,7 +17,7 @@ type ImdsguardCgroupKey struct {
 	_        structs.HostLayout
 	CgroupId uint64
 	Gen      uint32
-	Pad      uint32
+	Subtree  uint32
 }
 
 type ImdsguardConfig struct {
@@ -155,15 +155,16 @@ type ImdsguardSockState struct {
 	Isn       uint32
 	Passed    uint64
 	Owner     struct {
-		_        structs.HostLayout
-		CgroupId uint64
-		Pid      uint32
-		Tid      uint32
-		Ppid     uint32
-		Uid      uint32
-		Gid      uint32
-		Pad      uint32
-		Comm     [2]uint64
+		_         structs.HostLayout
+		CgroupId  uint64
+		Pid       uint32
+		Tid       uint32
+		Ppid      uint32
+		Uid       uint32
+		Gid       uint32
+		Pad       uint32
+		Comm      [2]uint64
+		SubtreeOf uint64
 	}
 }
 

@@ -17,7 +17,7 @@ type JudgeTestCgroupKey struct {
 	_        structs.HostLayout
 	CgroupId uint64
 	Gen      uint32
-	Pad      uint32
+	Subtree  uint32
 }
 
 type JudgeTestConfig struct {

@@ -31,7 +31,7 @@ import (
 type Plan struct {
 	Policy   *policy.Policy
 	Compiled *policy.Compiled
-	Cgroups  loader.CgroupRules // rule lists of cgroups that differ from the default, and the default under id 0
+	Cgroups  loader.CgroupRules // every known cgroup's list, subtree lists that differ from the default, the default under {0, false}
 	Hash     string
 	tree     map[uint64]string
 	defaults []uint16
@@ -48,18 +48,16 @@ func MakePlan(pol *policy.Policy, mount string) (*Plan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("compiling rules: %w", err)
 	}
-	p := &Plan{Policy: pol, Compiled: compiled, Cgroups: loader.CgroupRules{0: defaults}, defaults: defaults, tree: map[uint64]string{}}
+	p := &Plan{Policy: pol, Compiled: compiled, Cgroups: loader.CgroupRules{{}: defaults}, defaults: defaults, tree: map[uint64]string{}}
 	if compiled.HasCgroupRules() {
 		if p.tree, err = cgroupfs.Scan(mount); err != nil {
 			return nil, fmt.Errorf("reading the cgroup tree: %w", err)
 		}
 		for id, path := range p.tree {
-			cands, err := compiled.Candidates(path)
-			if err != nil {
+			// A policy that cannot say what a cgroup of today gets is
+			// refused; one made later fails closed (see rescanLocked).
+			if err := p.addCgroup(id, path, p.Cgroups); err != nil {
 				return nil, fmt.Errorf("compiling rules: %w", err)
-			}
-			if compiled.NeedsEntry(cands, defaults) {
-				p.Cgroups[id] = cands
 			}
 		}
 	}
@@ -70,6 +68,23 @@ func MakePlan(pol *policy.Policy, mount string) (*Plan, error) {
 	sum := sha256.Sum256(y)
 	p.Hash = hex.EncodeToString(sum[:6])
 	return p, nil
+}
+
+// addCgroup puts the rule lists of a known cgroup into set: its own, always
+// (so the kernel never takes an ancestor's subtree list for it), and the one
+// for the cgroups that will be made below it before the next scan, when it
+// differs from the default. An error says the cgroup's own rules overflow:
+// its list is then the overflow rule's, which refuses.
+func (p *Plan) addCgroup(id uint64, path string, set loader.CgroupRules) error {
+	own, err := p.Compiled.Candidates(path)
+	set[loader.CgroupKey{ID: id}] = own
+	// an overflowing subtree list is the overflow rule's too: new
+	// cgroups there are refused until the scan gives them their own
+	sub, _ := p.Compiled.SubtreeCandidates(path)
+	if p.Compiled.NeedsEntry(sub, p.defaults) {
+		set[loader.CgroupKey{ID: id, Subtree: true}] = sub
+	}
+	return err
 }
 
 // Options configure an Enforcer.
@@ -109,6 +124,7 @@ type Enforcer struct {
 	// when the cgroup tree was last scanned successfully (unix ns), read
 	// without the lock by /readyz
 	lastRescan atomic.Int64
+	cgroups    *cgroupWatch // nil when inotify is not available; owned by Run
 }
 
 // New takes over a guard loaded with plan.
@@ -116,7 +132,24 @@ func New(guard *loader.Guard, plan *Plan, opts Options, sink PolicySink, log *za
 	e := &Enforcer{guard: guard, opts: opts, log: log, sink: sink, plan: plan, reloads: map[string]uint64{}, netnsFd: -1}
 	e.names[guard.Generation()&1] = ruleNames(plan.Compiled)
 	e.lastRescan.Store(time.Now().UnixNano()) // MakePlan scanned the tree
+	// Watched from here, before the daemon says it enforces, so that no
+	// cgroup made after that is missed until the next tick.
+	cw, err := newCgroupWatch(opts.CgroupMount, log)
+	if err != nil {
+		log.Warn("not watching for new cgroups; they get their rules at the next rescan", zap.Error(err))
+	} else {
+		cw.sync(plan.tree)
+		e.cgroups = cw
+	}
 	return e
+}
+
+// knownTree is the cgroup tree as of the last scan (id -> path); the map
+// is replaced, never changed, by later scans.
+func (e *Enforcer) knownTree() map[uint64]string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.plan.tree
 }
 
 // LastRescan is when the cgroup tree was last scanned successfully: new
@@ -139,6 +172,9 @@ func (e *Enforcer) RuleName(gen uint8, idx uint16) string {
 	names := e.names[gen&1]
 	if int(idx) < len(names) {
 		return names[idx]
+	}
+	if idx == policy.OverflowRule {
+		return policy.OverflowRuleName
 	}
 	return ""
 }
@@ -269,36 +305,34 @@ func (e *Enforcer) rescanLocked() error {
 		return fmt.Errorf("reading the cgroup tree: %w", err)
 	}
 	set := loader.CgroupRules{}
-	var remove []uint64
+	var remove []loader.CgroupKey
 	for id, path := range tree {
 		if _, known := p.tree[id]; known {
 			continue
 		}
-		cands, err := p.Compiled.Candidates(path)
-		if err != nil {
-			// Cannot represent its rules: refuse nothing silently — say so.
-			e.log.Error("cgroup gets only the default rules", zap.String("cgroup", path), zap.Error(err))
-			continue
-		}
-		if p.Compiled.NeedsEntry(cands, p.defaults) {
-			set[id] = cands
+		if err := p.addCgroup(id, path, set); err != nil {
+			// Fails closed: its processes are refused. Say so.
+			e.log.Error("cgroup refused IMDS: its rules do not fit the kernel's list", zap.String("cgroup", path), zap.Error(err))
 		}
 	}
 	for id := range p.tree {
-		if _, still := tree[id]; !still {
-			if _, had := p.Cgroups[id]; had {
-				remove = append(remove, id)
+		if _, still := tree[id]; still {
+			continue
+		}
+		for _, k := range []loader.CgroupKey{{ID: id}, {ID: id, Subtree: true}} {
+			if _, had := p.Cgroups[k]; had {
+				remove = append(remove, k)
 			}
 		}
 	}
 	if err := e.guard.SetCgroupRules(set, remove); err != nil {
 		return err
 	}
-	for id, c := range set {
-		p.Cgroups[id] = c
+	for k, c := range set {
+		p.Cgroups[k] = c
 	}
-	for _, id := range remove {
-		delete(p.Cgroups, id)
+	for _, k := range remove {
+		delete(p.Cgroups, k)
 	}
 	p.tree = tree
 	if len(set)+len(remove) > 0 {
@@ -333,6 +367,22 @@ func (e *Enforcer) Run(ctx context.Context, hup <-chan os.Signal) {
 			}
 		}
 	}
+	// New cgroups: scan at once rather than at the next tick.
+	var cgroupEvents <-chan fsnotify.Event
+	var cgroupErrors <-chan error
+	cw := e.cgroups
+	if cw != nil {
+		defer cw.close()
+		cgroupEvents, cgroupErrors = cw.w.Events, cw.w.Errors
+	}
+	var scanSoon <-chan time.Time
+	scan := func() {
+		if err := e.Rescan(); err != nil {
+			e.log.Warn("rescanning cgroups", zap.Error(err))
+		} else if cw != nil {
+			cw.sync(e.knownTree())
+		}
+	}
 	// Someone may delete or flush the table (an admin, a tool that flushes
 	// the whole ruleset): put it back.
 	watchdog := time.NewTicker(2 * time.Second)
@@ -352,10 +402,18 @@ func (e *Enforcer) Run(ctx context.Context, hup <-chan os.Signal) {
 		case <-settle:
 			settle = nil
 			e.Reload("file change")
-		case <-rescan.C:
-			if err := e.Rescan(); err != nil {
-				e.log.Warn("rescanning cgroups", zap.Error(err))
+		case ev := <-cgroupEvents:
+			// a burst (a pod's cgroups) is scanned once
+			if made(ev) && scanSoon == nil {
+				scanSoon = time.After(5 * time.Millisecond)
 			}
+		case err := <-cgroupErrors:
+			e.log.Warn("watching for new cgroups", zap.Error(err))
+		case <-scanSoon:
+			scanSoon = nil
+			scan()
+		case <-rescan.C:
+			scan()
 		case <-watchdog.C:
 			e.checkTable()
 		}

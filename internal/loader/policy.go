@@ -17,10 +17,25 @@ import (
 // rules table.
 const maxRules = 1024
 
-// CgroupRules maps a cgroup id to the indices of the rules that can apply to
-// its processes, in policy order. Id 0 holds the list for every cgroup not
-// in the map.
-type CgroupRules map[uint64][]uint16
+// CgroupKey names a rule list: a cgroup's own, or (Subtree) the one for the
+// cgroups below it that have no entry of their own yet.
+type CgroupKey struct {
+	ID      uint64
+	Subtree bool
+}
+
+// CgroupRules maps rule lists to the indices of the rules that can apply to
+// their processes, in policy order. {0, false} holds the list for every
+// cgroup without an entry and below no cgroup with a subtree entry.
+type CgroupRules map[CgroupKey][]uint16
+
+func (k CgroupKey) kernel(gen uint32) bpf.ImdsguardCgroupKey {
+	key := bpf.ImdsguardCgroupKey{CgroupId: k.ID, Gen: gen}
+	if k.Subtree {
+		key.Subtree = 1
+	}
+	return key
+}
 
 func ruleList(idx []uint16) (bpf.ImdsguardRuleList, error) {
 	var l bpf.ImdsguardRuleList
@@ -55,6 +70,10 @@ func (g *Guard) writePolicy(gen uint32, pol *policy.Compiled, cg CgroupRules) er
 			return fmt.Errorf("writing rules: %w", err)
 		}
 	}
+	overflow := policy.OverflowRuleEntry()
+	if err := g.objs.Rules.Update(gen*maxRules+policy.OverflowRule, &overflow, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("writing rules: %w", err)
+	}
 	for id, idx := range cg {
 		if err := g.putCgroupRules(gen, id, idx); err != nil {
 			return err
@@ -63,14 +82,14 @@ func (g *Guard) writePolicy(gen uint32, pol *policy.Compiled, cg CgroupRules) er
 	return nil
 }
 
-func (g *Guard) putCgroupRules(gen uint32, id uint64, idx []uint16) error {
+func (g *Guard) putCgroupRules(gen uint32, k CgroupKey, idx []uint16) error {
 	l, err := ruleList(idx)
 	if err != nil {
-		return fmt.Errorf("cgroup %d: %w", id, err)
+		return fmt.Errorf("cgroup %d: %w", k.ID, err)
 	}
-	key := bpf.ImdsguardCgroupKey{CgroupId: id, Gen: gen}
+	key := k.kernel(gen)
 	if err := g.objs.CgroupRules.Update(&key, &l, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("writing rules of cgroup %d: %w", id, err)
+		return fmt.Errorf("writing rules of cgroup %d: %w", k.ID, err)
 	}
 	return nil
 }
@@ -166,15 +185,15 @@ func (g *Guard) Apply(pol *policy.Compiled, cg CgroupRules) error {
 // SetCgroupRules updates the rule lists of cgroups created or removed since
 // the policy was applied, in the generation in force. Each entry changes
 // atomically; a cgroup's processes get its rules from then on.
-func (g *Guard) SetCgroupRules(set CgroupRules, remove []uint64) error {
+func (g *Guard) SetCgroupRules(set CgroupRules, remove []CgroupKey) error {
 	var errs []error
-	for id, idx := range set {
-		errs = append(errs, g.putCgroupRules(g.gen, id, idx))
+	for k, idx := range set {
+		errs = append(errs, g.putCgroupRules(g.gen, k, idx))
 	}
-	for _, id := range remove {
-		key := bpf.ImdsguardCgroupKey{CgroupId: id, Gen: g.gen}
+	for _, k := range remove {
+		key := k.kernel(g.gen)
 		if err := g.objs.CgroupRules.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("removing rules of cgroup %d: %w", id, err))
+			errs = append(errs, fmt.Errorf("removing rules of cgroup %d: %w", k.ID, err))
 		}
 	}
 	return errors.Join(errs...)

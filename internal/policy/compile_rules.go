@@ -63,21 +63,68 @@ func compileRules(rules []Rule) ([]bpf.ImdsguardRule, error) {
 	return out, nil
 }
 
+// OverflowRule is the index of the rule slot kept for cgroups that more
+// rules could apply to than the kernel's list holds (RulesPerCgroup): a
+// deny, so that such a cgroup is refused rather than judged by a list that
+// leaves rules out. It is the last slot of the kernel's table (MAX_RULES - 1),
+// which MaxRules never reaches.
+const OverflowRule = 1023
+
+// OverflowRuleName is what events name the overflow rule.
+const OverflowRuleName = "(more than 16 rules could apply)"
+
+// OverflowRuleEntry is the kernel rule at OverflowRule.
+func OverflowRuleEntry() bpf.ImdsguardRule { return bpf.ImdsguardRule{Flags: ruleDeny} }
+
+// overflowList is the rule list of a cgroup with too many candidates.
+var overflowList = []uint16{OverflowRule}
+
 // Candidates returns, in policy order, the indices of the rules a process in
 // the cgroup at path (relative to the cgroup v2 mount, "/" for the root) can
 // match: those whose cgroup glob matches the path and those without a cgroup
 // condition, up to and including the first one that matches every process
 // of the cgroup (no comm or uid condition) — nothing after it can win.
+//
+// More than RulesPerCgroup candidates fail closed: the list returned is the
+// overflow rule's (a deny), with an error that says why.
 func (c *Compiled) Candidates(path string) ([]uint16, error) {
 	out := c.candidates(func(r Rule) bool { return r.Match.Cgroup == "" || MatchCgroup(r.Match.Cgroup, path) })
-	if len(out) > RulesPerCgroup {
-		names := make([]string, len(out))
-		for i, idx := range out {
-			names[i] = c.rules[idx].Name
+	return c.bounded(out, "cgroup "+path)
+}
+
+// SubtreeCandidates is the rule list of the cgroups below the one at path
+// that the kernel has no entry for yet (made since the last scan): as strict
+// as the policy could be for any of them. A rule whose glob matches every
+// cgroup below path is kept, as it would be for each; one whose glob may
+// match some of them, depending on their names, is kept only if it denies
+// (taken to match) and left out otherwise (no grant before the policy has
+// matched the name); one that can match none of them is left out.
+func (c *Compiled) SubtreeCandidates(path string) ([]uint16, error) {
+	out := c.candidates(func(r Rule) bool {
+		if r.Match.Cgroup == "" {
+			return true
 		}
-		return nil, fmt.Errorf("cgroup %s: %d rules can apply to it (%v), at most %d", path, len(out), names, RulesPerCgroup)
+		switch matchBelow(r.Match.Cgroup, path) {
+		case belowAll:
+			return true
+		case belowSome:
+			return r.Deny
+		}
+		return false
+	})
+	return c.bounded(out, "new cgroups under "+path)
+}
+
+func (c *Compiled) bounded(out []uint16, what string) ([]uint16, error) {
+	if len(out) <= RulesPerCgroup {
+		return out, nil
 	}
-	return out, nil
+	names := make([]string, len(out))
+	for i, idx := range out {
+		names[i] = c.rules[idx].Name
+	}
+	return overflowList, fmt.Errorf("%s: %d rules can apply (%v), at most %d: its processes are refused IMDS",
+		what, len(out), names, RulesPerCgroup)
 }
 
 // DefaultCandidates is the rule list of every cgroup that no rule's cgroup

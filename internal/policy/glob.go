@@ -160,6 +160,77 @@ func matchSegments(pat, segs []string) bool {
 	return ok[0]
 }
 
+// below says how a pattern matches the cgroups strictly below a path.
+type below int
+
+const (
+	belowNone below = iota // no cgroup below the path matches
+	belowSome              // some do, which ones depends on their names
+	belowAll               // every one does
+)
+
+// matchBelow says how pattern matches the cgroups strictly below
+// cgroupPath, whatever their names: it runs the pattern over the path's
+// segments, keeping every pattern position reachable ("**" may take any
+// number of segments), then looks at what is left of the pattern.
+func matchBelow(pattern, cgroupPath string) below {
+	if cgroupGlobProblem(pattern) != nil {
+		return belowNone
+	}
+	segs, ok := splitCgroupPath(cgroupPath)
+	if !ok {
+		return belowNone
+	}
+	pat := splitPattern(pattern)
+	states := starClosure(pat, map[int]bool{0: true})
+	for _, seg := range segs {
+		next := map[int]bool{}
+		for p := range states {
+			switch {
+			case p == len(pat):
+			case pat[p] == "**":
+				next[p] = true
+			default:
+				if m, _ := path.Match(pat[p], seg); m {
+					next[p+1] = true
+				}
+			}
+		}
+		states = starClosure(pat, next)
+	}
+	result := belowNone
+	for p := range states {
+		if p == len(pat) {
+			continue // only the path itself
+		}
+		if onlyStars(pat[p:]) {
+			return belowAll
+		}
+		result = belowSome
+	}
+	return result
+}
+
+// starClosure adds to states the positions after each "**" they stand on
+// ("**" may match no segment).
+func starClosure(pat []string, states map[int]bool) map[int]bool {
+	for p := 0; p < len(pat); p++ {
+		if states[p] && pat[p] == "**" {
+			states[p+1] = true
+		}
+	}
+	return states
+}
+
+func onlyStars(pat []string) bool {
+	for _, s := range pat {
+		if s != "**" {
+			return false
+		}
+	}
+	return len(pat) > 0
+}
+
 // matchesEveryCgroup reports whether a valid pattern matches every cgroup
 // path: it is made of "**" segments only.
 func matchesEveryCgroup(pattern string) bool {

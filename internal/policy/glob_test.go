@@ -153,3 +153,36 @@ func naiveMatch(pat, segs []string) bool {
 	ok, _ := path.Match(pat[0], segs[0])
 	return ok && naiveMatch(pat[1:], segs[1:])
 }
+
+// How a rule's glob matches the cgroups that will be made below a known
+// one, whatever their names.
+func TestMatchBelow(t *testing.T) {
+	for _, tt := range []struct {
+		pattern, path string
+		want          below
+	}{
+		{"/kubepods/**", "/kubepods", belowAll},
+		{"/kubepods/**", "/kubepods/burstable/pod1", belowAll},
+		{"/kubepods/**", "/system.slice", belowNone},
+		{"/kubepods/*", "/kubepods", belowSome},
+		{"/kubepods/*", "/kubepods/pod1", belowNone},
+		{"/kubepods/*/app", "/kubepods", belowSome},
+		{"/kubepods/*/app", "/kubepods/pod1", belowSome},
+		{"/kubepods/*/app", "/kubepods/pod1/app", belowNone},
+		{"/kubepods/*/app/**", "/kubepods/pod1/app", belowAll},
+		{"/**/bad-*", "/", belowSome},
+		{"/**/bad-*", "/a/b", belowSome},
+		{"/**", "/", belowAll},
+		{"/**", "/a", belowAll},
+		{"/a/**/b/**", "/a/x/b", belowAll},
+		{"/a/**/b/**", "/a/x", belowSome},
+		{"/a", "/", belowSome},
+		{"/a", "/a", belowNone},
+		{"/a/b", "/c", belowNone},
+		{"/", "/", belowNone},
+	} {
+		if got := matchBelow(tt.pattern, tt.path); got != tt.want {
+			t.Errorf("matchBelow(%q, %q) = %d, want %d", tt.pattern, tt.path, got, tt.want)
+		}
+	}
+}

@@ -166,7 +166,9 @@ rules:
 	if took := time.Since(created); took > 1500*time.Millisecond {
 		t.Errorf("matched after %s, want within about a second", took)
 	}
-	// and forgotten once removed
+	// known to the daemon (the kernel refuses it from the first connect,
+	// by the lab cgroup's subtree list), and forgotten once removed
+	d.WaitLog(`"added":1`, 3*time.Second)
 	if err := os.Remove(dir); err != nil {
 		t.Fatal(err)
 	}
