@@ -40,6 +40,7 @@ const (
 	ReasonUnjudgedWrite    Reason = 6
 	ReasonUnsupportedProto Reason = 7
 	ReasonAdoptedConn      Reason = 8
+	ReasonUrgentData       Reason = 9
 	// ReasonMax bounds the reasons: counter slots are laid out by it.
 	ReasonMax = 16
 )
@@ -64,6 +65,8 @@ func (r Reason) String() string {
 		return "unsupported_protocol"
 	case ReasonAdoptedConn:
 		return "adopted_connection"
+	case ReasonUrgentData:
+		return "urgent_data"
 	}
 	return "unknown"
 }

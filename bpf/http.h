@@ -86,6 +86,9 @@ enum sock_flag {
 	SOCK_OWNED = 1 << 4,
 	/* An adopted connection was reported already (once per socket). */
 	SOCK_ADOPTION_REPORTED = 1 << 5,
+	/* The stream the server reads and the judge's parted (urgent data):
+	 * every later segment is dropped, every later write refused. */
+	SOCK_POISONED = 1 << 6,
 };
 
 /* req_result.flags */

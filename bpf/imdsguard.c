@@ -330,6 +330,10 @@ int imds_msg(struct sk_msg_md *msg)
 		count(COUNTER_SLOT(KIND_REQUEST, cfg->mode == MODE_AUDIT ? ACTION_AUDIT : ACTION_DENY, REASON_PARSE_ERROR));
 		return fail;
 	}
+	if (st->flags & SOCK_POISONED) {
+		count(COUNTER_SLOT(KIND_REQUEST, cfg->mode == MODE_AUDIT ? ACTION_AUDIT : ACTION_DENY, REASON_URGENT_DATA));
+		return fail;
+	}
 	/* another writer preempted on this CPU is using the scratch space */
 	if (j->busy) {
 		count(COUNTER_SLOT(KIND_REQUEST, cfg->mode == MODE_AUDIT ? ACTION_AUDIT : ACTION_DENY, REASON_PARSE_ERROR));
@@ -502,6 +506,35 @@ struct tcphdr___ig {
 };
 
 #define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_URG 0x20
+
+/* Reports a guarded socket's segment, from packet context: the writer is
+ * not known here, only the socket and the task that connected it. */
+static __always_inline void report_segment(struct __sk_buff *skb, struct sock_state *st, const struct config *cfg,
+					   __u8 reason, __u8 ipver, __be16 dport)
+{
+	__u8 action = cfg->mode == MODE_AUDIT ? ACTION_AUDIT : ACTION_DENY;
+	count(COUNTER_SLOT(KIND_REQUEST, action, reason));
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(COUNTER_EVENTS_LOST);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	event_owner(e, &st->owner);
+	e->kind = KIND_REQUEST;
+	e->action = action;
+	e->reason = reason;
+	e->port = bpf_ntohs(dport);
+	if (ipver == 4) {
+		__u32 ip = 0;
+		bpf_skb_load_bytes(skb, 16, &ip, 4);
+		addr_v4(e->addr, ip);
+	} else {
+		bpf_skb_load_bytes(skb, 24, e->addr, 16);
+	}
+	bpf_ringbuf_submit(e, ringbuf_wakeup());
+}
 
 SEC("cgroup_skb/egress")
 int imds_egress(struct __sk_buff *skb)
@@ -557,6 +590,17 @@ int imds_egress(struct __sk_buff *skb)
 		st->isn = seq;
 		st->flags |= SOCK_ISN;
 	}
+	/* Urgent data (MSG_OOB): a server reads the urgent byte out of band,
+	 * or not at all, so its stream and the judge's part there. The
+	 * socket is poisoned: this and every later segment is dropped, every
+	 * later write refused (sk_msg), reported once. */
+	if ((th.flags & TCP_FLAG_URG) || (st->flags & SOCK_POISONED)) {
+		if (!(st->flags & SOCK_POISONED)) {
+			st->flags |= SOCK_POISONED;
+			report_segment(skb, st, cfg, REASON_URGENT_DATA, vihl >> 4, th.dest);
+		}
+		return fail;
+	}
 	if (iplen <= hlen)
 		return 1; /* no payload */
 	__u32 payload = iplen - hlen;
@@ -571,29 +615,7 @@ int imds_egress(struct __sk_buff *skb)
 
 	if (!(st->flags & SOCK_REPORTED)) {
 		st->flags |= SOCK_REPORTED;
-		__u8 action = cfg->mode == MODE_AUDIT ? ACTION_AUDIT : ACTION_DENY;
-		count(COUNTER_SLOT(KIND_REQUEST, action, REASON_UNJUDGED_WRITE));
-		struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-		if (!e) {
-			count(COUNTER_EVENTS_LOST);
-		} else {
-			/* packet context: the writer is not known here, only the
-			 * socket and the task that connected it */
-			__builtin_memset(e, 0, sizeof(*e));
-			event_owner(e, &st->owner);
-			e->kind = KIND_REQUEST;
-			e->action = action;
-			e->reason = REASON_UNJUDGED_WRITE;
-			e->port = bpf_ntohs(th.dest);
-			if ((vihl >> 4) == 4) {
-				__u32 ip = 0;
-				bpf_skb_load_bytes(skb, 16, &ip, 4);
-				addr_v4(e->addr, ip);
-			} else {
-				bpf_skb_load_bytes(skb, 24, e->addr, 16);
-			}
-			bpf_ringbuf_submit(e, ringbuf_wakeup());
-		}
+		report_segment(skb, st, cfg, REASON_UNJUDGED_WRITE, vihl >> 4, th.dest);
 	}
 	return fail;
 }

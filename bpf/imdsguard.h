@@ -34,6 +34,7 @@ enum reason {
 	REASON_UNJUDGED_WRITE = 6, /* payload that did not pass the request judge */
 	REASON_UNSUPPORTED_PROTOCOL = 7, /* a socket the judge cannot follow (MPTCP) */
 	REASON_ADOPTED_CONNECTION = 8, /* opened before the guard: where its stream stands is unknown */
+	REASON_URGENT_DATA = 9, /* MSG_OOB: the server's stream and the judge's part */
 	REASON_MAX = 16,
 };
 

@@ -124,7 +124,8 @@ func Request(ev *events.Event, p Product) ([]byte, error) {
 		subject = "IMDS credential request"
 	}
 	r.setVerdict(v, subject, ev.Reason.String())
-	if ev.Action == bpf.ActionDeny && ev.Reason != bpf.ReasonUnjudgedWrite {
+	// segments dropped in packet context fail no write of their own
+	if ev.Action == bpf.ActionDeny && ev.Reason != bpf.ReasonUnjudgedWrite && ev.Reason != bpf.ReasonUrgentData {
 		r.StatusCode = "EACCES" // what the writer's write()/send() returned
 	}
 	return marshal(r)
@@ -421,8 +422,8 @@ func (r *record) fromEvent(ev *events.Event, p Product) {
 	r.Count = max(ev.Count, 1)
 	r.Device = deviceOf(ev.Hostname, ev.InstanceID, p)
 	r.DstEndpoint = endpointOf(ev.Endpoint, "")
-	// pid 0 is no process: an event from packet context (unjudged_write)
-	// names only the socket's owner, so the actor is that user.
+	// pid 0 is no process (an event whose socket has no recorded owner):
+	// the actor is the user alone.
 	if ev.PID == 0 {
 		r.Actor = &actor{User: &user{UID: strconv.FormatUint(uint64(ev.UID), 10)}}
 	} else {
