@@ -41,6 +41,7 @@ const (
 	ReasonUnsupportedProto Reason = 7
 	ReasonAdoptedConn      Reason = 8
 	ReasonUrgentData       Reason = 9
+	ReasonConnectionLimit  Reason = 10
 	// ReasonMax bounds the reasons: counter slots are laid out by it.
 	ReasonMax = 16
 )
@@ -67,6 +68,8 @@ func (r Reason) String() string {
 		return "adopted_connection"
 	case ReasonUrgentData:
 		return "urgent_data"
+	case ReasonConnectionLimit:
+		return "connection_limit"
 	}
 	return "unknown"
 }

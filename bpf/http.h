@@ -89,6 +89,8 @@ enum sock_flag {
 	/* The stream the server reads and the judge's parted (urgent data):
 	 * every later segment is dropped, every later write refused. */
 	SOCK_POISONED = 1 << 6,
+	/* Counted in open_conns (from the active open until the close). */
+	SOCK_COUNTED = 1 << 7,
 };
 
 /* req_result.flags */

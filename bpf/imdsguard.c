@@ -25,6 +25,79 @@ struct {
 	__type(value, struct sock_state);
 } sock_states SEC(".maps");
 
+/*
+ * Open IMDS connections by owner: its cgroup, and its uid unless root (a
+ * root process can remove the guard anyway). Counted from the active open
+ * (sockops TCP_CONNECT_CB) to the close (STATE_CB, see count_close), which
+ * every socket reaches, established or not; the connect hooks refuse a socket
+ * whose owner holds its share. Entries of cgroups gone are removed by the
+ * daemon's rescans.
+ */
+struct conn_key {
+	__u64 id;
+	__u32 uid; /* 1: id is a uid, 0: a cgroup id, 2: the node's total (id 0) */
+	__u32 pad;
+};
+
+/* The socket map's size: past it a connection could not be judged, so it
+ * is refused at connect (an errno) rather than left to hang. */
+#define MAX_IMDS_SOCKS 65536
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, struct conn_key);
+	__type(value, __s64);
+} open_conns SEC(".maps");
+
+/* Whether key holds max open connections or more. A key the map has no
+ * room for is refused too: a full map fails closed for the newcomer. */
+static __always_inline int at_limit(struct conn_key *key, __u32 max)
+{
+	__s64 *n = bpf_map_lookup_elem(&open_conns, key);
+	if (n)
+		return *n >= (__s64)max;
+	__s64 zero = 0;
+	long err = bpf_map_update_elem(&open_conns, key, &zero, BPF_NOEXIST);
+	return err != 0 && err != -17; /* EEXIST: made meanwhile */
+}
+
+static __always_inline int over_connection_limit(const struct config *cfg, const struct owner *o)
+{
+	struct conn_key total = {.uid = 2};
+	if (at_limit(&total, MAX_IMDS_SOCKS))
+		return 1;
+	struct conn_key key = {.id = o->cgroup_id};
+	if (at_limit(&key, cfg->max_conns_cgroup))
+		return 1;
+	if (o->uid == 0)
+		return 0;
+	key.id = o->uid;
+	key.uid = 1;
+	return at_limit(&key, cfg->max_conns_uid);
+}
+
+static __always_inline void add_conn(const struct owner *o, __s64 d)
+{
+	struct conn_key key = {.uid = 2};
+	__s64 *n = bpf_map_lookup_elem(&open_conns, &key);
+	if (n)
+		__sync_fetch_and_add(n, d);
+	key.uid = 0;
+	key.id = o->cgroup_id;
+	n = bpf_map_lookup_elem(&open_conns, &key);
+	if (n)
+		__sync_fetch_and_add(n, d);
+	if (o->uid == 0)
+		return;
+	key.id = o->uid;
+	key.uid = 1;
+	n = bpf_map_lookup_elem(&open_conns, &key);
+	if (n)
+		__sync_fetch_and_add(n, d);
+}
+
 static __always_inline void emit_connect(struct bpf_sock_addr *ctx, const struct endpoint_key *key,
 					 __u64 cookie, const struct owner *o, __u8 action, __u8 reason, __u8 flags,
 					 __u16 rule)
@@ -92,6 +165,8 @@ static __always_inline int judge_connect(struct bpf_sock_addr *ctx, struct endpo
 		reason = REASON_UNSUPPORTED_PROTOCOL;
 	else if (!host && (cfg->flags & CONFIG_BLOCK_NON_HOST_NETNS) && !(rflags & RULE_ALLOW_NON_HOST_NETNS))
 		reason = REASON_NON_HOST_NETNS;
+	else if (ctx->type == SOCK_STREAM && over_connection_limit(cfg, &o))
+		reason = REASON_CONNECTION_LIMIT;
 
 	__u8 action = verdict(cfg, reason);
 	count(COUNTER_SLOT(KIND_CONNECT, action, reason));
@@ -150,7 +225,7 @@ int imds_connect6(struct bpf_sock_addr *ctx)
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, MAX_IMDS_SOCKS);
 	__type(key, __u64);
 	__type(value, __u64);
 } imds_socks SEC(".maps");
@@ -170,13 +245,54 @@ static __always_inline __be16 ctx_port(__u32 p)
 	return (p & 0xffff) ? (__be16)p : (__be16)(p >> 16);
 }
 
+/* The active open of a socket the connect hooks let through is counted
+ * against its owner, and its close asked for. */
+static __always_inline void count_open(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return;
+	struct sock_state *st = bpf_sk_storage_get(&sock_states, sk, 0, 0);
+	if (!st || !(st->flags & SOCK_GUARDED) || (st->flags & SOCK_COUNTED))
+		return;
+	st->flags |= SOCK_COUNTED;
+	add_conn(&st->owner, 1);
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* A connection gives its share back when its owner is done with it:
+ * closed (FIN_WAIT1 from established, LAST_ACK after the peer's FIN) or
+ * ended (CLOSE: reset, refused, timed out), not only once TIME_WAIT ends. */
+static __always_inline void count_close(struct bpf_sock_ops *skops)
+{
+	__u32 state = skops->args[1];
+	if (state != BPF_TCP_CLOSE && state != BPF_TCP_FIN_WAIT1 && state != BPF_TCP_LAST_ACK)
+		return;
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return;
+	struct sock_state *st = bpf_sk_storage_get(&sock_states, sk, 0, 0);
+	if (!st || !(st->flags & SOCK_COUNTED))
+		return;
+	st->flags &= ~SOCK_COUNTED;
+	add_conn(&st->owner, -1);
+}
+
 SEC("sockops")
 int imds_sockops(struct bpf_sock_ops *skops)
 {
-	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+	if (skops->op == BPF_SOCK_OPS_STATE_CB) {
+		count_close(skops);
+		return 1;
+	}
+	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
 		return 1;
 	if (not_an_endpoint_port(ctx_port(skops->remote_port)))
 		return 1;
+	if (skops->op == BPF_SOCK_OPS_TCP_CONNECT_CB) {
+		count_open(skops);
+		return 1;
+	}
 
 	struct endpoint_key key = {};
 	if (skops->family == AF_INET)

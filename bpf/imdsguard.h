@@ -35,6 +35,7 @@ enum reason {
 	REASON_UNSUPPORTED_PROTOCOL = 7, /* a socket the judge cannot follow (MPTCP) */
 	REASON_ADOPTED_CONNECTION = 8, /* opened before the guard: where its stream stands is unknown */
 	REASON_URGENT_DATA = 9, /* MSG_OOB: the server's stream and the judge's part */
+	REASON_CONNECTION_LIMIT = 10, /* the owner's cgroup or uid holds its share of connections */
 	REASON_MAX = 16,
 };
 
@@ -107,6 +108,10 @@ struct config {
 	__u32 mode;
 	__u32 flags;
 	__u32 prefix_count;
+	/* open IMDS connections one cgroup, and one non-root uid, may hold:
+	 * no workload can fill the socket map for the others */
+	__u32 max_conns_cgroup;
+	__u32 max_conns_uid;
 	__u32 pad;
 	struct cred_prefix prefixes[MAX_PREFIXES];
 };

@@ -26,12 +26,21 @@ type ImdsguardConfig struct {
 	Mode            uint32
 	Flags           uint32
 	PrefixCount     uint32
+	MaxConnsCgroup  uint32
+	MaxConnsUid     uint32
 	Pad             uint32
 	Prefixes        [8]struct {
 		_   structs.HostLayout
 		Len uint32
 		S   [64]int8
 	}
+}
+
+type ImdsguardConnKey struct {
+	_   structs.HostLayout
+	Id  uint64
+	Uid uint32
+	Pad uint32
 }
 
 type ImdsguardEndpointKey struct {
@@ -179,6 +188,7 @@ const (
 	ImdsguardMapEvents        = "events"
 	ImdsguardMapImdsSocks     = "imds_socks"
 	ImdsguardMapJudges        = "judges"
+	ImdsguardMapOpenConns     = "open_conns"
 	ImdsguardMapPolicyGen     = "policy_gen"
 	ImdsguardMapPortSkip      = "port_skip"
 	ImdsguardMapRules         = "rules"
@@ -253,6 +263,7 @@ type ImdsguardMapSpecs struct {
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	ImdsSocks   *ebpf.MapSpec `ebpf:"imds_socks"`
 	Judges      *ebpf.MapSpec `ebpf:"judges"`
+	OpenConns   *ebpf.MapSpec `ebpf:"open_conns"`
 	PolicyGen   *ebpf.MapSpec `ebpf:"policy_gen"`
 	PortSkip    *ebpf.MapSpec `ebpf:"port_skip"`
 	Rules       *ebpf.MapSpec `ebpf:"rules"`
@@ -293,6 +304,7 @@ type ImdsguardMaps struct {
 	Events      *ebpf.Map `ebpf:"events"`
 	ImdsSocks   *ebpf.Map `ebpf:"imds_socks"`
 	Judges      *ebpf.Map `ebpf:"judges"`
+	OpenConns   *ebpf.Map `ebpf:"open_conns"`
 	PolicyGen   *ebpf.Map `ebpf:"policy_gen"`
 	PortSkip    *ebpf.Map `ebpf:"port_skip"`
 	Rules       *ebpf.Map `ebpf:"rules"`
@@ -308,6 +320,7 @@ func (m *ImdsguardMaps) Close() error {
 		m.Events,
 		m.ImdsSocks,
 		m.Judges,
+		m.OpenConns,
 		m.PolicyGen,
 		m.PortSkip,
 		m.Rules,

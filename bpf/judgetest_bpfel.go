@@ -26,6 +26,8 @@ type JudgeTestConfig struct {
 	Mode            uint32
 	Flags           uint32
 	PrefixCount     uint32
+	MaxConnsCgroup  uint32
+	MaxConnsUid     uint32
 	Pad             uint32
 	Prefixes        [8]struct {
 		_   structs.HostLayout

@@ -315,10 +315,12 @@ func (e *Enforcer) rescanLocked() error {
 			e.log.Error("cgroup refused IMDS: its rules do not fit the kernel's list", zap.String("cgroup", path), zap.Error(err))
 		}
 	}
+	var gone []uint64
 	for id := range p.tree {
 		if _, still := tree[id]; still {
 			continue
 		}
+		gone = append(gone, id)
 		for _, k := range []loader.CgroupKey{{ID: id}, {ID: id, Subtree: true}} {
 			if _, had := p.Cgroups[k]; had {
 				remove = append(remove, k)
@@ -333,6 +335,9 @@ func (e *Enforcer) rescanLocked() error {
 	}
 	for _, k := range remove {
 		delete(p.Cgroups, k)
+	}
+	if err := e.guard.ForgetCgroupConnections(gone); err != nil {
+		e.log.Warn("forgetting connection counts of removed cgroups", zap.Error(err))
 	}
 	p.tree = tree
 	if len(set)+len(remove) > 0 {

@@ -214,7 +214,7 @@ var (
 		asm.FnMsgPullData: "4.17", asm.FnGetCurrentCgroupId: "4.18", asm.FnSockHashUpdate: "4.18",
 		asm.FnSkFullsock: "5.1", asm.FnSkStorageGet: "5.2", asm.FnProbeReadKernel: "5.5",
 		asm.FnGetNetnsCookie: "5.7", asm.FnRingbufReserve: "5.8", asm.FnRingbufSubmit: "5.8",
-		asm.FnRingbufQuery: "5.8", asm.FnSkcToTcpSock: "5.9", asm.FnLoop: "5.17", asm.FnSkcToMptcpSock: "5.19", asm.FnGetCurrentAncestorCgroupId: "5.6",
+		asm.FnRingbufQuery: "5.8", asm.FnSkcToTcpSock: "5.9", asm.FnLoop: "5.17", asm.FnSkcToMptcpSock: "5.19", asm.FnGetCurrentAncestorCgroupId: "5.6", asm.FnSockOpsCbFlagsSet: "4.16",
 	}
 	helperSinceIn = map[ebpf.ProgramType]map[asm.BuiltinFunc]string{
 		// Debian's 5.10 kernel (booted by test/kernels) lacks it in sk_msg.

@@ -199,6 +199,24 @@ func (g *Guard) SetCgroupRules(set CgroupRules, remove []CgroupKey) error {
 	return errors.Join(errs...)
 }
 
+// ForgetCgroupConnections removes the open-connection counts of cgroups
+// that are gone, once they hold none, so that the kernel's table (which
+// refuses newcomers when full) keeps room on nodes where pods come and go.
+func (g *Guard) ForgetCgroupConnections(ids []uint64) error {
+	var errs []error
+	for _, id := range ids {
+		key := bpf.ImdsguardConnKey{Id: id}
+		var n int64
+		if err := g.objs.OpenConns.Lookup(&key, &n); err != nil || n != 0 {
+			continue // never connected, or sockets of it still open
+		}
+		if err := g.objs.OpenConns.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("forgetting the connections of cgroup %d: %w", id, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Generation is the policy generation in force (events name it).
 func (g *Guard) Generation() uint32 { return g.gen }
 

@@ -22,7 +22,7 @@ import (
 
 // The keys of each mapping, in schema order.
 var (
-	policyKeys = []string{"apiVersion", "kind", "mode", "requireToken", "blockNonHostNetns", "refuseForwarded", "nftables", "nftablesAction", "endpoints", "credentialPaths", "output", "rules"}
+	policyKeys = []string{"apiVersion", "kind", "mode", "requireToken", "blockNonHostNetns", "refuseForwarded", "nftables", "nftablesAction", "maxConnectionsPerCgroup", "maxConnectionsPerUser", "endpoints", "credentialPaths", "output", "rules"}
 	ruleKeys   = []string{"name", "match", "allowV1", "allowNonHostNetns", "deny"}
 	matchKeys  = []string{"cgroup", "comm", "uid"}
 	outputKeys = []string{"format", "targets", "syslogCA", "queue", "foldWindow"}
@@ -425,6 +425,10 @@ func (d *decoder) policy(root *yaml.Node, p *Policy) {
 				}
 				p.NftablesAction = s
 			}
+		case "maxConnectionsPerCgroup":
+			p.MaxConnectionsPerCgroup = d.boundedInt(v, path, 1, MaxConnections)
+		case "maxConnectionsPerUser":
+			p.MaxConnectionsPerUser = d.boundedInt(v, path, 1, MaxConnections)
 		case "endpoints":
 			p.Endpoints = d.strList(v, path)
 		case "credentialPaths":
@@ -435,6 +439,19 @@ func (d *decoder) policy(root *yaml.Node, p *Policy) {
 			p.Rules = d.rules(v, path)
 		}
 	})
+}
+
+// boundedInt decodes a decimal integer from lo to hi; 0 (and a problem
+// noted) otherwise.
+func (d *decoder) boundedInt(v *yaml.Node, path string, lo, hi int) int {
+	if v.Kind == yaml.ScalarNode && v.Tag == "!!int" && decimal.MatchString(v.Value) {
+		n, err := strconv.Atoi(v.Value)
+		if err == nil && n >= lo && n <= hi {
+			return n
+		}
+	}
+	d.add(v.Line, path, "want an integer from %d to %d, got %s", lo, hi, describe(v))
+	return 0
 }
 
 // rules decodes the rule list. A rule that could not be decoded is kept

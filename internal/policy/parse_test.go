@@ -102,7 +102,7 @@ func TestParseErrorsWithLines(t *testing.T) {
 		// Keys.
 		{"unknown key, suggestion", "mode: audit\nrequireTokens: true\n", []wantErr{{2, "requireTokens", `unknown key "requireTokens" (did you mean "requireToken"?)`}}},
 		{"unknown key, wrong case", "Mode: audit\n", []wantErr{{1, "Mode", `unknown key "Mode" (did you mean "mode"?)`}}},
-		{"unknown key, no suggestion", "mode: audit\nallowlist: []\n", []wantErr{{2, "allowlist", `unknown key "allowlist" (known keys: apiVersion, kind, mode, requireToken, blockNonHostNetns, refuseForwarded, nftables, nftablesAction, endpoints, credentialPaths, output, rules)`}}},
+		{"unknown key, no suggestion", "mode: audit\nallowlist: []\n", []wantErr{{2, "allowlist", `unknown key "allowlist" (known keys: apiVersion, kind, mode, requireToken, blockNonHostNetns, refuseForwarded, nftables, nftablesAction, maxConnectionsPerCgroup, maxConnectionsPerUser, endpoints, credentialPaths, output, rules)`}}},
 		{"duplicate key", "mode: audit\nkind: Policy\nmode: enforce\n", []wantErr{{3, "mode", "duplicate key (first at line 1)"}}},
 		{"key not a string", "mode: audit\n1: x\n", []wantErr{{2, "", "keys must be plain strings, got the number 1"}}},
 		{"complex key", "? [a]\n: 1\n", []wantErr{{1, "", "keys must be plain strings, got a list"}}},
@@ -308,6 +308,8 @@ blockNonHostNetns: true
 refuseForwarded: true
 nftables: true
 nftablesAction: drop
+maxConnectionsPerCgroup: 128
+maxConnectionsPerUser: 512
 endpoints:
   - 169.254.169.254:80
   - '[fd00:ec2::254]:80'
@@ -588,4 +590,29 @@ func FuzzParse(f *testing.F) {
 		}
 		assertRoundTrip(t, p)
 	})
+}
+
+// The connection bounds are integers within the socket map's size.
+func TestConnectionBoundsAreValidated(t *testing.T) {
+	for _, tt := range []struct{ doc, want string }{
+		{"maxConnectionsPerCgroup: 0\n", "p.yaml:1: maxConnectionsPerCgroup: want an integer from 1 to 65536"},
+		{"maxConnectionsPerUser: 65537\n", "p.yaml:1: maxConnectionsPerUser: want an integer from 1 to 65536"},
+		{"maxConnectionsPerCgroup: many\n", "p.yaml:1: maxConnectionsPerCgroup: want an integer from 1 to 65536"},
+	} {
+		_, err := Parse([]byte(tt.doc), "p.yaml")
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: %v, want %q", tt.doc, err, tt.want)
+		}
+	}
+	p, err := Parse([]byte("maxConnectionsPerCgroup: 5\n"), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := p.Compile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Config.MaxConnsCgroup != 5 || c.Config.MaxConnsUid != DefaultMaxConnectionsPerUser {
+		t.Errorf("compiled bounds %d, %d; want 5, %d", c.Config.MaxConnsCgroup, c.Config.MaxConnsUid, DefaultMaxConnectionsPerUser)
+	}
 }

@@ -58,6 +58,15 @@ func DefaultCredentialPaths() []string {
 	}
 }
 
+// Defaults of the connection bounds: far above what an IMDS client holds
+// (one or two), far below the socket map's 65536.
+const (
+	DefaultMaxConnectionsPerCgroup = 128
+	DefaultMaxConnectionsPerUser   = 512
+	// MaxConnections is the most either bound may be: the socket map's size.
+	MaxConnections = 65536
+)
+
 // DefaultEndpoints returns the AWS IMDS addresses (IPv4 and the Nitro IPv6 one).
 func DefaultEndpoints() []string { return []string{"169.254.169.254:80", "[fd00:ec2::254]:80"} }
 
@@ -71,17 +80,22 @@ var defaultYAML []byte
 // a policy that asks for protection the daemon cannot give must fail to
 // load rather than run with less.
 type Policy struct {
-	APIVersion        string   `json:"apiVersion"`
-	Kind              string   `json:"kind"`
-	Mode              string   `json:"mode"`
-	RequireToken      *bool    `json:"requireToken,omitempty"`
-	BlockNonHostNetns *bool    `json:"blockNonHostNetns,omitempty"`
-	RefuseForwarded   *bool    `json:"refuseForwarded,omitempty"`
-	Nftables          *bool    `json:"nftables,omitempty"`
-	NftablesAction    string   `json:"nftablesAction,omitempty"`
-	Endpoints         []string `json:"endpoints"`
-	CredentialPaths   []string `json:"credentialPaths"`
-	Output            Output   `json:"output"`
+	APIVersion        string `json:"apiVersion"`
+	Kind              string `json:"kind"`
+	Mode              string `json:"mode"`
+	RequireToken      *bool  `json:"requireToken,omitempty"`
+	BlockNonHostNetns *bool  `json:"blockNonHostNetns,omitempty"`
+	RefuseForwarded   *bool  `json:"refuseForwarded,omitempty"`
+	Nftables          *bool  `json:"nftables,omitempty"`
+	NftablesAction    string `json:"nftablesAction,omitempty"`
+	// MaxConnectionsPerCgroup and MaxConnectionsPerUser bound the IMDS
+	// connections one cgroup, and one non-root uid, may hold open, so that
+	// no workload can fill the kernel's socket map for the others.
+	MaxConnectionsPerCgroup int      `json:"maxConnectionsPerCgroup,omitempty"`
+	MaxConnectionsPerUser   int      `json:"maxConnectionsPerUser,omitempty"`
+	Endpoints               []string `json:"endpoints"`
+	CredentialPaths         []string `json:"credentialPaths"`
+	Output                  Output   `json:"output"`
 	// Rules are exceptions to the settings above, for the processes they
 	// match; the first matching rule wins. Never nil after Parse.
 	Rules []Rule `json:"rules"`
@@ -201,6 +215,12 @@ func (p *Policy) fillDefaults() {
 	if p.Output.Queue == 0 {
 		p.Output.Queue = 10000
 	}
+	if p.MaxConnectionsPerCgroup == 0 {
+		p.MaxConnectionsPerCgroup = DefaultMaxConnectionsPerCgroup
+	}
+	if p.MaxConnectionsPerUser == 0 {
+		p.MaxConnectionsPerUser = DefaultMaxConnectionsPerUser
+	}
 	if p.Output.FoldWindow == "" {
 		p.Output.FoldWindow = "10s"
 	}
@@ -293,6 +313,8 @@ type Compiled struct {
 func (p *Policy) Compile() (*Compiled, error) {
 	c := &Compiled{}
 	c.Config.Mode = bpf.ModeEnforce
+	c.Config.MaxConnsCgroup = uint32(p.MaxConnectionsPerCgroup)
+	c.Config.MaxConnsUid = uint32(p.MaxConnectionsPerUser)
 	if p.Mode == ModeAudit {
 		c.Config.Mode = bpf.ModeAudit
 	}

@@ -9,7 +9,7 @@ import (
 
 // render writes the policy as YAML with its keys in schema order: apiVersion,
 // kind, mode, requireToken, blockNonHostNetns, refuseForwarded, nftables,
-// nftablesAction, endpoints,
+// nftablesAction, maxConnectionsPerCgroup, maxConnectionsPerUser, endpoints,
 // credentialPaths, rules. Each rule is name, match (one flow mapping), then
 // what it grants. Keys with no value (nil pointers) are left out.
 func (p *Policy) render() ([]byte, error) {
@@ -35,6 +35,14 @@ func (p *Policy) render() ([]byte, error) {
 	}
 	if p.NftablesAction != "" {
 		add(root, "nftablesAction", strNode(p.NftablesAction))
+	}
+	for _, n := range []struct {
+		key string
+		v   int
+	}{{"maxConnectionsPerCgroup", p.MaxConnectionsPerCgroup}, {"maxConnectionsPerUser", p.MaxConnectionsPerUser}} {
+		if n.v != 0 {
+			add(root, n.key, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!int", Value: strconv.Itoa(n.v)})
+		}
 	}
 	add(root, "endpoints", strListNode(p.Endpoints))
 	add(root, "credentialPaths", strListNode(p.CredentialPaths))
