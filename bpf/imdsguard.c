@@ -15,6 +15,11 @@
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 #define AF_INET 2
+
+/* Only the field read; CO-RE finds it in the running kernel's layout. */
+struct tcp_sock {
+	__u32 write_seq; /* sequence number just past the bytes queued */
+} __attribute__((preserve_access_index));
 #define AF_INET6 10
 #define SOCK_STREAM 1
 
@@ -388,6 +393,19 @@ static long emit_one(__u32 i, void *arg)
 	return 0;
 }
 
+/* Reports a verdict on the whole socket (not on a request of it) as one
+ * request event with the reason; returns the action. */
+static __always_inline __u8 report_socket(struct emit_ctx *c, __u8 reason)
+{
+	struct req_result *r = &c->j->p.reqs[0];
+	__builtin_memset(r, 0, sizeof(*r));
+	r->reason = reason;
+	r->action = verdict(c->cfg, reason);
+	c->from = 0;
+	bpf_loop(1, emit_one, c, 0);
+	return r->action;
+}
+
 /* Messages up to this size are copied word by word; larger ones by a helper
  * (a loop over 16 KiB would cost the verifier once per word). */
 #define COPY_WORDS 64
@@ -490,18 +508,42 @@ int imds_msg(struct sk_msg_md *msg)
 	 * mode reports it once and judges as well as it can. */
 	if ((st->flags & SOCK_UNSYNCED) && !(st->flags & SOCK_ADOPTION_REPORTED)) {
 		st->flags |= SOCK_ADOPTION_REPORTED;
-		struct req_result *r = &j->p.reqs[0];
-		__builtin_memset(r, 0, sizeof(*r));
-		r->reason = REASON_ADOPTED_CONNECTION;
-		r->action = verdict(cfg, REASON_ADOPTED_CONNECTION);
 		struct emit_ctx ec = {
 			.cfg = cfg, .j = j, .owner = &st->owner, .netns_cookie = netns_cookie, .gen = gen, .rule = rule_id,
 		};
 		msg_endpoint(msg, &ec);
-		bpf_loop(1, emit_one, &ec, 0);
-		if (r->action == ACTION_DENY) {
+		if (report_socket(&ec, REASON_ADOPTED_CONNECTION) == ACTION_DENY) {
 			j->busy = 0;
 			return SK_DROP;
+		}
+	}
+
+	/* The stream the server reads is the stream judged: the bytes the
+	 * socket has queued since its SYN must be the bytes the judge let
+	 * through. More means bytes entered without the judge (Fast Open
+	 * data, a write that raced the connect, a write the kernel sent
+	 * without running this program): the socket is poisoned, so that no
+	 * later judged write can lift the egress guard over them. Fewer means
+	 * judged bytes the kernel did not take (a non-blocking write that
+	 * could not be pushed): they are not counted. */
+	if (st->flags & SOCK_ISN) {
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+		if (tp) {
+			__u32 queued = tp->write_seq - (st->isn + 1);
+			__s32 extra = (__s32)(queued - (__u32)st->passed);
+			if (extra < 0) {
+				st->passed += extra;
+			} else if (extra > 0) {
+				st->flags |= SOCK_POISONED;
+				struct emit_ctx ec = {
+					.cfg = cfg, .j = j, .owner = &st->owner, .netns_cookie = netns_cookie, .gen = gen, .rule = rule_id,
+				};
+				msg_endpoint(msg, &ec);
+				if (report_socket(&ec, REASON_UNJUDGED_WRITE) == ACTION_DENY) {
+					j->busy = 0;
+					return SK_DROP;
+				}
+			}
 		}
 	}
 	__u32 rflags = rule ? rule->flags : 0;

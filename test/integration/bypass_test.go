@@ -43,6 +43,53 @@ except Exception as e:
 	}
 }
 
+// The egress guard counts judged bytes; a judged write must not lift it
+// over bytes the judge never saw. Fast Open data (a token-less credentials
+// request, held back), then a judged request with a token and a body larger
+// than it: before, the count rose past the held bytes and their
+// retransmission reached IMDS. Now the socket's queued bytes and the
+// judged count disagree at that write, and the socket is poisoned.
+func TestJudgedWriteDoesNotReleaseUnjudgedBytes(t *testing.T) {
+	l := lab.New(t)
+	srv := startIMDS(t, l, imdsserver.Options{})
+	d := startDaemon(t, l)
+
+	script := `
+import errno, socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 2, 0))
+s.sendto(b"GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\nHost: x\r\n\r\n", socket.MSG_FASTOPEN, ("169.254.169.254", 80))
+body = b"x" * 4000
+try:
+    s.sendall(b"POST /latest/x HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token: fake\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    print("sent")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, str(e.errno)))
+try:
+    print("response", s.recv(4096))
+except Exception as e:
+    print("no response", type(e).__name__)
+`
+	out, stderr, code, _ := runInLab(t, l, lab.Node, nil, "/usr/bin/python3", "-c", script)
+	if code != 0 {
+		t.Fatalf("client: exit %d: %s", code, stderr)
+	}
+	if !strings.HasPrefix(out, "EACCES") {
+		t.Errorf("client printed %q, want the judged write refused (EACCES)", out)
+	}
+	time.Sleep(time.Second) // TCP's retransmissions of the held bytes, had the guard let them go
+	for _, r := range srv.Requests() {
+		t.Errorf("IMDS got %s %s", r.Method, r.URI)
+	}
+	if n := srv.ReceivedBytes(); n != 0 {
+		t.Errorf("IMDS received %d bytes", n)
+	}
+	ev := d.WaitEvent("the poisoning", func(e event) bool { return e.Reason == "unjudged_write" && e.Kind == "request" && e.Comm == "python3" })
+	if ev.Action != "deny" {
+		t.Errorf("event %+v, want deny unjudged_write", ev)
+	}
+}
+
 // A blocking write issued while a non-blocking connect is still in progress
 // waits inside the TCP stack and continues there once connected, outside
 // sk_msg. The IMDS side holds back its SYN-ACK for a moment (nftables in the
