@@ -498,7 +498,12 @@ int imds_msg(struct sk_msg_md *msg)
 	__u16 idx = 0;
 	__u64 netns_cookie = bpf_get_netns_cookie(msg);
 	const struct rule *rule = match_rule(gen, &st->owner, &idx);
-	__u16 rule_id = rule ? idx + 1 : 0;
+	/* what every event of this run shares */
+	struct emit_ctx ec = {
+		.cfg = cfg, .j = j, .owner = &st->owner, .netns_cookie = netns_cookie, .gen = gen,
+		.rule = rule ? idx + 1 : 0,
+	};
+	msg_endpoint(msg, &ec);
 
 	/* A connection opened before the guard may stand inside a body or a
 	 * half-written request (a POST announcing 100 bytes, 10 sent): the
@@ -508,10 +513,6 @@ int imds_msg(struct sk_msg_md *msg)
 	 * mode reports it once and judges as well as it can. */
 	if ((st->flags & SOCK_UNSYNCED) && !(st->flags & SOCK_ADOPTION_REPORTED)) {
 		st->flags |= SOCK_ADOPTION_REPORTED;
-		struct emit_ctx ec = {
-			.cfg = cfg, .j = j, .owner = &st->owner, .netns_cookie = netns_cookie, .gen = gen, .rule = rule_id,
-		};
-		msg_endpoint(msg, &ec);
 		if (report_socket(&ec, REASON_ADOPTED_CONNECTION) == ACTION_DENY) {
 			j->busy = 0;
 			return SK_DROP;
@@ -535,10 +536,6 @@ int imds_msg(struct sk_msg_md *msg)
 				st->passed += extra;
 			} else if (extra > 0) {
 				st->flags |= SOCK_POISONED;
-				struct emit_ctx ec = {
-					.cfg = cfg, .j = j, .owner = &st->owner, .netns_cookie = netns_cookie, .gen = gen, .rule = rule_id,
-				};
-				msg_endpoint(msg, &ec);
 				if (report_socket(&ec, REASON_UNJUDGED_WRITE) == ACTION_DENY) {
 					j->busy = 0;
 					return SK_DROP;
@@ -559,16 +556,7 @@ int imds_msg(struct sk_msg_md *msg)
 	judge_message(j, len, cfg, st, &jm, force, clear);
 
 	if (jm.emit_to > jm.emit_from) {
-		struct emit_ctx ec = {
-			.cfg = cfg,
-			.j = j,
-			.owner = &st->owner,
-			.netns_cookie = netns_cookie,
-			.from = jm.emit_from,
-			.gen = gen,
-			.rule = rule_id,
-		};
-		msg_endpoint(msg, &ec);
+		ec.from = jm.emit_from;
 		bpf_loop(jm.emit_to - jm.emit_from, emit_one, &ec, 0);
 	}
 	if (jm.cork)

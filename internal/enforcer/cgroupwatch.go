@@ -1,6 +1,8 @@
 package enforcer
 
 import (
+	"errors"
+	"io/fs"
 	"path/filepath"
 
 	"github.com/fsnotify/fsnotify"
@@ -40,6 +42,9 @@ func (c *cgroupWatch) sync(tree map[uint64]string) {
 			continue
 		}
 		if err := c.w.Add(dir); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // removed since the scan
+			}
 			if !c.warned {
 				// e.g. fs.inotify.max_user_watches: periodic rescans
 				// still give new cgroups their rules, later

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -288,20 +289,20 @@ func (g *Guard) writeMeta() error {
 	return writeMeta(g.pinDir, &g.meta)
 }
 
+// mapsByName lists every map of the loaded objects by its name in the
+// object, read from the bindings' struct tags: a map added to the C code is
+// pinned and taken over without anyone listing it here.
 func (g *Guard) mapsByName() map[string]*ebpf.Map {
-	return map[string]*ebpf.Map{
-		bpf.ImdsguardMapCgroupRules: g.objs.CgroupRules,
-		bpf.ImdsguardMapConfigMap:   g.objs.ConfigMap,
-		bpf.ImdsguardMapCounters:    g.objs.Counters,
-		bpf.ImdsguardMapEndpoints:   g.objs.Endpoints,
-		bpf.ImdsguardMapEvents:      g.objs.Events,
-		bpf.ImdsguardMapImdsSocks:   g.objs.ImdsSocks,
-		bpf.ImdsguardMapJudges:      g.objs.Judges,
-		bpf.ImdsguardMapPolicyGen:   g.objs.PolicyGen,
-		bpf.ImdsguardMapPortSkip:    g.objs.PortSkip,
-		bpf.ImdsguardMapRules:       g.objs.Rules,
-		bpf.ImdsguardMapSockStates:  g.objs.SockStates,
+	out := map[string]*ebpf.Map{}
+	v := reflect.ValueOf(&g.objs.ImdsguardMaps).Elem()
+	for i := range v.NumField() {
+		if name := v.Type().Field(i).Tag.Get("ebpf"); name != "" {
+			if m, ok := v.Field(i).Interface().(*ebpf.Map); ok {
+				out[name] = m
+			}
+		}
 	}
+	return out
 }
 
 // Takeover says what Load found pinned and did with it.

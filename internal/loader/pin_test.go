@@ -165,3 +165,22 @@ func TestBPFFSIsMountedWhereMissing(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Every map of the object is pinned and taken over: the list comes from
+// the bindings, not from a hand-kept one that a new map could miss.
+func TestEveryMapIsShared(t *testing.T) {
+	spec, err := bpf.LoadImdsguard()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g Guard
+	got := g.mapsByName()
+	for _, name := range sharedMaps(spec) {
+		if _, ok := got[name]; !ok {
+			t.Errorf("map %s is not in mapsByName", name)
+		}
+	}
+	if len(got) != len(sharedMaps(spec)) {
+		t.Errorf("mapsByName has %d maps, the object %d", len(got), len(sharedMaps(spec)))
+	}
+}
