@@ -107,12 +107,12 @@ func hooksByType(spec *ebpf.CollectionSpec) map[ebpf.ProgramType]string {
 	return out
 }
 
+// mapTypes lists the types of the maps the programs share (not .rodata
+// and the like, which every kernel with BTF has).
 func mapTypes(spec *ebpf.CollectionSpec) []ebpf.MapType {
 	set := map[ebpf.MapType]bool{}
-	for _, m := range spec.Maps {
-		if m.Type != ebpf.Array || !strings.HasPrefix(m.Name, ".") { // skip .rodata and friends
-			set[m.Type] = true
-		}
+	for _, name := range sharedMaps(spec) {
+		set[spec.Maps[name].Type] = true
 	}
 	out := make([]ebpf.MapType, 0, len(set))
 	for t := range set {
@@ -163,19 +163,14 @@ func haveProgram(pt ebpf.ProgramType, at ebpf.AttachType) error {
 	return prog.Close()
 }
 
+// probeNetnsCookie reads this process's own network namespace cookie, the
+// way the daemon reads the host's.
 func probeNetnsCookie() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("creating socket: %w", err)
+	_, err := socketNetnsCookie()
+	if errors.Is(err, unix.ENOPROTOOPT) {
+		return ebpf.ErrNotSupported
 	}
-	defer unix.Close(fd)
-	if _, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE); err != nil {
-		if errors.Is(err, unix.ENOPROTOOPT) {
-			return ebpf.ErrNotSupported
-		}
-		return err
-	}
-	return nil
+	return err
 }
 
 // helperName is the C name of a helper: FnGetCurrentPidTgid ->
@@ -210,11 +205,12 @@ var (
 		asm.FnMapLookupElem: "3.19", asm.FnMapUpdateElem: "3.19",
 		asm.FnKtimeGetNs: "4.1", asm.FnGetCurrentPidTgid: "4.2", asm.FnGetCurrentUidGid: "4.2",
 		asm.FnGetCurrentComm: "4.2", asm.FnSkbLoadBytes: "4.5", asm.FnGetCurrentTask: "4.8",
-		asm.FnGetSocketCookie: "4.12", asm.FnMsgApplyBytes: "4.17", asm.FnMsgCorkBytes: "4.17",
-		asm.FnMsgPullData: "4.17", asm.FnGetCurrentCgroupId: "4.18", asm.FnSockHashUpdate: "4.18",
-		asm.FnSkFullsock: "5.1", asm.FnSkStorageGet: "5.2", asm.FnProbeReadKernel: "5.5",
-		asm.FnGetNetnsCookie: "5.7", asm.FnRingbufReserve: "5.8", asm.FnRingbufSubmit: "5.8",
-		asm.FnRingbufQuery: "5.8", asm.FnSkcToTcpSock: "5.9", asm.FnLoop: "5.17", asm.FnSkcToMptcpSock: "5.19", asm.FnGetCurrentAncestorCgroupId: "5.6", asm.FnSockOpsCbFlagsSet: "4.16",
+		asm.FnGetSocketCookie: "4.12", asm.FnSockOpsCbFlagsSet: "4.16", asm.FnMsgApplyBytes: "4.17",
+		asm.FnMsgCorkBytes: "4.17", asm.FnMsgPullData: "4.17", asm.FnGetCurrentCgroupId: "4.18",
+		asm.FnSockHashUpdate: "4.18", asm.FnSkFullsock: "5.1", asm.FnSkStorageGet: "5.2",
+		asm.FnProbeReadKernel: "5.5", asm.FnGetCurrentAncestorCgroupId: "5.6", asm.FnGetNetnsCookie: "5.7",
+		asm.FnRingbufReserve: "5.8", asm.FnRingbufSubmit: "5.8", asm.FnRingbufQuery: "5.8",
+		asm.FnSkcToTcpSock: "5.9", asm.FnLoop: "5.17", asm.FnSkcToMptcpSock: "5.19",
 	}
 	helperSinceIn = map[ebpf.ProgramType]map[asm.BuiltinFunc]string{
 		// Debian's 5.10 kernel (booted by test/kernels) lacks it in sk_msg.
