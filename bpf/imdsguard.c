@@ -38,9 +38,15 @@ struct {
  * whose owner holds its share. Entries of cgroups gone are removed by the
  * daemon's rescans.
  */
+enum conn_scope {
+	CONN_CGROUP = 0, /* id is a cgroup id */
+	CONN_UID = 1,    /* id is a uid */
+	CONN_NODE = 2,   /* the node's total, id 0 */
+};
+
 struct conn_key {
 	__u64 id;
-	__u32 uid; /* 1: id is a uid, 0: a cgroup id, 2: the node's total (id 0) */
+	__u32 scope; /* enum conn_scope */
 	__u32 pad;
 };
 
@@ -56,6 +62,16 @@ struct {
 	__type(value, __s64);
 } open_conns SEC(".maps");
 
+/* The counts a connection of o is in, in the order they are checked: the
+ * node's, its cgroup's and, unless o is root, its uid's. Returns how many. */
+static __always_inline __u32 conn_keys(const struct owner *o, struct conn_key k[3])
+{
+	k[0] = (struct conn_key){.scope = CONN_NODE};
+	k[1] = (struct conn_key){.id = o->cgroup_id, .scope = CONN_CGROUP};
+	k[2] = (struct conn_key){.id = o->uid, .scope = CONN_UID};
+	return o->uid == 0 ? 2 : 3;
+}
+
 /* Whether key holds max open connections or more. A key the map has no
  * room for is refused too: a full map fails closed for the newcomer. */
 static __always_inline int at_limit(struct conn_key *key, __u32 max)
@@ -70,37 +86,25 @@ static __always_inline int at_limit(struct conn_key *key, __u32 max)
 
 static __always_inline int over_connection_limit(const struct config *cfg, const struct owner *o)
 {
-	struct conn_key total = {.uid = 2};
-	if (at_limit(&total, MAX_IMDS_SOCKS))
-		return 1;
-	struct conn_key key = {.id = o->cgroup_id};
-	if (at_limit(&key, cfg->max_conns_cgroup))
-		return 1;
-	if (o->uid == 0)
-		return 0;
-	key.id = o->uid;
-	key.uid = 1;
-	return at_limit(&key, cfg->max_conns_uid);
+	struct conn_key k[3];
+	__u32 max[3] = {MAX_IMDS_SOCKS, cfg->max_conns_cgroup, cfg->max_conns_uid};
+	__u32 n = conn_keys(o, k);
+	for (__u32 i = 0; i < 3; i++) {
+		if (i < n && at_limit(&k[i], max[i]))
+			return 1;
+	}
+	return 0;
 }
 
 static __always_inline void add_conn(const struct owner *o, __s64 d)
 {
-	struct conn_key key = {.uid = 2};
-	__s64 *n = bpf_map_lookup_elem(&open_conns, &key);
-	if (n)
-		__sync_fetch_and_add(n, d);
-	key.uid = 0;
-	key.id = o->cgroup_id;
-	n = bpf_map_lookup_elem(&open_conns, &key);
-	if (n)
-		__sync_fetch_and_add(n, d);
-	if (o->uid == 0)
-		return;
-	key.id = o->uid;
-	key.uid = 1;
-	n = bpf_map_lookup_elem(&open_conns, &key);
-	if (n)
-		__sync_fetch_and_add(n, d);
+	struct conn_key k[3];
+	__u32 n = conn_keys(o, k);
+	for (__u32 i = 0; i < 3; i++) {
+		__s64 *c = i < n ? bpf_map_lookup_elem(&open_conns, &k[i]) : 0;
+		if (c)
+			__sync_fetch_and_add(c, d);
+	}
 }
 
 static __always_inline void emit_connect(struct bpf_sock_addr *ctx, const struct endpoint_key *key,

@@ -37,10 +37,10 @@ type ImdsguardConfig struct {
 }
 
 type ImdsguardConnKey struct {
-	_   structs.HostLayout
-	Id  uint64
-	Uid uint32
-	Pad uint32
+	_     structs.HostLayout
+	Id    uint64
+	Scope uint32
+	Pad   uint32
 }
 
 type ImdsguardEndpointKey struct {

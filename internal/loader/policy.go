@@ -205,7 +205,7 @@ func (g *Guard) SetCgroupRules(set CgroupRules, remove []CgroupKey) error {
 func (g *Guard) ForgetCgroupConnections(ids []uint64) error {
 	var errs []error
 	for _, id := range ids {
-		key := bpf.ImdsguardConnKey{Id: id}
+		key := bpf.ImdsguardConnKey{Id: id} // scope 0: a cgroup
 		var n int64
 		if err := g.objs.OpenConns.Lookup(&key, &n); err != nil || n != 0 {
 			continue // never connected, or sockets of it still open
