@@ -10,12 +10,12 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/imdsguard/imdsguard/test/testbin"
 )
 
 var (
@@ -137,13 +137,9 @@ func binary(b *testing.B, pkg string) string {
 			return
 		}
 		for _, p := range []string{pkgGuard, pkgClient, pkgProxy} {
-			out := filepath.Join(binDir, filepath.Base(p))
-			cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", out, p)
-			if o, err := cmd.CombinedOutput(); err != nil {
-				binErr = fmt.Errorf("building %s: %v\n%s", p, err, o)
+			if bins[p], binErr = testbin.Build(p, binDir); binErr != nil {
 				return
 			}
-			bins[p] = out
 		}
 	})
 	if binErr != nil {

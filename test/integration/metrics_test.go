@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/imdsguard/imdsguard/test/daemon"
 	"github.com/imdsguard/imdsguard/test/imdsserver"
 	"github.com/imdsguard/imdsguard/test/lab"
 )
@@ -21,16 +22,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	l := lab.New(t)
 	startIMDS(t, l, imdsserver.Options{})
 	d := startDaemon(t, l, "--metrics-addr", "127.0.0.1:0")
-	var logged struct {
-		Addr string `json:"addr"`
-	}
-	if err := json.Unmarshal([]byte(d.WaitLog(`"msg":"serving metrics"`, 5*time.Second)), &logged); err != nil {
-		t.Fatal(err)
-	}
-	base := "http://" + logged.Addr // loopback only
-	if _, p, _ := net.SplitHostPort(logged.Addr); p == "0" || !strings.HasPrefix(logged.Addr, "127.0.0.1:") {
-		t.Fatalf("metrics address %q", logged.Addr)
-	}
+	base := metricsBase(t, d)
 
 	for range 3 { // refused: token-less credential reads
 		runClient(t, l, lab.Node, "", "-mode", "http", "-addr", imdsAddr, "-path", credPath)
@@ -112,4 +104,20 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		resp.Body.Close()
 		return strings.Contains(string(b), `imdsguard_policy_reloads_total{result="unchanged"} 1`)
 	})
+}
+
+// metricsBase is the URL of the metrics a daemon started with
+// --metrics-addr 127.0.0.1:0 serves, read from its log: loopback only.
+func metricsBase(t testing.TB, d *daemon.Daemon) string {
+	t.Helper()
+	var logged struct {
+		Addr string `json:"addr"`
+	}
+	if err := json.Unmarshal([]byte(d.WaitLog(`"msg":"serving metrics"`, 5*time.Second)), &logged); err != nil {
+		t.Fatal(err)
+	}
+	if _, p, _ := net.SplitHostPort(logged.Addr); p == "0" || !strings.HasPrefix(logged.Addr, "127.0.0.1:") {
+		t.Fatalf("metrics address %q", logged.Addr)
+	}
+	return "http://" + logged.Addr
 }

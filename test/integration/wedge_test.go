@@ -32,12 +32,7 @@ rules:
     deny: true
 `, l.CgroupRel))
 	d := startDaemon(t, l, "--policy", pol, "--metrics-addr", "127.0.0.1:0")
-	var logged struct {
-		Addr string `json:"addr"`
-	}
-	if err := json.Unmarshal([]byte(d.WaitLog(`"msg":"serving metrics"`, 5*time.Second)), &logged); err != nil {
-		t.Fatal(err)
-	}
+	base := metricsBase(t, d)
 
 	fifo := filepath.Join(dir, "fifo")
 	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
@@ -68,7 +63,7 @@ rules:
 		time.Sleep(100 * time.Millisecond)
 	}
 
-	resp, err := http.Get("http://" + logged.Addr + "/readyz") // loopback only
+	resp, err := http.Get(base + "/readyz")
 	if err != nil {
 		t.Fatal(err)
 	}

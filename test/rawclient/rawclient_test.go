@@ -5,16 +5,13 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/imdsguard/imdsguard/test/imdsserver"
 	"github.com/imdsguard/imdsguard/test/lab"
+	"github.com/imdsguard/imdsguard/test/testbin"
 
 	"github.com/imdsguard/imdsguard/test/escape"
 )
@@ -175,11 +172,9 @@ func TestSeq(t *testing.T) {
 
 func buildRawclient(t *testing.T) string {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "rawclient")
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", out, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build rawclient: %v\n%s", err, b)
+	out, err := testbin.Build("github.com/imdsguard/imdsguard/test/rawclient", t.TempDir())
+	if err != nil {
+		t.Fatalf("build rawclient: %v", err)
 	}
 	return out
 }
