@@ -42,6 +42,8 @@ const (
 	ReasonAdoptedConn      Reason = 8
 	ReasonUrgentData       Reason = 9
 	ReasonConnectionLimit  Reason = 10
+	ReasonRawPacket        Reason = 11
+	ReasonEgressBypass     Reason = 12
 	// ReasonMax bounds the reasons: counter slots are laid out by it.
 	ReasonMax = 16
 )
@@ -70,6 +72,10 @@ func (r Reason) String() string {
 		return "urgent_data"
 	case ReasonConnectionLimit:
 		return "connection_limit"
+	case ReasonRawPacket:
+		return "raw_packet"
+	case ReasonEgressBypass:
+		return "egress_bypass"
 	}
 	return "unknown"
 }

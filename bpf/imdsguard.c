@@ -769,3 +769,5 @@ int imds_egress(struct __sk_buff *skb)
 	}
 	return fail;
 }
+
+#include "uplink.h"

@@ -36,6 +36,8 @@ enum reason {
 	REASON_ADOPTED_CONNECTION = 8, /* opened before the guard: where its stream stands is unknown */
 	REASON_URGENT_DATA = 9, /* MSG_OOB: the server's stream and the judge's part */
 	REASON_CONNECTION_LIMIT = 10, /* the owner's cgroup or uid holds its share of connections */
+	REASON_RAW_PACKET = 11, /* a packet to an endpoint that no judged socket sent (uplink guard) */
+	REASON_EGRESS_BYPASS = 12, /* PACKET_QDISC_BYPASS or AF_XDP: sends past every egress hook */
 	REASON_MAX = 16,
 };
 

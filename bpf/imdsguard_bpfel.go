@@ -181,25 +181,28 @@ type ImdsguardSockState struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	ImdsguardMapCgroupRules   = "cgroup_rules"
-	ImdsguardMapConfigMap     = "config_map"
-	ImdsguardMapCounters      = "counters"
-	ImdsguardMapEndpoints     = "endpoints"
-	ImdsguardMapEvents        = "events"
-	ImdsguardMapImdsSocks     = "imds_socks"
-	ImdsguardMapJudges        = "judges"
-	ImdsguardMapOpenConns     = "open_conns"
-	ImdsguardMapPolicyGen     = "policy_gen"
-	ImdsguardMapPortSkip      = "port_skip"
-	ImdsguardMapRules         = "rules"
-	ImdsguardMapSockStates    = "sock_states"
-	ImdsguardProgImdsAdopt    = "imds_adopt"
-	ImdsguardProgImdsConnect4 = "imds_connect4"
-	ImdsguardProgImdsConnect6 = "imds_connect6"
-	ImdsguardProgImdsEgress   = "imds_egress"
-	ImdsguardProgImdsMsg      = "imds_msg"
-	ImdsguardProgImdsSockops  = "imds_sockops"
-	ImdsguardVarUnusedEvent   = "unused_event"
+	ImdsguardMapCgroupRules     = "cgroup_rules"
+	ImdsguardMapConfigMap       = "config_map"
+	ImdsguardMapCounters        = "counters"
+	ImdsguardMapEndpoints       = "endpoints"
+	ImdsguardMapEvents          = "events"
+	ImdsguardMapImdsSocks       = "imds_socks"
+	ImdsguardMapJudges          = "judges"
+	ImdsguardMapOpenConns       = "open_conns"
+	ImdsguardMapPolicyGen       = "policy_gen"
+	ImdsguardMapPortSkip        = "port_skip"
+	ImdsguardMapRawReported     = "raw_reported"
+	ImdsguardMapRules           = "rules"
+	ImdsguardMapSockStates      = "sock_states"
+	ImdsguardProgImdsAdopt      = "imds_adopt"
+	ImdsguardProgImdsConnect4   = "imds_connect4"
+	ImdsguardProgImdsConnect6   = "imds_connect6"
+	ImdsguardProgImdsEgress     = "imds_egress"
+	ImdsguardProgImdsMsg        = "imds_msg"
+	ImdsguardProgImdsSetsockopt = "imds_setsockopt"
+	ImdsguardProgImdsSockops    = "imds_sockops"
+	ImdsguardProgImdsUplink     = "imds_uplink"
+	ImdsguardVarUnusedEvent     = "unused_event"
 )
 
 // LoadImdsguard returns the embedded CollectionSpec for Imdsguard.
@@ -244,12 +247,14 @@ type ImdsguardSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ImdsguardProgramSpecs struct {
-	ImdsAdopt    *ebpf.ProgramSpec `ebpf:"imds_adopt"`
-	ImdsConnect4 *ebpf.ProgramSpec `ebpf:"imds_connect4"`
-	ImdsConnect6 *ebpf.ProgramSpec `ebpf:"imds_connect6"`
-	ImdsEgress   *ebpf.ProgramSpec `ebpf:"imds_egress"`
-	ImdsMsg      *ebpf.ProgramSpec `ebpf:"imds_msg"`
-	ImdsSockops  *ebpf.ProgramSpec `ebpf:"imds_sockops"`
+	ImdsAdopt      *ebpf.ProgramSpec `ebpf:"imds_adopt"`
+	ImdsConnect4   *ebpf.ProgramSpec `ebpf:"imds_connect4"`
+	ImdsConnect6   *ebpf.ProgramSpec `ebpf:"imds_connect6"`
+	ImdsEgress     *ebpf.ProgramSpec `ebpf:"imds_egress"`
+	ImdsMsg        *ebpf.ProgramSpec `ebpf:"imds_msg"`
+	ImdsSetsockopt *ebpf.ProgramSpec `ebpf:"imds_setsockopt"`
+	ImdsSockops    *ebpf.ProgramSpec `ebpf:"imds_sockops"`
+	ImdsUplink     *ebpf.ProgramSpec `ebpf:"imds_uplink"`
 }
 
 // ImdsguardMapSpecs contains maps before they are loaded into the kernel.
@@ -266,6 +271,7 @@ type ImdsguardMapSpecs struct {
 	OpenConns   *ebpf.MapSpec `ebpf:"open_conns"`
 	PolicyGen   *ebpf.MapSpec `ebpf:"policy_gen"`
 	PortSkip    *ebpf.MapSpec `ebpf:"port_skip"`
+	RawReported *ebpf.MapSpec `ebpf:"raw_reported"`
 	Rules       *ebpf.MapSpec `ebpf:"rules"`
 	SockStates  *ebpf.MapSpec `ebpf:"sock_states"`
 }
@@ -307,6 +313,7 @@ type ImdsguardMaps struct {
 	OpenConns   *ebpf.Map `ebpf:"open_conns"`
 	PolicyGen   *ebpf.Map `ebpf:"policy_gen"`
 	PortSkip    *ebpf.Map `ebpf:"port_skip"`
+	RawReported *ebpf.Map `ebpf:"raw_reported"`
 	Rules       *ebpf.Map `ebpf:"rules"`
 	SockStates  *ebpf.Map `ebpf:"sock_states"`
 }
@@ -323,6 +330,7 @@ func (m *ImdsguardMaps) Close() error {
 		m.OpenConns,
 		m.PolicyGen,
 		m.PortSkip,
+		m.RawReported,
 		m.Rules,
 		m.SockStates,
 	)
@@ -339,12 +347,14 @@ type ImdsguardVariables struct {
 //
 // It can be passed to LoadImdsguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ImdsguardPrograms struct {
-	ImdsAdopt    *ebpf.Program `ebpf:"imds_adopt"`
-	ImdsConnect4 *ebpf.Program `ebpf:"imds_connect4"`
-	ImdsConnect6 *ebpf.Program `ebpf:"imds_connect6"`
-	ImdsEgress   *ebpf.Program `ebpf:"imds_egress"`
-	ImdsMsg      *ebpf.Program `ebpf:"imds_msg"`
-	ImdsSockops  *ebpf.Program `ebpf:"imds_sockops"`
+	ImdsAdopt      *ebpf.Program `ebpf:"imds_adopt"`
+	ImdsConnect4   *ebpf.Program `ebpf:"imds_connect4"`
+	ImdsConnect6   *ebpf.Program `ebpf:"imds_connect6"`
+	ImdsEgress     *ebpf.Program `ebpf:"imds_egress"`
+	ImdsMsg        *ebpf.Program `ebpf:"imds_msg"`
+	ImdsSetsockopt *ebpf.Program `ebpf:"imds_setsockopt"`
+	ImdsSockops    *ebpf.Program `ebpf:"imds_sockops"`
+	ImdsUplink     *ebpf.Program `ebpf:"imds_uplink"`
 }
 
 func (p *ImdsguardPrograms) Close() error {
@@ -354,7 +364,9 @@ func (p *ImdsguardPrograms) Close() error {
 		p.ImdsConnect6,
 		p.ImdsEgress,
 		p.ImdsMsg,
+		p.ImdsSetsockopt,
 		p.ImdsSockops,
+		p.ImdsUplink,
 	)
 }
 

@@ -10,6 +10,7 @@
  * byte-by-byte walk */
 #define JUDGE_TEST_KNOBS
 #include "http.h"
+#include "uplink_parse.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -84,4 +85,26 @@ int judge_test(struct judge_run *run)
 		run->reqs[k] = j->p.reqs[k];
 	__builtin_memcpy(run->parser, &j->p, sizeof(run->parser));
 	return 0;
+}
+
+/* The uplink guard's frame parser on a crafted frame: returns the parse
+ * result (enum uplink_parse) plus 4 if the segment carries payload, and
+ * leaves what it read in uplink_seen. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct uplink_pkt);
+} uplink_seen SEC(".maps");
+
+SEC("tc")
+int uplink_parse_test(struct __sk_buff *skb)
+{
+	struct uplink_pkt p = {};
+	int r = parse_uplink(skb, &p);
+	if (r == PARSE_CHECK && has_payload(skb, &p))
+		r += 4;
+	__u32 zero = 0;
+	bpf_map_update_elem(&uplink_seen, &zero, &p, BPF_ANY);
+	return r;
 }

@@ -144,23 +144,36 @@ type JudgeTestRuleList struct {
 	Idx [16]uint16
 }
 
+type JudgeTestUplinkPkt struct {
+	_             structs.HostLayout
+	Key           JudgeTestEndpointKey
+	L3            uint32
+	L4            uint32
+	IpEnd         uint32
+	MoreFragments uint8
+	Ipver         uint8
+	_             [2]byte
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	JudgeTestMapCgroupRules    = "cgroup_rules"
-	JudgeTestMapConfigMap      = "config_map"
-	JudgeTestMapCounters       = "counters"
-	JudgeTestMapEndpoints      = "endpoints"
-	JudgeTestMapEvents         = "events"
-	JudgeTestMapPolicyGen      = "policy_gen"
-	JudgeTestMapPortSkip       = "port_skip"
-	JudgeTestMapRules          = "rules"
-	JudgeTestMapTestJudges     = "test_judges"
-	JudgeTestProgJudgeTest     = "judge_test"
-	JudgeTestVarJudgeFastOff   = "judge_fast_off"
-	JudgeTestVarUnusedEvent    = "unused_event"
-	JudgeTestVarUnusedJudgeRun = "unused_judge_run"
+	JudgeTestMapCgroupRules      = "cgroup_rules"
+	JudgeTestMapConfigMap        = "config_map"
+	JudgeTestMapCounters         = "counters"
+	JudgeTestMapEndpoints        = "endpoints"
+	JudgeTestMapEvents           = "events"
+	JudgeTestMapPolicyGen        = "policy_gen"
+	JudgeTestMapPortSkip         = "port_skip"
+	JudgeTestMapRules            = "rules"
+	JudgeTestMapTestJudges       = "test_judges"
+	JudgeTestMapUplinkSeen       = "uplink_seen"
+	JudgeTestProgJudgeTest       = "judge_test"
+	JudgeTestProgUplinkParseTest = "uplink_parse_test"
+	JudgeTestVarJudgeFastOff     = "judge_fast_off"
+	JudgeTestVarUnusedEvent      = "unused_event"
+	JudgeTestVarUnusedJudgeRun   = "unused_judge_run"
 )
 
 // LoadJudgeTest returns the embedded CollectionSpec for JudgeTest.
@@ -205,7 +218,8 @@ type JudgeTestSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type JudgeTestProgramSpecs struct {
-	JudgeTest *ebpf.ProgramSpec `ebpf:"judge_test"`
+	JudgeTest       *ebpf.ProgramSpec `ebpf:"judge_test"`
+	UplinkParseTest *ebpf.ProgramSpec `ebpf:"uplink_parse_test"`
 }
 
 // JudgeTestMapSpecs contains maps before they are loaded into the kernel.
@@ -221,6 +235,7 @@ type JudgeTestMapSpecs struct {
 	PortSkip    *ebpf.MapSpec `ebpf:"port_skip"`
 	Rules       *ebpf.MapSpec `ebpf:"rules"`
 	TestJudges  *ebpf.MapSpec `ebpf:"test_judges"`
+	UplinkSeen  *ebpf.MapSpec `ebpf:"uplink_seen"`
 }
 
 // JudgeTestVariableSpecs contains global variables before they are loaded into the kernel.
@@ -261,6 +276,7 @@ type JudgeTestMaps struct {
 	PortSkip    *ebpf.Map `ebpf:"port_skip"`
 	Rules       *ebpf.Map `ebpf:"rules"`
 	TestJudges  *ebpf.Map `ebpf:"test_judges"`
+	UplinkSeen  *ebpf.Map `ebpf:"uplink_seen"`
 }
 
 func (m *JudgeTestMaps) Close() error {
@@ -274,6 +290,7 @@ func (m *JudgeTestMaps) Close() error {
 		m.PortSkip,
 		m.Rules,
 		m.TestJudges,
+		m.UplinkSeen,
 	)
 }
 
@@ -290,12 +307,14 @@ type JudgeTestVariables struct {
 //
 // It can be passed to LoadJudgeTestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type JudgeTestPrograms struct {
-	JudgeTest *ebpf.Program `ebpf:"judge_test"`
+	JudgeTest       *ebpf.Program `ebpf:"judge_test"`
+	UplinkParseTest *ebpf.Program `ebpf:"uplink_parse_test"`
 }
 
 func (p *JudgeTestPrograms) Close() error {
 	return _JudgeTestClose(
 		p.JudgeTest,
+		p.UplinkParseTest,
 	)
 }
 

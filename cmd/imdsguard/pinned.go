@@ -17,6 +17,7 @@ import (
 
 	"github.com/imdsguard/imdsguard/internal/loader"
 	"github.com/imdsguard/imdsguard/internal/nft"
+	"github.com/imdsguard/imdsguard/internal/uplink"
 )
 
 // errNotEnforcing makes `status` exit 3 (as LSB status does for "not
@@ -31,7 +32,10 @@ type statusReport struct {
 		Present bool   `json:"present"`
 		Error   string `json:"error,omitempty"`
 	} `json:"nftables"`
-	Enforcing bool `json:"enforcing"`
+	// Uplinks are the devices that carry the uplink guard's filter.
+	Uplinks      []string `json:"uplinks"`
+	UplinksError string   `json:"uplinks_error,omitempty"`
+	Enforcing    bool     `json:"enforcing"`
 	// LastRescanAgeSeconds is how long ago the daemon last scanned the
 	// cgroup tree (new cgroups get their rules then); absent if never.
 	LastRescanAgeSeconds *float64 `json:"last_rescan_age_seconds,omitempty"`
@@ -59,6 +63,9 @@ func statusCommand(args []string, stdout, stderr io.Writer) error {
 	r.Nftables.Present = present
 	if err != nil {
 		r.Nftables.Error = err.Error()
+	}
+	if r.Uplinks, err = uplink.Attached(tableNetns(*hostNetns, st.Meta)); err != nil {
+		r.UplinksError = err.Error()
 	}
 	r.Enforcing = st.Pinned && st.Complete
 	if *asJSON {
@@ -159,6 +166,14 @@ func printStatus(w io.Writer, r *statusReport) {
 	default:
 		line("nftables", "table %s absent", r.Nftables.Table)
 	}
+	switch {
+	case r.UplinksError != "":
+		line("uplinks", "unknown: %s", r.UplinksError)
+	case len(r.Uplinks) > 0:
+		line("uplinks", "guarded: %s", strings.Join(r.Uplinks, ", "))
+	default:
+		line("uplinks", "none guarded")
+	}
 	if c := r.Counters; c != nil {
 		keys := make([]string, 0, len(c.Verdicts))
 		for k := range c.Verdicts {
@@ -211,6 +226,13 @@ func detachCommand(args []string, stdout, stderr io.Writer) error {
 	})
 	if tableErr != nil && !errors.Is(tableErr, os.ErrNotExist) {
 		return fmt.Errorf("removing the nftables table: %w", tableErr)
+	}
+	devices, err := uplink.Remove(tableNetns(*hostNetns, st.Meta))
+	for _, d := range devices {
+		removed = append(removed, "uplink guard on "+d)
+	}
+	if err != nil {
+		return fmt.Errorf("removing the uplink guard: %w", err)
 	}
 	if len(removed) == 0 {
 		fmt.Fprintln(stdout, "nothing to remove: imdsguard is not attached")

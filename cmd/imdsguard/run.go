@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -30,6 +31,7 @@ import (
 	"github.com/imdsguard/imdsguard/internal/output"
 	"github.com/imdsguard/imdsguard/internal/policy"
 	"github.com/imdsguard/imdsguard/internal/sdnotify"
+	"github.com/imdsguard/imdsguard/internal/uplink"
 )
 
 type runFlags struct {
@@ -296,6 +298,15 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 			log.Error("removing the nftables table", zap.Error(err))
 		}
 	}()
+	uplinks, err := startUplinkGuard(guard, pol, f.hostNetns, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := uplinks.Close(detach); err != nil {
+			log.Error("removing the uplink guard", zap.Error(err))
+		}
+	}()
 	// What the table stops is reported too (in the host's namespace).
 	if tableLog, err := nflog.Open(enforcer.NftLogGroup, f.hostNetns); err != nil {
 		log.Warn("not reading the nftables log: packets the table stops are counted but not reported", zap.Error(err))
@@ -380,10 +391,12 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 		defer close(enfDone)
 		enf.Run(ctx, policyHup)
 	}()
+	go uplinks.Run(ctx)
 
 	log.Info("enforcing",
 		zap.String("mode", pol.Mode),
 		zap.Strings("hooks", guard.Hooks()),
+		zap.Strings("uplinks", uplinks.Devices()),
 		zap.String("cgroup", cgroupDir),
 		zap.Strings("endpoints", pol.Endpoints),
 		zap.Bool("block_non_host_netns", *pol.BlockNonHostNetns),
@@ -569,4 +582,22 @@ func warnDegraded(log *zap.Logger) {
 			log.Warn("without CAP_DAC_READ_SEARCH: events lack cgroup paths (and so container and pod names)")
 		}
 	}
+}
+
+// startUplinkGuard puts the uplink guard on the devices of the host's
+// namespace that packets to the endpoints can leave by.
+func startUplinkGuard(guard *loader.Guard, pol *policy.Policy, hostNetns string, log *zap.Logger) (*uplink.Guard, error) {
+	var addrs []netip.Addr
+	for _, s := range pol.Endpoints {
+		ep, err := policy.ParseEndpoint(s)
+		if err != nil {
+			return nil, err
+		}
+		addrs = append(addrs, ep.Addr().Unmap())
+	}
+	g, err := uplink.Start(guard.UplinkProgram(), addrs, hostNetns, log)
+	if err != nil {
+		return nil, fmt.Errorf("uplink guard: %w", err)
+	}
+	return g, nil
 }

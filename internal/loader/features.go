@@ -195,17 +195,17 @@ func helperName(fn asm.BuiltinFunc) string {
 var (
 	mapSince = map[ebpf.MapType]string{
 		ebpf.Hash: "3.19", ebpf.Array: "3.19", ebpf.PerCPUArray: "4.6",
-		ebpf.SockHash: "4.18", ebpf.SkStorage: "5.2", ebpf.RingBuf: "5.8",
+		ebpf.SockHash: "4.18", ebpf.SkStorage: "5.2", ebpf.RingBuf: "5.8", ebpf.LRUHash: "4.10",
 	}
 	progSince = map[ebpf.ProgramType]string{
 		ebpf.CGroupSKB: "4.10", ebpf.SockOps: "4.13", ebpf.SkMsg: "4.17",
-		ebpf.CGroupSockAddr: "4.17",
+		ebpf.CGroupSockAddr: "4.17", ebpf.SchedCLS: "4.1", ebpf.CGroupSockopt: "5.3",
 	}
 	helperFirst = map[asm.BuiltinFunc]string{
 		asm.FnMapLookupElem: "3.19", asm.FnMapUpdateElem: "3.19",
 		asm.FnKtimeGetNs: "4.1", asm.FnGetCurrentPidTgid: "4.2", asm.FnGetCurrentUidGid: "4.2",
 		asm.FnGetCurrentComm: "4.2", asm.FnSkbLoadBytes: "4.5", asm.FnGetCurrentTask: "4.8",
-		asm.FnGetSocketCookie: "4.12", asm.FnSockOpsCbFlagsSet: "4.16", asm.FnMsgApplyBytes: "4.17",
+		asm.FnGetSocketCookie: "4.12", asm.FnGetSocketUid: "4.12", asm.FnSkbCgroupId: "4.18", asm.FnSockOpsCbFlagsSet: "4.16", asm.FnMsgApplyBytes: "4.17",
 		asm.FnMsgCorkBytes: "4.17", asm.FnMsgPullData: "4.17", asm.FnGetCurrentCgroupId: "4.18",
 		asm.FnSockHashUpdate: "4.18", asm.FnSkFullsock: "5.1", asm.FnSkStorageGet: "5.2",
 		asm.FnProbeReadKernel: "5.5", asm.FnGetCurrentAncestorCgroupId: "5.6", asm.FnGetNetnsCookie: "5.7",

@@ -206,6 +206,8 @@ func (g *Guard) hookProgram(name string) *ebpf.Program {
 		return g.objs.ImdsConnect4
 	case "connect6":
 		return g.objs.ImdsConnect6
+	case "setsockopt":
+		return g.objs.ImdsSetsockopt
 	}
 	panic("unknown hook " + name)
 }
@@ -253,6 +255,10 @@ func (g *Guard) attachFresh(spec *ebpf.CollectionSpec, pol *policy.Compiled, cg 
 	}
 	return nil
 }
+
+// UplinkProgram is the program the uplink guard (internal/uplink) attaches
+// to the devices packets leave the node by.
+func (g *Guard) UplinkProgram() *ebpf.Program { return g.objs.ImdsUplink }
 
 func (g *Guard) writeFirstPolicy(pol *policy.Compiled, cg CgroupRules) error {
 	if err := g.writePolicy(0, pol, cg); err != nil {

@@ -71,12 +71,15 @@ type Meta struct {
 }
 
 // hooks in attach order: the egress guard before the connect hooks that
-// mark the sockets it checks, then sockops, the connect hooks last.
+// mark the sockets it checks, the setsockopt guard (which keeps packet
+// sockets from sending past the uplink guard), then sockops, the connect
+// hooks last.
 var cgroupHooks = []struct {
 	name   string
 	attach ebpf.AttachType
 }{
 	{"egress", ebpf.AttachCGroupInetEgress},
+	{"setsockopt", ebpf.AttachCGroupSetsockopt},
 	{"sockops", ebpf.AttachCGroupSockOps},
 	{"connect4", ebpf.AttachCGroupInet4Connect},
 	{"connect6", ebpf.AttachCGroupInet6Connect},

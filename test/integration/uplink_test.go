@@ -1,0 +1,272 @@
+package integration
+
+import (
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/imdsguard/imdsguard/internal/uplink"
+	"github.com/imdsguard/imdsguard/test/imdsserver"
+	"github.com/imdsguard/imdsguard/test/lab"
+)
+
+// rawFrom runs rawclient in ns with args and decodes its result.
+func rawFrom(t testing.TB, l *lab.Lab, ns lab.NS, args ...string) rawResult {
+	t.Helper()
+	out, stderr, code, _ := runInLab(t, l, ns, nil, bins.rawclient, append([]string{"-timeout", "2s"}, args...)...)
+	if code != 0 {
+		t.Fatalf("rawclient %v: exit %d: %s", args, code, stderr)
+	}
+	var r rawResult
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("rawclient output %q: %v", out, err)
+	}
+	return r
+}
+
+// dropOwnResets keeps ns's kernel from resetting the connections rawclient
+// makes by hand (it knows nothing of them).
+func dropOwnResets(t testing.TB, l *lab.Lab, ns lab.NS) {
+	t.Helper()
+	nftIn(t, l, ns, "add", "table", "inet", "rawclient")
+	nftIn(t, l, ns, "add", "chain", "inet", "rawclient", "out", "{ type filter hook output priority 0 ; }")
+	nftIn(t, l, ns, "add", "rule", "inet", "rawclient", "out", "tcp", "flags", "rst", "drop")
+}
+
+// handleIn is a netlink handle in the lab namespace ns.
+func handleIn(t testing.TB, path string) *netlink.Handle {
+	t.Helper()
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return h
+}
+
+func macOf(t testing.TB, h *netlink.Handle, name string) string {
+	t.Helper()
+	link, err := h.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return link.Attrs().HardwareAddr.String()
+}
+
+// served says whether a raw attack got the credentials.
+func served(r rawResult) bool {
+	return strings.Contains(r.Response, imdsserver.DefaultRole)
+}
+
+// The attacks of one sender: token-less credential requests on TCP built
+// by hand, over a raw IPv4 socket, a raw IPv6 socket and an AF_PACKET
+// socket on the uplink. None passes a socket hook or the forward chain.
+func rawAttacks(src4, src6, link, mac string) map[string][]string {
+	return map[string][]string{
+		"raw IPv4":  {"-src", src4, "-dst", imdsAddr},
+		"raw IPv6":  {"-src", src6, "-dst", "[" + lab.IMDSv6 + "]:80"},
+		"AF_PACKET": {"-src", src4, "-dst", imdsAddr, "-link", link, "-dst-mac", mac},
+	}
+}
+
+// A host process with CAP_NET_RAW crafts TCP to IMDS: without the uplink
+// guard it is served whatever the policy says; with it, the segments with
+// payload never leave the node, the client is never answered, and the
+// event names the sender's cgroup. The guard comes back if deleted and
+// goes, with its qdisc, when the daemon detaches.
+func TestRawTCPFromTheHostIsDroppedAtTheUplink(t *testing.T) {
+	l := lab.New(t)
+	srv := startIMDS(t, l, imdsserver.Options{})
+	dropOwnResets(t, l, lab.Node)
+	mac := macOf(t, handleIn(t, l.NetnsPath(lab.IMDS)), l.IMDSLink)
+	attacks := rawAttacks(lab.NodeIMDSLinkV4, lab.NodeIMDSLinkV6, l.NodeIMDSLink, mac)
+
+	for name, args := range attacks {
+		if r := rawFrom(t, l, lab.Node, args...); !served(r) {
+			t.Fatalf("%s: without imdsguard the attack should be served: %+v", name, r)
+		}
+	}
+	srv.Reset()
+
+	d := startDaemon(t, l)
+	for name, args := range attacks {
+		r := rawFrom(t, l, lab.Node, args...)
+		if r.Response != "" {
+			t.Errorf("%s: with imdsguard the attack got %+v", name, r)
+		}
+	}
+	if n := len(srv.Requests()); n != 0 {
+		t.Fatalf("IMDS answered %d hand-made requests", n)
+	}
+	for _, c := range srv.Conns() {
+		if len(c.Received) != 0 {
+			t.Fatalf("IMDS received %q on a hand-made connection", c.Received)
+		}
+	}
+	for _, ep := range []string{imdsAddr, "[" + lab.IMDSv6 + "]:80"} {
+		ev := d.WaitEvent("raw packet event for "+ep, func(e event) bool { return e.Reason == "raw_packet" && e.Endpoint == ep })
+		if ev.Kind != "connect" || ev.Action != "deny" || ev.Cgroup != l.CgroupRel || ev.UID != 0 {
+			t.Errorf("raw packet event %+v, want connect deny from %s, uid 0", ev, l.CgroupRel)
+		}
+	}
+
+	node := handleIn(t, l.NetnsPath(lab.Node))
+	link, err := node.LinkByName(l.NodeIMDSLink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	filters, err := node.FilterList(link, netlink.HANDLE_MIN_EGRESS)
+	if err != nil || len(filters) != 1 {
+		t.Fatalf("filters on %s: %v, %v; want the uplink guard alone", l.NodeIMDSLink, filters, err)
+	}
+	if err := node.FilterDel(filters[0]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the uplink guard to come back", func() bool {
+		devs, err := uplink.Attached(l.NetnsPath(lab.Node))
+		return err == nil && len(devs) == 1 && devs[0] == l.NodeIMDSLink
+	})
+	if r := rawFrom(t, l, lab.Node, attacks["raw IPv4"]...); r.Response != "" {
+		t.Fatalf("after the guard came back the attack got %+v", r)
+	}
+
+	if code := d.Stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if devs, err := uplink.Attached(l.NetnsPath(lab.Node)); err != nil || len(devs) != 0 {
+		t.Fatalf("after detach the uplink guard is on %v (%v)", devs, err)
+	}
+	qdiscs, err := node.QdiscList(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range qdiscs {
+		if q.Type() == "clsact" {
+			t.Fatalf("after detach %s still has the clsact qdisc", l.NodeIMDSLink)
+		}
+	}
+}
+
+// macvlanPod makes a namespace whose only device is a macvlan of the
+// node's uplink: its frames leave by the uplink's queue, never by the
+// node's forward path.
+func macvlanPod(t testing.TB, l *lab.Lab) lab.NS {
+	t.Helper()
+	ns := lab.NS("mvpod")
+	name := l.NetnsName(ns)
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	node := handleIn(t, l.NetnsPath(lab.Node))
+	parent, err := node.LinkByName(l.NodeIMDSLink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target, err := netns.GetFromPath(l.NetnsPath(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	mv := &netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{Name: l.ID + "mv", ParentIndex: parent.Attrs().Index, Namespace: netlink.NsFd(target)}, Mode: netlink.MACVLAN_MODE_BRIDGE}
+	if err := node.LinkAdd(mv); err != nil {
+		t.Fatalf("adding the macvlan: %v", err)
+	}
+	pod := handleIn(t, l.NetnsPath(ns))
+	for _, dev := range []string{"lo", l.ID + "mv"} {
+		link, err := pod.LinkByName(dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pod.LinkSetUp(link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ip := func(args ...string) {
+		if out, err := exec.Command("ip", append([]string{"-n", name}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	ip("addr", "add", macvlanPodV4+"/24", "dev", l.ID+"mv")
+	ip("addr", "add", macvlanPodV6+"/64", "dev", l.ID+"mv", "nodad")
+	ip("route", "add", lab.IMDSv4, "via", lab.IMDSLinkV4)
+	ip("-6", "route", "add", lab.IMDSv6, "via", lab.IMDSLinkV6)
+	return ns
+}
+
+const (
+	macvlanPodV4 = "10.99.0.3"
+	macvlanPodV6 = "fd00:99::3"
+)
+
+// A pod on a macvlan of the uplink with CAP_NET_RAW: its sockets' connects
+// are refused, but TCP it builds itself skips the node's forward chain.
+// The uplink guard stops it.
+func TestMacvlanPodRawTCPIsDroppedAtTheUplink(t *testing.T) {
+	l := lab.New(t)
+	srv := startIMDS(t, l, imdsserver.Options{})
+	pod := macvlanPod(t, l)
+	dropOwnResets(t, l, pod)
+	mac := macOf(t, handleIn(t, l.NetnsPath(lab.IMDS)), l.IMDSLink)
+	attacks := rawAttacks(macvlanPodV4, macvlanPodV6, l.ID+"mv", mac)
+
+	for name, args := range attacks {
+		if r := rawFrom(t, l, pod, args...); !served(r) {
+			t.Fatalf("%s: without imdsguard the attack from the macvlan pod should be served: %+v", name, r)
+		}
+	}
+	srv.Reset()
+
+	d := startDaemon(t, l)
+	for name, args := range attacks {
+		if r := rawFrom(t, l, pod, args...); r.Response != "" {
+			t.Errorf("%s: with imdsguard the attack from the macvlan pod got %+v", name, r)
+		}
+	}
+	if n := len(srv.Requests()); n != 0 {
+		t.Fatalf("IMDS answered %d hand-made requests from the macvlan pod", n)
+	}
+	ev := d.WaitEvent("raw packet event", func(e event) bool { return e.Reason == "raw_packet" })
+	if ev.Action != "deny" || ev.Cgroup != l.CgroupRel {
+		t.Errorf("raw packet event %+v, want deny from %s", ev, l.CgroupRel)
+	}
+	// and its ordinary connections are refused at connect, as any pod's
+	res := runClient(t, l, pod, "", "-mode", "http", "-addr", imdsAddr, "-timeout", "5s", "-path", credPath)
+	if res.ConnectErrno != "EPERM" {
+		t.Errorf("a macvlan pod's connect: %+v, want EPERM", res)
+	}
+}
+
+// PACKET_QDISC_BYPASS hands a packet socket's frames to the driver past
+// every egress hook: served without imdsguard, refused with EPERM under it.
+func TestQdiscBypassIsRefused(t *testing.T) {
+	l := lab.New(t)
+	srv := startIMDS(t, l, imdsserver.Options{})
+	dropOwnResets(t, l, lab.Node)
+	mac := macOf(t, handleIn(t, l.NetnsPath(lab.IMDS)), l.IMDSLink)
+	args := []string{"-src", lab.NodeIMDSLinkV4, "-dst", imdsAddr, "-link", l.NodeIMDSLink, "-dst-mac", mac, "-qdisc-bypass"}
+
+	if r := rawFrom(t, l, lab.Node, args...); !served(r) {
+		t.Fatalf("without imdsguard the bypassing attack should be served: %+v", r)
+	}
+	srv.Reset()
+	startDaemon(t, l)
+	r := rawFrom(t, l, lab.Node, args...)
+	want := "setsockopt PACKET_QDISC_BYPASS: operation not permitted"
+	if r.Error != want || r.SynAck || r.Sent {
+		t.Fatalf("with imdsguard: %+v, want error %q and nothing sent", r, want)
+	}
+	if n := len(srv.Conns()); n != 0 {
+		t.Fatalf("IMDS saw %d connections", n)
+	}
+}
