@@ -114,7 +114,10 @@ struct config {
 	 * no workload can fill the socket map for the others */
 	__u32 max_conns_cgroup;
 	__u32 max_conns_uid;
-	__u32 pad;
+	/* the guarded cgroup and its level (0 for the root): the uplink guard,
+	 * which is no cgroup hook, judges only sockets below it */
+	__u32 scope_level;
+	__u64 scope_cgroup_id;
 	struct cred_prefix prefixes[MAX_PREFIXES];
 };
 

@@ -28,7 +28,8 @@ type JudgeTestConfig struct {
 	PrefixCount     uint32
 	MaxConnsCgroup  uint32
 	MaxConnsUid     uint32
-	Pad             uint32
+	ScopeLevel      uint32
+	ScopeCgroupId   uint64
 	Prefixes        [8]struct {
 		_   structs.HostLayout
 		Len uint32

@@ -39,10 +39,14 @@ struct {
 	__type(value, __u8);
 } raw_reported SEC(".maps");
 
-/* Whether the packet's socket is one the judge owns: it has state, made at
- * connect, at adoption or by sk_msg, and only for an endpoint's sockets. */
-static __always_inline int judged_socket(struct __sk_buff *skb)
+/* Whether the packet's socket is one the judge owns (it has state, made at
+ * connect, at adoption or by sk_msg, and only for an endpoint's sockets),
+ * or one it does not guard: a socket of a process outside the guarded
+ * cgroup, which the other hooks let be too. */
+static __always_inline int judged_socket(struct __sk_buff *skb, const struct config *cfg)
 {
+	if (cfg && bpf_skb_ancestor_cgroup_id(skb, cfg->scope_level) != cfg->scope_cgroup_id)
+		return 1;
 	struct bpf_sock *sk = skb->sk;
 	if (!sk)
 		return 0;
@@ -98,12 +102,12 @@ int imds_uplink(struct __sk_buff *skb)
 	/* A frame that cannot be read (PARSE_BAD: truncated IP, too many
 	 * tags or extension headers) may be for an endpoint: the kernel's
 	 * stack never builds one, so only a raw sender's is dropped. */
-	if (judged_socket(skb))
+	struct config *cfg = get_config();
+	if (judged_socket(skb, cfg))
 		return TC_ACT_UNSPEC;
 	if (r == PARSE_CHECK && !has_payload(skb, &p))
 		return TC_ACT_UNSPEC;
 
-	struct config *cfg = get_config();
 	__u8 action = cfg && cfg->mode == MODE_AUDIT ? ACTION_AUDIT : ACTION_DENY;
 	count(COUNTER_SLOT(KIND_CONNECT, action, REASON_RAW_PACKET));
 	if (r == PARSE_CHECK)

@@ -26,7 +26,7 @@ func V2Mount() (string, error) {
 		return "", err
 	}
 	if len(mounts) > 0 {
-		return mounts[0], nil
+		return mounts[0].Point, nil
 	}
 	return "", errors.New("no cgroup v2 hierarchy is mounted (imdsguard needs cgroup v2; mount it or pass --cgroup DIR)")
 }
@@ -36,27 +36,63 @@ func V2Mount() (string, error) {
 // In a container given the host's hierarchy (e.g. at /run/imdsguard/cgroup),
 // that is the host's root, not the container's own /sys/fs/cgroup.
 func MountOf(dir string) (string, error) {
+	m, _, err := mountOf(dir)
+	return m.Point, err
+}
+
+// Level returns the depth of the cgroup at dir in its hierarchy (0 for
+// the root), as bpf_skb_ancestor_cgroup_id counts levels: the depth of the
+// mount's own root plus that of dir below the mount point.
+func Level(dir string) (int, error) {
+	m, rel, err := mountOf(dir)
+	if err != nil {
+		return 0, err
+	}
+	if strings.HasPrefix(m.Root, "/..") {
+		return 0, fmt.Errorf("%s: the cgroup mount at %s shows a cgroup outside this cgroup namespace (%s)", dir, m.Point, m.Root)
+	}
+	return depth(m.Root) + depth(rel), nil
+}
+
+// depth counts the components of a slash-separated path ("/", "." and ""
+// have none).
+func depth(p string) int {
+	n := 0
+	for _, part := range strings.Split(p, "/") {
+		if part != "" && part != "." {
+			n++
+		}
+	}
+	return n
+}
+
+// mountOf finds the cgroup2 mount holding dir and dir's path below it.
+func mountOf(dir string) (Mount, string, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return "", err
+		return Mount{}, "", err
 	}
 	if abs, err = filepath.EvalSymlinks(abs); err != nil {
-		return "", fmt.Errorf("%s: %w", dir, err)
+		return Mount{}, "", fmt.Errorf("%s: %w", dir, err)
 	}
 	mounts, err := cgroup2Mounts()
 	if err != nil {
-		return "", err
+		return Mount{}, "", err
 	}
-	best := ""
-	for _, mp := range mounts {
-		if (abs == mp || strings.HasPrefix(abs, strings.TrimSuffix(mp, "/")+"/")) && len(mp) > len(best) {
-			best = mp
+	var best Mount
+	for _, m := range mounts {
+		if (abs == m.Point || strings.HasPrefix(abs, strings.TrimSuffix(m.Point, "/")+"/")) && len(m.Point) > len(best.Point) {
+			best = m
 		}
 	}
-	if best == "" {
-		return "", fmt.Errorf("%s is not under a cgroup v2 mount", dir)
+	if best.Point == "" {
+		return Mount{}, "", fmt.Errorf("%s is not under a cgroup v2 mount", dir)
 	}
-	return best, nil
+	rel, err := filepath.Rel(best.Point, abs)
+	if err != nil {
+		return Mount{}, "", err
+	}
+	return best, rel, nil
 }
 
 // Mount is one cgroup2 mount: its mount point, and the cgroup it shows
@@ -90,22 +126,14 @@ func ParseMounts(r io.Reader) ([]Mount, error) {
 	return out, nil
 }
 
-// cgroup2Mounts lists the mount points of cgroup2 file systems.
-func cgroup2Mounts() ([]string, error) {
+// cgroup2Mounts lists the cgroup2 mounts.
+func cgroup2Mounts() ([]Mount, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return nil, fmt.Errorf("reading mountinfo: %w", err)
 	}
 	defer f.Close()
-	mounts, err := ParseMounts(f)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]string, len(mounts))
-	for i, m := range mounts {
-		out[i] = m.Point
-	}
-	return out, nil
+	return ParseMounts(f)
 }
 
 // unescapeMountinfo undoes the octal escapes (\040 for a space) of

@@ -45,3 +45,11 @@ func TestParseMounts(t *testing.T) {
 		t.Errorf("ParseMounts = %+v, want %+v", got, want)
 	}
 }
+
+func TestDepth(t *testing.T) {
+	for p, want := range map[string]int{"/": 0, ".": 0, "": 0, "/a": 1, "a/b": 2, "/kubepods/besteffort/pod1/": 3} {
+		if got := depth(p); got != want {
+			t.Errorf("depth(%q) = %d, want %d", p, got, want)
+		}
+	}
+}

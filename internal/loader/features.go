@@ -205,7 +205,7 @@ var (
 		asm.FnMapLookupElem: "3.19", asm.FnMapUpdateElem: "3.19",
 		asm.FnKtimeGetNs: "4.1", asm.FnGetCurrentPidTgid: "4.2", asm.FnGetCurrentUidGid: "4.2",
 		asm.FnGetCurrentComm: "4.2", asm.FnSkbLoadBytes: "4.5", asm.FnGetCurrentTask: "4.8",
-		asm.FnGetSocketCookie: "4.12", asm.FnGetSocketUid: "4.12", asm.FnSkbCgroupId: "4.18", asm.FnSockOpsCbFlagsSet: "4.16", asm.FnMsgApplyBytes: "4.17",
+		asm.FnGetSocketCookie: "4.12", asm.FnGetSocketUid: "4.12", asm.FnSkbCgroupId: "4.18", asm.FnSkbAncestorCgroupId: "4.19", asm.FnSockOpsCbFlagsSet: "4.16", asm.FnMsgApplyBytes: "4.17",
 		asm.FnMsgCorkBytes: "4.17", asm.FnMsgPullData: "4.17", asm.FnGetCurrentCgroupId: "4.18",
 		asm.FnSockHashUpdate: "4.18", asm.FnSkFullsock: "5.1", asm.FnSkStorageGet: "5.2",
 		asm.FnProbeReadKernel: "5.5", asm.FnGetCurrentAncestorCgroupId: "5.6", asm.FnGetNetnsCookie: "5.7",

@@ -71,6 +71,7 @@ type Guard struct {
 	skMsg      bool                 // sk_msg attached to objs.ImdsSocks
 	log        *zap.Logger
 	hostCookie uint64
+	scopeLevel uint32 // level of the guarded cgroup in its hierarchy
 	gen        uint32 // generation in force
 
 	pinDir   string
@@ -91,6 +92,10 @@ func Load(pol *policy.Compiled, opts Options, log *zap.Logger) (g *Guard, err er
 	if err != nil {
 		return nil, fmt.Errorf("checking cgroup: %w", err)
 	}
+	level, err := cgroupfs.Level(opts.Cgroup)
+	if err != nil {
+		return nil, fmt.Errorf("checking cgroup: %w", err)
+	}
 	spec, err := bpf.LoadImdsguard()
 	if err != nil {
 		return nil, fmt.Errorf("loading BPF spec: %w", err)
@@ -98,7 +103,7 @@ func Load(pol *policy.Compiled, opts Options, log *zap.Logger) (g *Guard, err er
 	if opts.RingBufBytes != 0 {
 		spec.Maps[bpf.ImdsguardMapEvents].MaxEntries = opts.RingBufBytes
 	}
-	g = &Guard{log: log, hostCookie: opts.HostNetnsCookie, links: map[string]link.Link{}, pinDir: opts.PinDir, takeover: TakeoverNone}
+	g = &Guard{log: log, hostCookie: opts.HostNetnsCookie, scopeLevel: uint32(level), links: map[string]link.Link{}, pinDir: opts.PinDir, takeover: TakeoverNone}
 	g.meta = opts.Meta
 	g.meta.Layout = layoutOf(spec)
 	g.meta.PID = os.Getpid()

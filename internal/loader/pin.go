@@ -85,6 +85,16 @@ var cgroupHooks = []struct {
 	{"connect6", ebpf.AttachCGroupInet6Connect},
 }
 
+// hookAttach is the attach type of the cgroup hook name.
+func hookAttach(name string) ebpf.AttachType {
+	for _, h := range cgroupHooks {
+		if h.name == name {
+			return h.attach
+		}
+	}
+	panic("unknown hook " + name)
+}
+
 // sharedMaps are the maps pinned and shared across daemons: every map of
 // the object but the internal data sections, which belong to one load.
 func sharedMaps(spec *ebpf.CollectionSpec) []string {

@@ -52,6 +52,8 @@ func ruleList(idx []uint16) (bpf.ImdsguardRuleList, error) {
 func (g *Guard) writePolicy(gen uint32, pol *policy.Compiled, cg CgroupRules) error {
 	cfg := pol.Config
 	cfg.HostNetnsCookie = g.hostCookie
+	cfg.ScopeCgroupId = g.meta.CgroupID
+	cfg.ScopeLevel = g.scopeLevel
 	if err := g.objs.ConfigMap.Update(gen, &cfg, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("writing config: %w", err)
 	}

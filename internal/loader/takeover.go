@@ -114,7 +114,7 @@ func linkProgram(l link.Link) (*ebpf.Program, error) {
 //
 //  1. the new sk_msg on the new socket map;
 //  2. the new egress guard next to the old one (each guards the sockets
-//     its own connect hook marked);
+//     its own connect hook marked), and the new setsockopt guard;
 //  3. sockops, then connect4/6, switched in place where a pinned link is on
 //     this cgroup, attached anew otherwise;
 //  4. the old egress guard and any other old link removed;
@@ -166,8 +166,11 @@ func (g *Guard) replace(spec *ebpf.CollectionSpec, pol *policy.Compiled, cg Cgro
 	if err := g.attachSkMsg(); err != nil {
 		return err
 	}
-	if err := g.attachHook("egress", ebpf.AttachCGroupInetEgress); err != nil {
-		return err
+	// the egress and setsockopt guards run beside the old ones meanwhile
+	for _, name := range []string{"egress", "setsockopt"} {
+		if err := g.attachHook(name, hookAttach(name)); err != nil {
+			return err
+		}
 	}
 	reused := map[string]bool{}
 	for _, name := range []string{"sockops", "connect4", "connect6"} {
@@ -196,14 +199,7 @@ func (g *Guard) replace(spec *ebpf.CollectionSpec, pol *policy.Compiled, cg Cgro
 				}
 			}
 		}
-		attach := ebpf.AttachCGroupSockOps
-		switch name {
-		case "connect4":
-			attach = ebpf.AttachCGroupInet4Connect
-		case "connect6":
-			attach = ebpf.AttachCGroupInet6Connect
-		}
-		if err := g.attachHook(name, attach); err != nil {
+		if err := g.attachHook(name, hookAttach(name)); err != nil {
 			return err
 		}
 	}

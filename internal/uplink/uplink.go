@@ -302,7 +302,13 @@ func (g *Guard) subscribe(done chan struct{}, notify func()) {
 	if g.ns >= 0 {
 		nsOpt = &g.ns
 	}
-	onErr := func(err error) { g.log.Warn("device notifications", zap.Error(err)) }
+	onErr := func(err error) {
+		select {
+		case <-done: // the socket was closed on the way out
+		default:
+			g.log.Warn("device notifications stopped: devices are checked every few seconds", zap.Error(err))
+		}
+	}
 	links := make(chan netlink.LinkUpdate, 64)
 	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{Namespace: nsOpt, ErrorCallback: onErr}); err != nil {
 		g.log.Warn("no device notifications: new devices are guarded within seconds", zap.Error(err))

@@ -276,7 +276,7 @@ rules:
 	}
 	human, _, code := imdsguardCmd(t, l, "status")
 	for _, re := range []string{`enforcement:\s+pinned in `, fmt.Sprintf(`daemon:\s+running \(pid %d\)`, b.PID()), `mode:\s+enforce`,
-		`hooks:\s+sk_msg \(prog \d+\), egress \(prog \d+\), sockops \(prog \d+\), connect4 \(prog \d+\), connect6 \(prog \d+\)`,
+		`hooks:\s+sk_msg \(prog \d+\), egress \(prog \d+\), setsockopt \(prog \d+\), sockops \(prog \d+\), connect4 \(prog \d+\), connect6 \(prog \d+\)`,
 		`nftables:\s+table inet imdsguard present`, `request_deny_imdsv1_no_token\s+\d+`} {
 		if !regexp.MustCompile(re).MatchString(human) {
 			t.Errorf("status output lacks %q:\n%s", re, human)
