@@ -102,10 +102,12 @@ func openHandle(netnsPath string) (*netlink.Handle, netns.NsHandle, error) {
 	return h, ns, nil
 }
 
-func (g *Guard) closeHandle() {
-	g.h.Close()
-	if g.ns >= 0 {
-		g.ns.Close()
+func (g *Guard) closeHandle() { closeHandle(g.h, g.ns) }
+
+func closeHandle(h *netlink.Handle, ns netns.NsHandle) {
+	h.Close()
+	if ns >= 0 {
+		ns.Close()
 	}
 }
 
@@ -384,12 +386,7 @@ func withHandle(netnsPath string, fn func(*netlink.Handle) error) error {
 	if err != nil {
 		return err
 	}
-	defer func() {
-		h.Close()
-		if ns >= 0 {
-			ns.Close()
-		}
-	}()
+	defer closeHandle(h, ns)
 	return fn(h)
 }
 

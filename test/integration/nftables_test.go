@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -32,15 +31,7 @@ type rawResult struct {
 // on a raw socket: no socket hook of the host ever sees it.
 func rawAttack(t testing.TB, l *lab.Lab) rawResult {
 	t.Helper()
-	out, stderr, code, _ := runInLab(t, l, lab.Pod, nil, bins.rawclient, "-src", lab.PodV4, "-dst", imdsAddr, "-timeout", "2s")
-	if code != 0 {
-		t.Fatalf("rawclient: exit %d: %s", code, stderr)
-	}
-	var r rawResult
-	if err := json.Unmarshal([]byte(out), &r); err != nil {
-		t.Fatalf("rawclient output %q: %v", out, err)
-	}
-	return r
+	return rawFrom(t, l, lab.Pod, "-src", lab.PodV4, "-dst", imdsAddr)
 }
 
 // A pod with CAP_NET_RAW crafting TCP by hand passes no socket hook; the
@@ -49,10 +40,7 @@ func rawAttack(t testing.TB, l *lab.Lab) rawResult {
 func TestRawSocketFromPodIsStoppedByTheTable(t *testing.T) {
 	l := lab.New(t)
 	srv := startIMDS(t, l, imdsserver.Options{})
-	// the pod's own kernel would reset the hand-made connection
-	nftIn(t, l, lab.Pod, "add", "table", "ip", "rawclient")
-	nftIn(t, l, lab.Pod, "add", "chain", "ip", "rawclient", "out", "{ type filter hook output priority 0 ; }")
-	nftIn(t, l, lab.Pod, "add", "rule", "ip", "rawclient", "out", "tcp", "flags", "rst", "drop")
+	dropOwnResets(t, l, lab.Pod)
 
 	before := rawAttack(t, l)
 	if !before.SynAck || !strings.Contains(before.Response, imdsserver.DefaultRole) || len(srv.Requests()) != 1 {
