@@ -203,6 +203,7 @@ const (
 	ImdsguardProgImdsSetsockopt = "imds_setsockopt"
 	ImdsguardProgImdsSockops    = "imds_sockops"
 	ImdsguardProgImdsUplink     = "imds_uplink"
+	ImdsguardProgImdsUplinkL3   = "imds_uplink_l3"
 	ImdsguardVarUnusedEvent     = "unused_event"
 )
 
@@ -256,6 +257,7 @@ type ImdsguardProgramSpecs struct {
 	ImdsSetsockopt *ebpf.ProgramSpec `ebpf:"imds_setsockopt"`
 	ImdsSockops    *ebpf.ProgramSpec `ebpf:"imds_sockops"`
 	ImdsUplink     *ebpf.ProgramSpec `ebpf:"imds_uplink"`
+	ImdsUplinkL3   *ebpf.ProgramSpec `ebpf:"imds_uplink_l3"`
 }
 
 // ImdsguardMapSpecs contains maps before they are loaded into the kernel.
@@ -356,6 +358,7 @@ type ImdsguardPrograms struct {
 	ImdsSetsockopt *ebpf.Program `ebpf:"imds_setsockopt"`
 	ImdsSockops    *ebpf.Program `ebpf:"imds_sockops"`
 	ImdsUplink     *ebpf.Program `ebpf:"imds_uplink"`
+	ImdsUplinkL3   *ebpf.Program `ebpf:"imds_uplink_l3"`
 }
 
 func (p *ImdsguardPrograms) Close() error {
@@ -368,6 +371,7 @@ func (p *ImdsguardPrograms) Close() error {
 		p.ImdsSetsockopt,
 		p.ImdsSockops,
 		p.ImdsUplink,
+		p.ImdsUplinkL3,
 	)
 }
 

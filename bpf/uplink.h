@@ -19,7 +19,12 @@
  *    connections; a bare SYN or ACK gets nothing out of a server);
  *  - anything that is not TCP to an endpoint's address and port.
  * Everything else to an endpoint is dropped (counted, reported once per
- * socket). Two ways past every egress hook exist, PACKET_QDISC_BYPASS and
+ * socket).
+ *
+ * The same program runs on the devices of the pods an allowNonHostNetns
+ * rule lets reach IMDS: their packets pass the forward chain by source
+ * address, so a sidecar's hand-made TCP would too; inside the pod's
+ * namespace its packet still carries its raw or packet socket. Two ways past every egress hook exist, PACKET_QDISC_BYPASS and
  * AF_XDP; imds_setsockopt refuses both.
  */
 #ifndef IMDSGUARD_UPLINK_H
@@ -82,14 +87,13 @@ static __always_inline void report_raw_packet(struct __sk_buff *skb, const struc
 	bpf_ringbuf_submit(e, ringbuf_wakeup());
 }
 
-SEC("tc")
-int imds_uplink(struct __sk_buff *skb)
+static __always_inline int uplink_verdict(struct __sk_buff *skb, bool l3)
 {
 	struct bpf_sock *sk = skb->sk;
 	if (!sk)
 		return TC_ACT_UNSPEC; /* forwarded: the forward chain's */
 	struct uplink_pkt p = {};
-	int r = parse_uplink(skb, &p);
+	int r = parse_uplink(skb, &p, l3);
 	if (r == PARSE_OTHER)
 		return TC_ACT_UNSPEC;
 	if (r == PARSE_CHECK) {
@@ -113,6 +117,20 @@ int imds_uplink(struct __sk_buff *skb)
 	if (r == PARSE_CHECK)
 		report_raw_packet(skb, &p, action);
 	return action == ACTION_DENY ? TC_ACT_SHOT : TC_ACT_UNSPEC;
+}
+
+/* On an Ethernet device: the host's uplinks, an allowed pod's veth. */
+SEC("tc")
+int imds_uplink(struct __sk_buff *skb)
+{
+	return uplink_verdict(skb, false);
+}
+
+/* On a device without link-layer header, such as a netkit pod's. */
+SEC("tc")
+int imds_uplink_l3(struct __sk_buff *skb)
+{
+	return uplink_verdict(skb, true);
 }
 
 #define SOL_PACKET 263

@@ -35,7 +35,10 @@ type statusReport struct {
 	// Uplinks are the devices that carry the uplink guard's filter.
 	Uplinks      []string `json:"uplinks"`
 	UplinksError string   `json:"uplinks_error,omitempty"`
-	Enforcing    bool     `json:"enforcing"`
+	// PodDevices are the devices of allowed pods that carry it.
+	PodDevices      []string `json:"pod_devices"`
+	PodDevicesError string   `json:"pod_devices_error,omitempty"`
+	Enforcing       bool     `json:"enforcing"`
 	// LastRescanAgeSeconds is how long ago the daemon last scanned the
 	// cgroup tree (new cgroups get their rules then); absent if never.
 	LastRescanAgeSeconds *float64 `json:"last_rescan_age_seconds,omitempty"`
@@ -66,6 +69,13 @@ func statusCommand(args []string, stdout, stderr io.Writer) error {
 	}
 	if r.Uplinks, err = uplink.Attached(tableNetns(*hostNetns, st.Meta)); err != nil {
 		r.UplinksError = err.Error()
+	}
+	maps, err := loader.PinnedMapIDs(*pinDir)
+	if err == nil && len(maps) > 0 {
+		r.PodDevices, err = uplink.AttachedInPods(tableNetns(*hostNetns, st.Meta), maps)
+	}
+	if err != nil {
+		r.PodDevicesError = err.Error()
 	}
 	r.Enforcing = st.Pinned && st.Complete
 	if *asJSON {
@@ -174,6 +184,14 @@ func printStatus(w io.Writer, r *statusReport) {
 	default:
 		line("uplinks", "none guarded")
 	}
+	switch {
+	case r.PodDevicesError != "":
+		line("pods", "unknown: %s", r.PodDevicesError)
+	case len(r.PodDevices) > 0:
+		line("pods", "guarded: %s", strings.Join(r.PodDevices, ", "))
+	default:
+		line("pods", "no allowed pod guarded")
+	}
 	if c := r.Counters; c != nil {
 		keys := make([]string, 0, len(c.Verdicts))
 		for k := range c.Verdicts {
@@ -209,6 +227,10 @@ func detachCommand(args []string, stdout, stderr io.Writer) error {
 	if st.Daemon.Running {
 		return fmt.Errorf("imdsguard (pid %d) is running and holds %s: stop it first (systemctl stop imdsguard, or delete the pod); it would go on enforcing through its own descriptors", st.Daemon.PID, *pinDir)
 	}
+	maps, err := loader.PinnedMapIDs(*pinDir)
+	if err != nil {
+		return fmt.Errorf("reading the pinned maps: %w", err)
+	}
 	removed, err := loader.RemovePinned(*pinDir, zap.NewNop())
 	if err != nil {
 		return fmt.Errorf("detaching: %w", err)
@@ -233,6 +255,15 @@ func detachCommand(args []string, stdout, stderr io.Writer) error {
 	}
 	if err != nil {
 		return fmt.Errorf("removing the uplink guard: %w", err)
+	}
+	if len(maps) > 0 {
+		devices, err := uplink.RemoveFromPods(tableNetns(*hostNetns, st.Meta), maps)
+		for _, d := range devices {
+			removed = append(removed, "uplink guard on "+d)
+		}
+		if err != nil {
+			return fmt.Errorf("removing the uplink guard from pods: %w", err)
+		}
 	}
 	if len(removed) == 0 {
 		fmt.Fprintln(stdout, "nothing to remove: imdsguard is not attached")

@@ -284,11 +284,16 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 			log.Warn("closing outputs", zap.Error(err))
 		}
 	}()
+	pods, err := uplink.NewPods(guard.UplinkProgram(), guard.UplinkL3Program())
+	if err != nil {
+		return fmt.Errorf("uplink guard for pods: %w", err)
+	}
 	enf := enforcer.New(guard, plan, enforcer.Options{
 		PolicyPath:   f.policy,
 		ModeOverride: f.mode,
 		CgroupMount:  cgroupMount,
 		Rescan:       500 * time.Millisecond,
+		Pods:         pods,
 	}, sink, log)
 	if err := enf.StartTable(f.hostNetns); err != nil {
 		return fmt.Errorf("nftables layer: %w", err)
@@ -305,6 +310,11 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	defer func() {
 		if err := uplinks.Close(detach); err != nil {
 			log.Error("removing the uplink guard", zap.Error(err))
+		}
+		if detach {
+			if _, err := uplink.RemoveFromPods(f.hostNetns, guard.MapIDs()); err != nil {
+				log.Error("removing the uplink guard from pods", zap.Error(err))
+			}
 		}
 	}()
 	// What the table stops is reported too (in the host's namespace).

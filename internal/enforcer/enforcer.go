@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
 
 	"github.com/imdsguard/imdsguard/internal/cgroupfs"
@@ -93,6 +94,18 @@ type Options struct {
 	ModeOverride string        // --mode: applied to every policy loaded
 	CgroupMount  string        // the cgroup v2 mount, for cgroup paths
 	Rescan       time.Duration // how often new cgroups are looked for
+	// Pods guards the devices of allowed pods (nil: their addresses are
+	// let through the nftables table without).
+	Pods PodGuard
+}
+
+// PodGuard guards the devices of the network namespace of a pod that an
+// allowNonHostNetns rule lets reach IMDS (internal/uplink.Pods): the
+// table lets the pod's packets through by their source address, so the
+// pod's hand-made TCP must be stopped inside its namespace. A pod's
+// addresses are let through only once Guard has succeeded there.
+type PodGuard interface {
+	Guard(h *netlink.Handle) error
 }
 
 // PolicySink receives reload results and nftables table events.
@@ -120,6 +133,7 @@ type Enforcer struct {
 	nftCfg    nft.Config
 	nftOn     bool
 	restores  uint64
+	podErrs   map[[2]uint64]string // the last error guarding each allowed pod, logged once
 
 	// when the cgroup tree was last scanned successfully (unix ns), read
 	// without the lock by /readyz
@@ -129,7 +143,7 @@ type Enforcer struct {
 
 // New takes over a guard loaded with plan.
 func New(guard *loader.Guard, plan *Plan, opts Options, sink PolicySink, log *zap.Logger) *Enforcer {
-	e := &Enforcer{guard: guard, opts: opts, log: log, sink: sink, plan: plan, reloads: map[string]uint64{}, netnsFd: -1}
+	e := &Enforcer{guard: guard, opts: opts, log: log, sink: sink, plan: plan, reloads: map[string]uint64{}, podErrs: map[[2]uint64]string{}, netnsFd: -1}
 	e.names[guard.Generation()&1] = ruleNames(plan.Compiled)
 	e.lastRescan.Store(time.Now().UnixNano()) // MakePlan scanned the tree
 	// Watched from here, before the daemon says it enforces, so that no

@@ -50,11 +50,13 @@ func nftConfig(p *Plan, allowed []netip.Addr) (nft.Config, error) {
 // allowedSources are the addresses of the network namespaces of processes
 // in cgroups that a rule with allowNonHostNetns matches: the pods the
 // policy lets reach IMDS. nftables sees packets, not cgroups, so a pod is
-// named by its addresses. hostNetns identifies the host's namespace, which
-// is never a source (its packets are not forwarded).
-func allowedSources(p *Plan, mount string, hostNetns [2]uint64) []netip.Addr {
+// named by its addresses. The host's namespace is never a source (its
+// packets are not forwarded). A pod whose devices cannot be guarded
+// (admitNetns) is left out: its packets are dropped, not let through
+// unjudged.
+func (e *Enforcer) allowedSources() []netip.Addr {
 	var globs []string
-	for _, r := range p.Policy.Rules {
+	for _, r := range e.plan.Policy.Rules {
 		if r.AllowNonHostNetns && !r.Deny && r.Match.Cgroup != "" {
 			globs = append(globs, r.Match.Cgroup)
 		}
@@ -62,13 +64,13 @@ func allowedSources(p *Plan, mount string, hostNetns [2]uint64) []netip.Addr {
 	if len(globs) == 0 {
 		return nil
 	}
-	seen := map[[2]uint64]bool{hostNetns: true}
+	seen := map[[2]uint64]bool{e.hostNetns: true}
 	var out []netip.Addr
-	for _, path := range p.tree {
+	for _, path := range e.plan.tree {
 		if !slices.ContainsFunc(globs, func(g string) bool { return policy.MatchCgroup(g, path) }) {
 			continue
 		}
-		data, err := os.ReadFile(filepath.Join(mount, path, "cgroup.procs"))
+		data, err := os.ReadFile(filepath.Join(e.opts.CgroupMount, path, "cgroup.procs"))
 		if err != nil {
 			continue
 		}
@@ -78,24 +80,26 @@ func allowedSources(p *Plan, mount string, hostNetns [2]uint64) []netip.Addr {
 				continue
 			}
 			nsPath := fmt.Sprintf("/proc/%d/ns/net", pid)
-			var st unix.Stat_t
-			if unix.Stat(nsPath, &st) != nil {
-				continue
-			}
-			id := [2]uint64{st.Dev, st.Ino}
-			if seen[id] {
+			id, err := netnsID(nsPath)
+			if err != nil || seen[id] {
 				continue
 			}
 			seen[id] = true
-			out = append(out, netnsAddrs(nsPath)...)
+			out = append(out, e.admitNetns(nsPath, id, path)...)
+		}
+	}
+	for id := range e.podErrs {
+		if !seen[id] {
+			delete(e.podErrs, id)
 		}
 	}
 	slices.SortFunc(out, func(a, b netip.Addr) int { return a.Compare(b) })
 	return slices.Compact(out)
 }
 
-// netnsAddrs lists the global unicast addresses of a network namespace.
-func netnsAddrs(nsPath string) []netip.Addr {
+// admitNetns guards the devices of an allowed pod's namespace and lists
+// its global unicast addresses; none when it cannot be guarded.
+func (e *Enforcer) admitNetns(nsPath string, id [2]uint64, cgroup string) []netip.Addr {
 	h, err := netns.GetFromPath(nsPath)
 	if err != nil {
 		return nil
@@ -106,6 +110,20 @@ func netnsAddrs(nsPath string) []netip.Addr {
 		return nil
 	}
 	defer nl.Close()
+	if e.opts.Pods != nil {
+		if err := e.opts.Pods.Guard(nl); err != nil {
+			if e.podErrs[id] != err.Error() {
+				e.podErrs[id] = err.Error()
+				e.log.Error("an allowed pod's devices cannot be guarded against hand-made packets: its packets to IMDS are dropped",
+					zap.String("cgroup", cgroup), zap.String("netns", nsPath), zap.Error(err))
+			}
+			return nil
+		}
+		if _, failed := e.podErrs[id]; failed {
+			delete(e.podErrs, id)
+			e.log.Info("an allowed pod's devices are guarded now: its packets to IMDS pass", zap.String("cgroup", cgroup))
+		}
+	}
 	addrs, err := nl.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil
@@ -178,7 +196,7 @@ func (e *Enforcer) syncTableLocked() error {
 		}
 		return nil
 	}
-	cfg, err := nftConfig(e.plan, allowedSources(e.plan, e.opts.CgroupMount, e.hostNetns))
+	cfg, err := nftConfig(e.plan, e.allowedSources())
 	if err != nil {
 		return err
 	}
@@ -192,7 +210,7 @@ func (e *Enforcer) syncTableLocked() error {
 
 // updateAllowedLocked follows pods that come and go under allowNonHostNetns rules.
 func (e *Enforcer) updateAllowedLocked() {
-	now := allowedSources(e.plan, e.opts.CgroupMount, e.hostNetns)
+	now := e.allowedSources()
 	var add, remove []netip.Addr
 	for _, a := range now {
 		if !slices.Contains(e.nftCfg.Allowed, a) {

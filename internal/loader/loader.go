@@ -265,6 +265,26 @@ func (g *Guard) attachFresh(spec *ebpf.CollectionSpec, pol *policy.Compiled, cg 
 // to the devices packets leave the node by.
 func (g *Guard) UplinkProgram() *ebpf.Program { return g.objs.ImdsUplink }
 
+// UplinkL3Program is UplinkProgram for devices without link-layer header
+// (netkit and other L3 devices).
+func (g *Guard) UplinkL3Program() *ebpf.Program { return g.objs.ImdsUplinkL3 }
+
+// MapIDs are the ids of the guard's maps: a program that uses one is this
+// guard's (how detach tells its filters in pods from another guard's).
+func (g *Guard) MapIDs() []ebpf.MapID { return mapIDs(g.mapsByName()) }
+
+func mapIDs(maps map[string]*ebpf.Map) []ebpf.MapID {
+	var out []ebpf.MapID
+	for _, m := range maps {
+		if info, err := m.Info(); err == nil {
+			if id, ok := info.ID(); ok {
+				out = append(out, id)
+			}
+		}
+	}
+	return out
+}
+
 func (g *Guard) writeFirstPolicy(pol *policy.Compiled, cg CgroupRules) error {
 	if err := g.writePolicy(0, pol, cg); err != nil {
 		return err

@@ -69,6 +69,20 @@ func (c Counters) View() *CounterView {
 	return v
 }
 
+// PinnedMapIDs are the ids of the maps pinned at dir (Guard.MapIDs of the
+// guard that pinned them), none when nothing is pinned.
+func PinnedMapIDs(dir string) ([]ebpf.MapID, error) {
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	pinned, err := openPinned(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer pinned.close()
+	return mapIDs(pinned.maps), nil
+}
+
 // ReadStatus reads what is pinned in dir. It takes no lock and changes
 // nothing, so it works beside a running daemon.
 func ReadStatus(dir string) (*Status, error) {

@@ -49,8 +49,7 @@ const (
 
 // Guard attaches the program to the devices of one network namespace.
 type Guard struct {
-	prog      *ebpf.Program
-	progID    int
+	att       attacher
 	endpoints []netip.Addr
 	ns        netns.NsHandle // -1: the caller's namespace
 	h         *netlink.Handle
@@ -63,15 +62,11 @@ type Guard struct {
 // Start opens the namespace at netnsPath ("" for the caller's own) and
 // attaches prog to every device there that needs it.
 func Start(prog *ebpf.Program, endpoints []netip.Addr, netnsPath string, log *zap.Logger) (*Guard, error) {
-	info, err := prog.Info()
+	att, err := newAttacher(prog, nil)
 	if err != nil {
-		return nil, fmt.Errorf("reading the uplink program's info: %w", err)
+		return nil, err
 	}
-	id, ok := info.ID()
-	if !ok {
-		return nil, errors.New("the kernel does not report program ids")
-	}
-	g := &Guard{prog: prog, progID: int(id), endpoints: endpoints, ns: -1, log: log}
+	g := &Guard{att: att, endpoints: endpoints, ns: -1, log: log}
 	if g.h, g.ns, err = openHandle(netnsPath); err != nil {
 		return nil, err
 	}
@@ -131,7 +126,7 @@ func (g *Guard) Sync() ([]string, error) {
 	var errs []error
 	for _, l := range wanted(links, g.routeDevices()) {
 		name := l.Attrs().Name
-		fresh, err := g.ensure(l)
+		fresh, err := g.att.ensure(g.h, l)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("guarding %s: %w", name, err))
 			continue
@@ -208,47 +203,6 @@ func wanted(links []netlink.Link, routed []int) []netlink.Link {
 		}
 	}
 	return out
-}
-
-// ensure puts the filter on l's egress unless it is there with this
-// program; fresh says it had to.
-func (g *Guard) ensure(l netlink.Link) (fresh bool, err error) {
-	f, err := ours(g.h, l)
-	if err != nil {
-		return false, err
-	}
-	if f != nil && f.Id == g.progID {
-		return false, nil
-	}
-	if err := g.h.QdiscAdd(clsact(l)); err != nil && !errors.Is(err, unix.EEXIST) {
-		return false, fmt.Errorf("adding the clsact qdisc: %w", err)
-	}
-	if err := g.h.FilterReplace(g.filter(l)); err != nil {
-		return false, fmt.Errorf("attaching the filter: %w", err)
-	}
-	return true, nil
-}
-
-func clsact(l netlink.Link) *netlink.GenericQdisc {
-	return &netlink.GenericQdisc{
-		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
-		QdiscType:  "clsact",
-	}
-}
-
-func (g *Guard) filter(l netlink.Link) *netlink.BpfFilter {
-	return &netlink.BpfFilter{
-		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: l.Attrs().Index,
-			Parent:    netlink.HANDLE_MIN_EGRESS,
-			Handle:    Handle,
-			Priority:  Priority,
-			Protocol:  unix.ETH_P_ALL,
-		},
-		Fd:           g.prog.FD(),
-		Name:         FilterName,
-		DirectAction: true,
-	}
 }
 
 // ours finds imdsguard's filter on l's egress, or nil.
@@ -347,7 +301,7 @@ func (g *Guard) Close(detach bool) error {
 	defer g.mu.Unlock()
 	var err error
 	if detach {
-		_, err = removeAll(g.h)
+		_, err = removeAll(g.h, anyFilter)
 	}
 	g.closeHandle()
 	return err
@@ -358,7 +312,7 @@ func (g *Guard) Close(detach bool) error {
 // the devices it took them from.
 func Remove(netnsPath string) (removed []string, err error) {
 	err = withHandle(netnsPath, func(h *netlink.Handle) error {
-		removed, err = removeAll(h)
+		removed, err = removeAll(h, anyFilter)
 		return err
 	})
 	return removed, err
@@ -390,9 +344,12 @@ func withHandle(netnsPath string, fn func(*netlink.Handle) error) error {
 	return fn(h)
 }
 
-// removeAll removes the filters, and the clsact qdisc of a device that is
-// left without any filter (imdsguard added it, or nobody uses it).
-func removeAll(h *netlink.Handle) ([]string, error) {
+func anyFilter(*netlink.BpfFilter) bool { return true }
+
+// removeAll removes the filters that which picks, and the clsact qdisc of
+// a device that is left without any filter (imdsguard added it, or nobody
+// uses it).
+func removeAll(h *netlink.Handle, which func(*netlink.BpfFilter) bool) ([]string, error) {
 	links, err := h.LinkList()
 	if err != nil {
 		return nil, fmt.Errorf("listing devices: %w", err)
@@ -401,7 +358,7 @@ func removeAll(h *netlink.Handle) ([]string, error) {
 	var errs []error
 	for _, l := range links {
 		f, err := ours(h, l)
-		if err != nil || f == nil {
+		if err != nil || f == nil || !which(f) {
 			continue
 		}
 		if err := h.FilterDel(f); err != nil {

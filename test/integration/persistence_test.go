@@ -20,10 +20,11 @@ import (
 
 // pinStatus is the part of `imdsguard status --json` the tests read.
 type pinStatus struct {
-	Enforcing bool `json:"enforcing"`
-	Pinned    bool `json:"pinned"`
-	Complete  bool `json:"complete"`
-	Daemon    struct {
+	Enforcing  bool     `json:"enforcing"`
+	PodDevices []string `json:"pod_devices"`
+	Pinned     bool     `json:"pinned"`
+	Complete   bool     `json:"complete"`
+	Daemon     struct {
 		Running bool `json:"running"`
 		PID     int  `json:"pid"`
 	} `json:"daemon"`

@@ -2,13 +2,17 @@ package integration
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/imdsguard/imdsguard/internal/uplink"
 	"github.com/imdsguard/imdsguard/test/imdsserver"
@@ -18,7 +22,13 @@ import (
 // rawFrom runs rawclient in ns with args and decodes its result.
 func rawFrom(t testing.TB, l *lab.Lab, ns lab.NS, args ...string) rawResult {
 	t.Helper()
-	out, stderr, code, _ := runInLab(t, l, ns, nil, bins.rawclient, append([]string{"-timeout", "2s"}, args...)...)
+	return rawFromIn(t, l, ns, l.Cgroup, args...)
+}
+
+// rawFromIn is rawFrom in another cgroup of the lab.
+func rawFromIn(t testing.TB, l *lab.Lab, ns lab.NS, dir string, args ...string) rawResult {
+	t.Helper()
+	out, stderr, code, _ := runInLabCgroup(t, l, ns, dir, bins.rawclient, append([]string{"-timeout", "2s"}, args...)...)
 	if code != 0 {
 		t.Fatalf("rawclient %v: exit %d: %s", args, code, stderr)
 	}
@@ -268,5 +278,141 @@ func TestQdiscBypassIsRefused(t *testing.T) {
 	}
 	if n := len(srv.Conns()); n != 0 {
 		t.Fatalf("IMDS saw %d connections", n)
+	}
+}
+
+// A sidecar in the network namespace of a pod that an allowNonHostNetns
+// rule lets reach IMDS: its sockets are judged like the broker's, but TCP
+// it builds on raw and packet sockets passes the forward chain by the
+// pod's address. The guard on the pod's own devices drops it, lets the
+// broker's judged requests pass, and leaves with the daemon.
+func TestAllowedPodSidecarRawTCPIsDropped(t *testing.T) {
+	l := lab.New(t)
+	mac := macOf(t, handleIn(t, l.NetnsPath(lab.Node)), l.NodePodLink)
+	checkAllowedPodSidecar(t, l, lab.Pod, l.PodLink, lab.PodV4, lab.PodV6, rawAttacks(lab.PodV4, lab.PodV6, l.PodLink, mac))
+}
+
+// The same on a netkit device in L3 mode (Cilium's), which has no
+// link-layer header: the guard there reads from the IP header.
+func TestAllowedNetkitPodSidecarRawTCPIsDropped(t *testing.T) {
+	l := lab.New(t)
+	pod, dev := netkitPod(t, l)
+	// no link-layer header: the destination address is not used
+	checkAllowedPodSidecar(t, l, pod, dev, netkitPodV4, netkitPodV6, rawAttacks(netkitPodV4, netkitPodV6, dev, "02:00:00:00:00:01"))
+}
+
+const (
+	netkitPodV4 = "10.99.3.2"
+	netkitPodV6 = "fd00:99:3::2"
+)
+
+// netkitPod makes a namespace whose device is the peer of an L3 netkit
+// pair in the node, routed like a Cilium pod's, or skips where the kernel
+// has no netkit (before 6.7).
+func netkitPod(t testing.TB, l *lab.Lab) (lab.NS, string) {
+	t.Helper()
+	ns := lab.NS("nkpod")
+	name := l.NetnsName(ns)
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	target, err := netns.GetFromPath(l.NetnsPath(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	node := handleIn(t, l.NetnsPath(lab.Node))
+	primary, peer := l.ID+"nkp", l.ID+"nk"
+	nk := &netlink.Netkit{LinkAttrs: netlink.LinkAttrs{Name: primary}, Mode: netlink.NETKIT_MODE_L3}
+	nk.SetPeerAttrs(&netlink.LinkAttrs{Name: peer, Namespace: netlink.NsFd(target)})
+	if err := node.LinkAdd(nk); err != nil {
+		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), "not supported") {
+			t.Skipf("this kernel has no netkit devices (they came in 6.7): %v", err)
+		}
+		t.Fatalf("adding the netkit pair: %v", err)
+	}
+	t.Cleanup(func() {
+		if link, err := node.LinkByName(primary); err == nil {
+			node.LinkDel(link)
+		}
+	})
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	nodeNs := l.NetnsName(lab.Node)
+	ip("-n", nodeNs, "link", "set", primary, "up")
+	ip("-n", nodeNs, "route", "add", netkitPodV4+"/32", "dev", primary)
+	ip("-n", nodeNs, "-6", "route", "add", netkitPodV6+"/128", "dev", primary)
+	ip("-n", name, "link", "set", "lo", "up")
+	ip("-n", name, "link", "set", peer, "up")
+	ip("-n", name, "addr", "add", netkitPodV4+"/32", "dev", peer)
+	ip("-n", name, "addr", "add", netkitPodV6+"/128", "dev", peer, "nodad")
+	ip("-n", name, "route", "add", "default", "dev", peer)
+	ip("-n", name, "-6", "route", "add", "default", "dev", peer)
+	return ns, peer
+}
+
+func checkAllowedPodSidecar(t *testing.T, l *lab.Lab, pod lab.NS, dev, src4, src6 string, attacks map[string][]string) {
+	srv := startIMDS(t, l, imdsserver.Options{})
+	broker, _ := l.NewSubCgroup(t, "broker")
+	dropOwnResets(t, l, pod)
+	for name, args := range attacks {
+		if r := rawFromIn(t, l, pod, broker, args...); !served(r) {
+			t.Fatalf("%s: without imdsguard the sidecar's attack should be served: %+v", name, r)
+		}
+	}
+	srv.Reset()
+
+	pol := writePolicy(t, t.TempDir(), "policy.yaml", fmt.Sprintf(
+		"rules:\n  - name: iam-broker\n    match: {cgroup: %q}\n    allowNonHostNetns: true\n", l.CgroupRel+"/broker"))
+	d := startDaemon(t, l, "--policy", pol)
+	wait, release := startWaitingClientIn(t, l, pod, broker, "-mode", "connect", "-addr", imdsAddr)
+	for set, addr := range map[string]string{"allowed4": src4, "allowed6": src6} {
+		waitFor(t, 3*time.Second, "the broker pod's address in "+set, func() bool {
+			return strings.Contains(nftIn(t, l, lab.Node, "list", "set", "inet", "imdsguard", set), addr)
+		})
+	}
+	for name, args := range attacks {
+		if r := rawFromIn(t, l, pod, broker, args...); r.Response != "" {
+			t.Errorf("%s: with imdsguard the sidecar's attack got %+v", name, r)
+		}
+	}
+	if n := len(srv.Requests()); n != 0 {
+		t.Fatalf("IMDS answered %d hand-made requests from the allowed pod", n)
+	}
+	for _, c := range srv.Conns() {
+		if len(c.Received) != 0 {
+			t.Fatalf("IMDS received %q on a hand-made connection from the allowed pod", c.Received)
+		}
+	}
+	ev := d.WaitEvent("raw packet event", func(e event) bool { return e.Reason == "raw_packet" })
+	if ev.Action != "deny" || ev.Cgroup != l.CgroupRel+"/broker" {
+		t.Errorf("raw packet event %+v, want deny from %s/broker", ev, l.CgroupRel)
+	}
+	for _, addr := range []string{imdsAddr, "[" + lab.IMDSv6 + "]:80"} {
+		r := runClient(t, l, pod, broker, "-mode", "http", "-addr", addr, "-path", credPath, "-fetch-token")
+		if r.Status != 200 {
+			t.Errorf("the broker's IMDSv2 request to %s: %+v, want 200", addr, r)
+		}
+	}
+	release()
+	wait()
+	if devs, err := uplink.Attached(l.NetnsPath(pod)); err != nil || len(devs) != 1 || devs[0] != dev {
+		t.Fatalf("guarded devices in the allowed pod: %v (%v), want %s", devs, err, dev)
+	}
+	st := readStatus(t, l)
+	if !slices.ContainsFunc(st.PodDevices, func(d string) bool { return strings.HasPrefix(d, dev+" in ") }) {
+		t.Errorf("status pod devices %q, want %s among them", st.PodDevices, dev)
+	}
+
+	if code := d.Stop(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if devs, err := uplink.Attached(l.NetnsPath(pod)); err != nil || len(devs) != 0 {
+		t.Fatalf("after detach the allowed pod's devices carry the guard: %v (%v)", devs, err)
 	}
 }
