@@ -31,6 +31,7 @@
 #define IMDSGUARD_UPLINK_H
 
 #include "uplink_parse.h"
+#include "sockopt.h"
 
 #define TC_ACT_UNSPEC (-1)
 #define TC_ACT_SHOT 2
@@ -133,26 +134,18 @@ int imds_uplink_l3(struct __sk_buff *skb)
 	return uplink_verdict(skb, true);
 }
 
-#define SOL_PACKET 263
-#define PACKET_QDISC_BYPASS 20
-#define SOL_XDP 283
-
 /*
  * PACKET_QDISC_BYPASS sends a packet socket's frames straight to the
  * driver, and AF_XDP sockets (set up with SOL_XDP options) hand theirs to
  * it the same way: both skip every egress hook, imds_uplink included.
  * Under the guarded cgroup both are refused with EPERM. The kernel does
- * not run this hook for 32-bit (compat) setsockopt calls.
+ * not run this hook for 32-bit (compat) setsockopt calls:
+ * imds_setsockopt_all (sockopt_all.c) covers those where it loads.
  */
 SEC("cgroup/setsockopt")
 int imds_setsockopt(struct bpf_sockopt *ctx)
 {
-	if (ctx->level != SOL_XDP && !(ctx->level == SOL_PACKET && ctx->optname == PACKET_QDISC_BYPASS))
-		return 1;
-	struct config *cfg = get_config();
-	__u8 action = cfg && cfg->mode == MODE_AUDIT ? ACTION_AUDIT : ACTION_DENY;
-	count(COUNTER_SLOT(KIND_CONNECT, action, REASON_EGRESS_BYPASS));
-	return action == ACTION_DENY ? 0 : 1;
+	return refuse_egress_bypass(ctx->level, ctx->optname) ? 0 : 1;
 }
 
 #endif

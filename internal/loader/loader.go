@@ -118,6 +118,7 @@ func Load(pol *policy.Compiled, opts Options, log *zap.Logger) (g *Guard, err er
 			g.closeAll(true)
 			return nil, err
 		}
+		g.attachSetsockoptAll(true)
 		return g, nil
 	}
 
@@ -161,6 +162,7 @@ func Load(pol *policy.Compiled, opts Options, log *zap.Logger) (g *Guard, err er
 		g.lock.release()
 		return nil, err
 	}
+	g.attachSetsockoptAll(true)
 	return g, nil
 }
 
@@ -422,6 +424,9 @@ func (g *Guard) Remove() error {
 // detachHooks detaches every hook, the connect hooks first.
 func (g *Guard) detachHooks() error {
 	var errs []error
+	if err := g.detachSetsockoptAll(); err != nil {
+		errs = append(errs, err)
+	}
 	for i := len(cgroupHooks) - 1; i >= 0; i-- {
 		name := cgroupHooks[i].name
 		if l := g.links[name]; l != nil {

@@ -130,6 +130,15 @@ func ReadStatus(dir string) (*Status, error) {
 		complete = complete && hs.Attached
 		st.Hooks = append(st.Hooks, hs)
 	}
+	// optional (sockopt_all.c): listed where it is, not needed for complete
+	if l := pinned.links[hookSetsockoptAll]; l != nil {
+		hs := HookStatus{Hook: hookSetsockoptAll, Attached: true}
+		if p, err := linkProgram(l); err == nil {
+			describeProgram(&hs, p)
+			p.Close()
+		}
+		st.Hooks = append(st.Hooks, hs)
+	}
 	if m := pinned.maps[bpf.ImdsguardMapCounters]; m != nil {
 		if c, err := ReadCounters(m); err == nil {
 			st.Counters = c.View()

@@ -204,6 +204,9 @@ func (g *Guard) replace(spec *ebpf.CollectionSpec, pol *policy.Compiled, cg Cgro
 		}
 	}
 
+	// beside the old one too, before that goes (pinned below with the rest)
+	g.attachSetsockoptAll(false)
+
 	// The new set is in force. Remove the old one; failures from here are
 	// reported, not undone (undoing would open a gap).
 	for name, l := range old.links {

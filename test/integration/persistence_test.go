@@ -19,6 +19,12 @@ import (
 )
 
 // pinStatus is the part of `imdsguard status --json` the tests read.
+type pinHook struct {
+	Hook      string `json:"hook"`
+	Attached  bool   `json:"attached"`
+	ProgramID uint32 `json:"program_id"`
+}
+
 type pinStatus struct {
 	Enforcing  bool     `json:"enforcing"`
 	PodDevices []string `json:"pod_devices"`
@@ -34,11 +40,7 @@ type pinStatus struct {
 		PolicyHash string `json:"policy_hash"`
 		PID        int    `json:"pid"`
 	} `json:"meta"`
-	Hooks []struct {
-		Hook      string `json:"hook"`
-		Attached  bool   `json:"attached"`
-		ProgramID uint32 `json:"program_id"`
-	} `json:"hooks"`
+	Hooks    []pinHook `json:"hooks"`
 	Counters *struct {
 		Verdicts map[string]uint64 `json:"verdicts"`
 	} `json:"counters"`

@@ -167,12 +167,13 @@ func TestRawTCPFromTheHostIsDroppedAtTheUplink(t *testing.T) {
 	}
 }
 
-// macvlanPod makes a namespace whose only device is a macvlan of the
-// node's uplink: its frames leave by the uplink's queue, never by the
-// node's forward path.
-func macvlanPod(t testing.TB, l *lab.Lab) lab.NS {
+// upperPod makes a namespace whose only device is a macvlan or ipvlan
+// (kind) of the node's uplink: its frames leave by the uplink's queue,
+// never by the node's forward path. It skips where the kernel has no
+// ipvlan.
+func upperPod(t testing.TB, l *lab.Lab, kind string) (lab.NS, string) {
 	t.Helper()
-	ns := lab.NS("mvpod")
+	ns := lab.NS(kind + "pod")
 	name := l.NetnsName(ns)
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
@@ -188,13 +189,21 @@ func macvlanPod(t testing.TB, l *lab.Lab) lab.NS {
 		t.Fatal(err)
 	}
 	defer target.Close()
-	mv := &netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{Name: l.ID + "mv", ParentIndex: parent.Attrs().Index, Namespace: netlink.NsFd(target)}, Mode: netlink.MACVLAN_MODE_BRIDGE}
-	if err := node.LinkAdd(mv); err != nil {
-		t.Fatalf("adding the macvlan: %v", err)
+	dev := l.ID + kind[:2]
+	attrs := netlink.LinkAttrs{Name: dev, ParentIndex: parent.Attrs().Index, Namespace: netlink.NsFd(target)}
+	var upper netlink.Link = &netlink.Macvlan{LinkAttrs: attrs, Mode: netlink.MACVLAN_MODE_BRIDGE}
+	if kind == "ipvlan" {
+		upper = &netlink.IPVlan{LinkAttrs: attrs, Mode: netlink.IPVLAN_MODE_L2}
+	}
+	if err := node.LinkAdd(upper); err != nil {
+		if kind == "ipvlan" && (errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOENT)) {
+			lab.SkipWithoutKernelFeature(t, "ipvlan", fmt.Sprintf("adding an ipvlan: %v", err))
+		}
+		t.Fatalf("adding the %s: %v", kind, err)
 	}
 	pod := handleIn(t, l.NetnsPath(ns))
-	for _, dev := range []string{"lo", l.ID + "mv"} {
-		link, err := pod.LinkByName(dev)
+	for _, d := range []string{"lo", dev} {
+		link, err := pod.LinkByName(d)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -207,32 +216,41 @@ func macvlanPod(t testing.TB, l *lab.Lab) lab.NS {
 			t.Fatalf("ip %v: %v: %s", args, err, out)
 		}
 	}
-	ip("addr", "add", macvlanPodV4+"/24", "dev", l.ID+"mv")
-	ip("addr", "add", macvlanPodV6+"/64", "dev", l.ID+"mv", "nodad")
+	ip("addr", "add", upperPodV4+"/24", "dev", dev)
+	ip("addr", "add", upperPodV6+"/64", "dev", dev, "nodad")
 	ip("route", "add", lab.IMDSv4, "via", lab.IMDSLinkV4)
 	ip("-6", "route", "add", lab.IMDSv6, "via", lab.IMDSLinkV6)
-	return ns
+	return ns, dev
 }
 
 const (
-	macvlanPodV4 = "10.99.0.3"
-	macvlanPodV6 = "fd00:99::3"
+	upperPodV4 = "10.99.0.3"
+	upperPodV6 = "fd00:99::3"
 )
 
 // A pod on a macvlan of the uplink with CAP_NET_RAW: its sockets' connects
 // are refused, but TCP it builds itself skips the node's forward chain.
 // The uplink guard stops it.
 func TestMacvlanPodRawTCPIsDroppedAtTheUplink(t *testing.T) {
+	checkUpperPodRawTCP(t, "macvlan")
+}
+
+// The same from a pod on an ipvlan (L2 mode) of the uplink.
+func TestIpvlanPodRawTCPIsDroppedAtTheUplink(t *testing.T) {
+	checkUpperPodRawTCP(t, "ipvlan")
+}
+
+func checkUpperPodRawTCP(t *testing.T, kind string) {
 	l := lab.New(t)
 	srv := startIMDS(t, l, imdsserver.Options{})
-	pod := macvlanPod(t, l)
+	pod, dev := upperPod(t, l, kind)
 	dropOwnResets(t, l, pod)
 	mac := macOf(t, handleIn(t, l.NetnsPath(lab.IMDS)), l.IMDSLink)
-	attacks := rawAttacks(macvlanPodV4, macvlanPodV6, l.ID+"mv", mac)
+	attacks := rawAttacks(upperPodV4, upperPodV6, dev, mac)
 
 	for name, args := range attacks {
 		if r := rawFrom(t, l, pod, args...); !served(r) {
-			t.Fatalf("%s: without imdsguard the attack from the macvlan pod should be served: %+v", name, r)
+			t.Fatalf("%s: without imdsguard the attack from the %s pod should be served: %+v", name, kind, r)
 		}
 	}
 	srv.Reset()
@@ -240,11 +258,11 @@ func TestMacvlanPodRawTCPIsDroppedAtTheUplink(t *testing.T) {
 	d := startDaemon(t, l)
 	for name, args := range attacks {
 		if r := rawFrom(t, l, pod, args...); r.Response != "" {
-			t.Errorf("%s: with imdsguard the attack from the macvlan pod got %+v", name, r)
+			t.Errorf("%s: with imdsguard the attack from the %s pod got %+v", name, kind, r)
 		}
 	}
 	if n := len(srv.Requests()); n != 0 {
-		t.Fatalf("IMDS answered %d hand-made requests from the macvlan pod", n)
+		t.Fatalf("IMDS answered %d hand-made requests from the %s pod", n, kind)
 	}
 	ev := d.WaitEvent("raw packet event", func(e event) bool { return e.Reason == "raw_packet" })
 	if ev.Action != "deny" || ev.Cgroup != l.CgroupRel {
@@ -253,7 +271,7 @@ func TestMacvlanPodRawTCPIsDroppedAtTheUplink(t *testing.T) {
 	// and its ordinary connections are refused at connect, as any pod's
 	res := runClient(t, l, pod, "", "-mode", "http", "-addr", imdsAddr, "-timeout", "5s", "-path", credPath)
 	if res.ConnectErrno != "EPERM" {
-		t.Errorf("a macvlan pod's connect: %+v, want EPERM", res)
+		t.Errorf("a %s pod's connect: %+v, want EPERM", kind, res)
 	}
 }
 
@@ -327,8 +345,8 @@ func netkitPod(t testing.TB, l *lab.Lab) (lab.NS, string) {
 	nk := &netlink.Netkit{LinkAttrs: netlink.LinkAttrs{Name: primary}, Mode: netlink.NETKIT_MODE_L3}
 	nk.SetPeerAttrs(&netlink.LinkAttrs{Name: peer, Namespace: netlink.NsFd(target)})
 	if err := node.LinkAdd(nk); err != nil {
-		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), "not supported") {
-			t.Skipf("this kernel has no netkit devices (they came in 6.7): %v", err)
+		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOENT) {
+			lab.SkipWithoutKernelFeature(t, "netkit", fmt.Sprintf("adding a netkit pair (netkit came in 6.7): %v", err))
 		}
 		t.Fatalf("adding the netkit pair: %v", err)
 	}
@@ -414,5 +432,39 @@ func checkAllowedPodSidecar(t *testing.T, l *lab.Lab, pod lab.NS, dev, src4, src
 	}
 	if devs, err := uplink.Attached(l.NetnsPath(pod)); err != nil || len(devs) != 0 {
 		t.Fatalf("after detach the allowed pod's devices carry the guard: %v (%v)", devs, err)
+	}
+}
+
+// The same by the 32-bit setsockopt, which the kernel never shows to cgroup
+// setsockopt programs: refused by the guard on the LSM hook, where the
+// kernel lets it load.
+func TestCompatQdiscBypassIsRefused(t *testing.T) {
+	l := lab.New(t)
+	srv := startIMDS(t, l, imdsserver.Options{})
+	dropOwnResets(t, l, lab.Node)
+	mac := macOf(t, handleIn(t, l.NetnsPath(lab.IMDS)), l.IMDSLink)
+	args := []string{"-src", lab.NodeIMDSLinkV4, "-dst", imdsAddr, "-link", l.NodeIMDSLink, "-dst-mac", mac, "-qdisc-bypass", "-compat"}
+
+	r := rawFrom(t, l, lab.Node, args...)
+	if strings.HasPrefix(r.Error, "compat syscalls unavailable") {
+		lab.SkipWithoutKernelFeature(t, "compat32", r.Error)
+	}
+	if !served(r) {
+		t.Fatalf("without imdsguard the compat bypass should be served: %+v", r)
+	}
+	srv.Reset()
+	d := startDaemon(t, l)
+	st := readStatus(t, l)
+	if !slices.ContainsFunc(st.Hooks, func(h pinHook) bool { return h.Hook == "setsockopt_all" && h.Attached }) {
+		warn := d.WaitLog("(compat) setsockopt calls are not guarded", 5*time.Second)
+		lab.SkipWithoutKernelFeature(t, "fmod_ret", "the daemon could not load its setsockopt guard on the LSM hook: "+warn)
+	}
+	r = rawFrom(t, l, lab.Node, args...)
+	want := "compat setsockopt PACKET_QDISC_BYPASS: operation not permitted"
+	if r.Error != want || r.SynAck || r.Sent {
+		t.Fatalf("with imdsguard: %+v, want error %q and nothing sent", r, want)
+	}
+	if n := len(srv.Conns()); n != 0 {
+		t.Fatalf("IMDS saw %d connections", n)
 	}
 }

@@ -13,7 +13,9 @@
 # Lines from MIN_KERNEL up run the full suites (suites.full); older lines
 # run suites.refused, which proves the daemon refuses to start there and
 # leaves nothing behind. A kernel passes when every suite exits 0 and no
-# test was skipped.
+# test was skipped, but for tests of an optional feature that the kernel's
+# own config says it lacks (kernel_features): those skip with "kernel
+# lacks FEATURE", and a kernel whose config has it must run them.
 #
 # Environment: KERNEL_CACHE (kernels, root; default /var/cache/imdsguard-kernels),
 # KERNEL_OUT (logs; default $KERNEL_CACHE/out), KERNEL_JOBS (VMs at once;
@@ -117,6 +119,19 @@ build_payload() {
 	git -C "$repo" ls-files -co --exclude-standard -z | (cd "$repo" && cpio -0 -pdm --quiet "$p/src")
 }
 
+# The optional features a kernel has, by its config, comma-separated, as
+# the tests name them (lab.SkipWithoutKernelFeature).
+kernel_features() {
+	local config=$1 out=()
+	has() { grep -q "^$1=[ym]" "$config"; }
+	has CONFIG_NETKIT && out+=(netkit)
+	has CONFIG_IPVLAN && out+=(ipvlan)
+	has CONFIG_IA32_EMULATION && out+=(compat32)
+	has CONFIG_DEBUG_INFO_BTF && has CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS && out+=(fmod_ret)
+	local IFS=,
+	echo "${out[*]}"
+}
+
 # Boots one kernel and collects its results into $outdir/<line>.
 run_kernel() {
 	local line=$1 kdir=$2 base=$3 payload=$4 suites=$5 expect=$6
@@ -133,6 +148,9 @@ run_kernel() {
 	(cd "$work" && find init suites usr | cpio -o -H newc --quiet >>"$work/payload.cpio.k")
 	cat "$base" "$work/payload.cpio" "$work/payload.cpio.k" >"$work/initrd"
 	echo "$ver" >"$res/kernel"
+	local features
+	features=$(kernel_features "$kdir/boot/config-$ver")
+	echo "$features" >"$res/features"
 	local start=$SECONDS attempt
 	# A boot that dies before /init ran is retried once: multi-threaded
 	# TCG now and then breaks the kernel's own text patching at boot (seen:
@@ -142,7 +160,7 @@ run_kernel() {
 		timeout "$vm_timeout" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp "$vm_cpus" -m "$vm_mem" \
 			-nographic -nic none -no-reboot -monitor none \
 			-kernel "$kdir/boot/vmlinuz-$ver" -initrd "$work/initrd" \
-			-append "console=ttyS0 rdinit=/init quiet panic=-1 mitigations=off imdsguard.timeout=30m imdsguard.expect=$expect" \
+			-append "console=ttyS0 rdinit=/init quiet panic=-1 mitigations=off imdsguard.timeout=30m imdsguard.expect=$expect imdsguard.features=${features:-none}" \
 			-serial "file:$res/console.log" -serial "file:$res/results.log" >"$res/qemu.log" 2>&1 || true
 		grep -q '^KERNEL ' "$res/results.log" && break
 		log "$line: the kernel died before /init ran (attempt $attempt): $(grep -m1 -E 'Oops|panic' "$res/console.log" || echo 'see console.log')"
@@ -157,17 +175,21 @@ report_kernel() {
 	local line=$1 res=$outdir/$1 ok=0
 	local ver secs
 	ver=$(cat "$res/kernel") secs=$(cat "$res/seconds")
-	echo "== kernel $line ($ver): booted and ran in ${secs}s"
+	echo "== kernel $line ($ver): booted and ran in ${secs}s; features: $(cat "$res/features")"
 	awk -v line="$line" '
 		{ sub(/\r$/, "") }
-		/^SUITE .* begin$/ {name = $2; pass[name] = fail[name] = skip[name] = 0; next}
+		/^SUITE .* begin$/ {name = $2; pass[name] = fail[name] = skip[name] = lacks[name] = 0; next}
 		/^SUITE .* rc=/ {
 			split($3, a, "="); split($4, b, "=")
-			printf "   %-12s rc=%-3s pass=%-4d fail=%-3d skip=%-3d %ss\n", $2, a[2], pass[$2], fail[$2], skip[$2], b[2]
+			printf "   %-12s rc=%-3s pass=%-4d fail=%-3d skip=%-3d lacks=%-2d %ss\n", $2, a[2], pass[$2], fail[$2], skip[$2], lacks[$2], b[2]
 			if (a[2] != 0 || skip[$2] > 0) bad = 1
 			done[$2] = 1; next
 		}
-		/^--- PASS/ {pass[name]++} /^--- FAIL/ {fail[name]++} /^--- SKIP/ {skip[name]++}
+		/^--- PASS/ {pass[name]++} /^--- FAIL/ {fail[name]++}
+		/^--- SKIP/ {skip[name]++; skipped = 1; next}
+		# a skip of a feature this kernel lacks (the next line says so) is no failure
+		skipped && /kernel lacks / {skip[name]--; lacks[name]++}
+		{skipped = 0}
 		/^MATRIX done/ {finished = 1}
 		END {
 			if (!finished) { print "   the VM did not finish (timeout or crash): see console.log"; bad = 1 }

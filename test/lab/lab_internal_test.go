@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -48,8 +49,12 @@ type fakeTB struct {
 	msg             string
 }
 
-func (f *fakeTB) Helper()                           {}
-func (f *fakeTB) Skip(args ...any)                  { f.skipped = true }
+func (f *fakeTB) Helper()          {}
+func (f *fakeTB) Skip(args ...any) { f.skipped = true }
+func (f *fakeTB) Skipf(format string, args ...any) {
+	f.skipped = true
+	f.msg = fmt.Sprintf(format, args...)
+}
 func (f *fakeTB) Fatalf(format string, args ...any) { f.failed = true; f.msg = format }
 
 func TestRequirePrivilegedDecision(t *testing.T) {
@@ -100,5 +105,27 @@ func TestICMPChecksum(t *testing.T) {
 	msg := []byte{8, 0, 0, 0, 0x12, 0x34, 0, 1}
 	if got := icmpChecksum(msg); got != 0xe5ca {
 		t.Errorf("checksum %#x", got)
+	}
+}
+
+func TestSkipWithoutKernelFeatureDecision(t *testing.T) {
+	for _, tc := range []struct {
+		name, features string
+		skip, fail     bool
+	}{
+		{"not expected: skip", "", true, false},
+		{"another expected: skip", "ipvlan,fmod_ret", true, false},
+		{"expected: fail", "ipvlan, netkit", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &fakeTB{TB: t}
+			skipWithoutKernelFeature(f, "netkit", "operation not supported", func(string) string { return tc.features })
+			if f.skipped != tc.skip || f.failed != tc.fail {
+				t.Errorf("skipped=%v failed=%v, want %v %v", f.skipped, f.failed, tc.skip, tc.fail)
+			}
+			if f.skipped && !strings.HasPrefix(f.msg, "kernel lacks netkit: ") {
+				t.Errorf("skip message %q does not start with the prefix the matrix accepts", f.msg)
+			}
+		})
 	}
 }

@@ -165,3 +165,29 @@ func probeBPF() error {
 	unix.Close(int(fd))
 	return nil
 }
+
+// KernelFeaturesEnv lists, comma-separated, the optional kernel features
+// that the kernel under test is known to have (the kernel matrix sets it
+// per kernel line): a test of one of them fails instead of skipping.
+const KernelFeaturesEnv = "IMDSGUARD_KERNEL_FEATURES"
+
+// SkipWithoutKernelFeature skips a test of an optional kernel feature
+// (netkit, ipvlan, fmod_ret, compat32) on a kernel without it, saying
+// why. The message starts with "kernel lacks ", which the kernel matrix
+// accepts as a skip; where KernelFeaturesEnv names the feature, the test
+// fails instead: that kernel has it, so the test must run.
+func SkipWithoutKernelFeature(t testing.TB, feature, why string) {
+	t.Helper()
+	skipWithoutKernelFeature(t, feature, why, os.Getenv)
+}
+
+func skipWithoutKernelFeature(t testing.TB, feature, why string, getenv func(string) string) {
+	t.Helper()
+	for _, f := range strings.Split(getenv(KernelFeaturesEnv), ",") {
+		if strings.TrimSpace(f) == feature {
+			t.Fatalf("this kernel is expected to have %s (%s=%s), but: %s", feature, KernelFeaturesEnv, getenv(KernelFeaturesEnv), why)
+			return
+		}
+	}
+	t.Skipf("kernel lacks %s: %s", feature, why)
+}

@@ -107,7 +107,7 @@ func (c *conn) openPacket(cfg *config) error {
 	}
 	c.pkt = fd
 	if cfg.qdiscBypass {
-		if err := qdiscBypass(fd); err != nil {
+		if err := qdiscBypass(fd, cfg.compat); err != nil {
 			return err
 		}
 	}
@@ -126,8 +126,18 @@ func (c *conn) openPacket(cfg *config) error {
 
 // qdiscBypass makes the packet socket hand its frames straight to the
 // driver, past the interface's qdiscs and egress hooks (tc, netdev), where
-// a guard could drop them. Tests match the error's prefix.
-func qdiscBypass(fd int) error {
+// a guard could drop them; with compat by the 32-bit system call, which
+// cgroup setsockopt programs do not see. Tests match the error's prefix.
+func qdiscBypass(fd int, compat bool) error {
+	if compat {
+		if err := compatSetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1); err != nil {
+			if errors.Is(err, errNoCompat) {
+				return err
+			}
+			return fmt.Errorf("compat setsockopt PACKET_QDISC_BYPASS: %v", err)
+		}
+		return nil
+	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1); err != nil {
 		return fmt.Errorf("setsockopt PACKET_QDISC_BYPASS: %v", err)
 	}

@@ -9,7 +9,7 @@
 // Usage:
 //
 //	rawclient -src IP -dst IP:PORT [-payload STRING] [-timeout 2s]
-//	          [-link IFACE -dst-mac MAC [-qdisc-bypass]]
+//	          [-link IFACE -dst-mac MAC [-qdisc-bypass [-compat]]]
 //
 // -src and -dst are both IPv4 (-dst 169.254.169.254:80) or both IPv6
 // (-dst "[fd00:ec2::254]:80").
@@ -35,7 +35,11 @@
 //     interface's qdiscs and egress hooks too. If that setsockopt fails
 //     (imdsguard refuses it with EPERM), nothing is sent and "error" is
 //     "setsockopt PACKET_QDISC_BYPASS: " and the errno text, for example
-//     "setsockopt PACKET_QDISC_BYPASS: operation not permitted".
+//     "setsockopt PACKET_QDISC_BYPASS: operation not permitted";
+//   - -compat (only with -qdisc-bypass) makes that setsockopt by the 32-bit
+//     system call (int 0x80), which cgroup setsockopt programs do not see;
+//     its error starts with "compat setsockopt PACKET_QDISC_BYPASS: ", or
+//     is "compat syscalls unavailable: ..." on a kernel without them.
 //
 // Receiving is always on the raw IP socket. An IPv4 raw socket delivers the
 // IP header with each segment, an IPv6 one the segment alone (its
@@ -132,6 +136,7 @@ type config struct {
 	link        string
 	dstMAC      net.HardwareAddr
 	qdiscBypass bool
+	compat      bool // the bypass by the 32-bit setsockopt
 }
 
 func main() {
@@ -165,13 +170,17 @@ func parseArgs(args []string, stderr io.Writer) (*config, error) {
 	link := fs.String("link", "", "send on an AF_PACKET socket out of interface `IFACE` (rawclient builds the IP header), not on the raw IP socket; needs -dst-mac")
 	dstMAC := fs.String("dst-mac", "", "destination `MAC` of the frames sent with -link: the next hop's (e.g. the node side of the pod's link)")
 	bypass := fs.Bool("qdisc-bypass", false, "with -link: set PACKET_QDISC_BYPASS on the packet socket, so frames skip the interface's qdiscs and egress hooks")
+	compat := fs.Bool("compat", false, "with -qdisc-bypass: make that setsockopt by the 32-bit (int 0x80) system call")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	cfg := &config{timeout: *timeout, link: *link, qdiscBypass: *bypass}
+	if *compat && !*bypass {
+		return nil, errors.New("-compat requires -qdisc-bypass")
+	}
+	cfg := &config{timeout: *timeout, link: *link, qdiscBypass: *bypass, compat: *compat}
 	var err error
 	if cfg.src, cfg.dst, err = parseAddrs(*src, *dst); err != nil {
 		return nil, err

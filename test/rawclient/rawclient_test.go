@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/netip"
 	"strings"
@@ -106,6 +107,7 @@ func TestParseArgsErrors(t *testing.T) {
 		base + "-link eth0":                         "-link requires -dst-mac",
 		base + "-dst-mac 02:00:00:00:00:01":         "-dst-mac requires -link",
 		base + "-qdisc-bypass":                      "-qdisc-bypass requires -link",
+		base + "-compat":                            "-compat requires -qdisc-bypass",
 		base + "-link eth0 -dst-mac 02:00":          `-dst-mac "02:00": want an Ethernet MAC address (6 bytes, e.g. 02:00:00:00:00:01)`,
 	} {
 		if _, err := parseArgs(strings.Fields(args), &bytes.Buffer{}); err == nil || err.Error() != want {
@@ -117,9 +119,14 @@ func TestParseArgsErrors(t *testing.T) {
 func TestQdiscBypassError(t *testing.T) {
 	// On a bad descriptor the setsockopt fails without any privilege;
 	// tests of imdsguard match the prefix when it refuses the option.
-	err := qdiscBypass(-1)
+	err := qdiscBypass(-1, false)
 	if err == nil || err.Error() != "setsockopt PACKET_QDISC_BYPASS: bad file descriptor" {
 		t.Errorf("qdiscBypass(-1) = %v", err)
+	}
+	// the same by the 32-bit system call, where the kernel takes them
+	err = qdiscBypass(-1, true)
+	if err == nil || (err.Error() != "compat setsockopt PACKET_QDISC_BYPASS: bad file descriptor" && !errors.Is(err, errNoCompat)) {
+		t.Errorf("qdiscBypass(-1, compat) = %v", err)
 	}
 }
 
