@@ -1,18 +1,18 @@
 package bpf
 
-// Values shared with imdsguard.h. The C enums do not reach the object's BTF
-// (the compiler folds them to literals), so they are mirrored here by hand;
-// the integration tests catch a mismatch, because every event they check is
-// decoded through these names.
+// Go names for the values of imdsguard.h. Every value comes from the
+// enums bpf2go generates (imdsguard.h keeps them in the object's BTF), so
+// C and Go cannot disagree; only the names, and the strings events carry,
+// are written here.
 
 // Action is the verdict a program reached.
 type Action uint8
 
 const (
-	ActionAllow Action = 0
-	ActionDeny  Action = 1
-	ActionAudit Action = 2
-	actionMax          = 3
+	ActionAllow = Action(ImdsguardActionACTION_ALLOW)
+	ActionDeny  = Action(ImdsguardActionACTION_DENY)
+	ActionAudit = Action(ImdsguardActionACTION_AUDIT)
+	actionMax   = uint32(ImdsguardActionACTION_MAX)
 )
 
 func (a Action) String() string {
@@ -31,21 +31,21 @@ func (a Action) String() string {
 type Reason uint8
 
 const (
-	ReasonNone             Reason = 0
-	ReasonNonHostNetns     Reason = 1
-	ReasonIMDSv1NoToken    Reason = 2
-	ReasonParseError       Reason = 3
-	ReasonForwardedRequest Reason = 4
-	ReasonPolicyRule       Reason = 5
-	ReasonUnjudgedWrite    Reason = 6
-	ReasonUnsupportedProto Reason = 7
-	ReasonAdoptedConn      Reason = 8
-	ReasonUrgentData       Reason = 9
-	ReasonConnectionLimit  Reason = 10
-	ReasonRawPacket        Reason = 11
-	ReasonEgressBypass     Reason = 12
+	ReasonNone             = Reason(ImdsguardReasonREASON_NONE)
+	ReasonNonHostNetns     = Reason(ImdsguardReasonREASON_NON_HOST_NETNS)
+	ReasonIMDSv1NoToken    = Reason(ImdsguardReasonREASON_IMDSV1NO_TOKEN)
+	ReasonParseError       = Reason(ImdsguardReasonREASON_PARSE_ERROR)
+	ReasonForwardedRequest = Reason(ImdsguardReasonREASON_FORWARDED_REQUEST)
+	ReasonPolicyRule       = Reason(ImdsguardReasonREASON_POLICY_RULE)
+	ReasonUnjudgedWrite    = Reason(ImdsguardReasonREASON_UNJUDGED_WRITE)
+	ReasonUnsupportedProto = Reason(ImdsguardReasonREASON_UNSUPPORTED_PROTOCOL)
+	ReasonAdoptedConn      = Reason(ImdsguardReasonREASON_ADOPTED_CONNECTION)
+	ReasonUrgentData       = Reason(ImdsguardReasonREASON_URGENT_DATA)
+	ReasonConnectionLimit  = Reason(ImdsguardReasonREASON_CONNECTION_LIMIT)
+	ReasonRawPacket        = Reason(ImdsguardReasonREASON_RAW_PACKET)
+	ReasonEgressBypass     = Reason(ImdsguardReasonREASON_EGRESS_BYPASS)
 	// ReasonMax bounds the reasons: counter slots are laid out by it.
-	ReasonMax = 16
+	ReasonMax = uint32(ImdsguardReasonREASON_MAX)
 )
 
 func (r Reason) String() string {
@@ -84,9 +84,9 @@ func (r Reason) String() string {
 type Kind uint8
 
 const (
-	KindConnect Kind = 0
-	KindRequest Kind = 1
-	kindMax          = 2
+	KindConnect = Kind(ImdsguardKindKIND_CONNECT)
+	KindRequest = Kind(ImdsguardKindKIND_REQUEST)
+	kindMax     = uint32(ImdsguardKindKIND_MAX)
 )
 
 func (k Kind) String() string {
@@ -101,25 +101,48 @@ func (k Kind) String() string {
 
 // Mode values of config.mode.
 const (
-	ModeEnforce uint32 = 0
-	ModeAudit   uint32 = 1
+	ModeEnforce = uint32(ImdsguardModeMODE_ENFORCE)
+	ModeAudit   = uint32(ImdsguardModeMODE_AUDIT)
 )
 
 // Bits of config.flags.
 const (
-	ConfigBlockNonHostNetns uint32 = 1 << 0
-	ConfigRequireToken      uint32 = 1 << 1
-	ConfigRefuseForwarded   uint32 = 1 << 2
+	ConfigBlockNonHostNetns = uint32(ImdsguardConfigFlagCONFIG_BLOCK_NON_HOST_NETNS)
+	ConfigRequireToken      = uint32(ImdsguardConfigFlagCONFIG_REQUIRE_TOKEN)
+	ConfigRefuseForwarded   = uint32(ImdsguardConfigFlagCONFIG_REFUSE_FORWARDED)
 )
 
-// PrefixMax is the longest credential prefix the kernel matches (PREFIX_MAX).
-const PrefixMax = 64
+// Limits of the kernel's tables (enum limit).
+const (
+	// PrefixMax is the longest credential prefix the kernel matches.
+	PrefixMax = int(ImdsguardLimitPREFIX_MAX)
+	// MaxPrefixes is how many credential prefixes the config holds.
+	MaxPrefixes = int(ImdsguardLimitMAX_PREFIXES)
+	// MaxRules is the size of one policy generation of the rules table.
+	MaxRules = int(ImdsguardLimitMAX_RULES)
+	// RulesPerCgroup is how many rules one cgroup's list holds.
+	RulesPerCgroup = int(ImdsguardLimitRULES_PER_CGROUP)
+	// MaxCgroupLevel is the deepest cgroup level the kernel's ancestor
+	// walk looks at.
+	MaxCgroupLevel = int(ImdsguardLimitMAX_CGROUP_LEVEL)
+	// MaxEndpoints is the size of the endpoints map (both generations).
+	MaxEndpoints = int(ImdsguardLimitMAX_ENDPOINTS)
+)
+
+// Bits of rule.flags (enum rule_flag).
+const (
+	RuleDeny              = uint32(ImdsguardRuleFlagRULE_DENY)
+	RuleAllowV1           = uint32(ImdsguardRuleFlagRULE_ALLOW_V1)
+	RuleAllowNonHostNetns = uint32(ImdsguardRuleFlagRULE_ALLOW_NON_HOST_NETNS)
+	RuleMatchComm         = uint32(ImdsguardRuleFlagRULE_MATCH_COMM)
+	RuleMatchUID          = uint32(ImdsguardRuleFlagRULE_MATCH_UID)
+)
 
 // Bits of event.flags.
 const (
-	EventHostNetns        uint8 = 1 << 0
-	EventHasToken         uint8 = 1 << 1
-	EventCredentialAccess uint8 = 1 << 2
+	EventHostNetns        = uint8(ImdsguardEventFlagEVENT_HOST_NETNS)
+	EventHasToken         = uint8(ImdsguardEventFlagEVENT_HAS_TOKEN)
+	EventCredentialAccess = uint8(ImdsguardEventFlagEVENT_CREDENTIAL_ACCESS)
 )
 
 // CounterSlot is the index in the counters map for one (kind, action, reason).
@@ -128,17 +151,17 @@ func CounterSlot(k Kind, a Action, r Reason) uint32 {
 }
 
 // CounterEventsLost counts events dropped because the ring buffer was full.
-const CounterEventsLost uint32 = kindMax * actionMax * ReasonMax
+const CounterEventsLost = uint32(ImdsguardCounterExtraCOUNTER_EVENTS_LOST)
 
 // CounterUnguarded counts IMDS sockets sockops could not put under sk_msg.
-const CounterUnguarded uint32 = CounterEventsLost + 1
+const CounterUnguarded = uint32(ImdsguardCounterExtraCOUNTER_UNGUARDED)
 
 // CounterAdopted counts connections adopted at start.
-const CounterAdopted uint32 = CounterEventsLost + 2
+const CounterAdopted = uint32(ImdsguardCounterExtraCOUNTER_ADOPTED)
 
 // CounterCredential is the first of three slots counting credential-path
 // requests by action.
-const CounterCredential uint32 = CounterEventsLost + 3
+const CounterCredential = uint32(ImdsguardCounterExtraCOUNTER_CREDENTIAL)
 
 // CounterSlots is the size of the counters map.
-const CounterSlots = 128
+const CounterSlots = int(ImdsguardCounterExtraCOUNTER_MAX)

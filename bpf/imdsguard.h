@@ -59,10 +59,22 @@ enum config_flag {
 	CONFIG_REFUSE_FORWARDED = 1 << 2,
 };
 
-/* Credential path prefixes, stored lower case and without their version
- * segment ("meta-data/iam/security-credentials/"). */
-#define PREFIX_MAX 64
-#define MAX_PREFIXES 8
+/* Sizes both sides need (enum, not #define, so that they reach the BTF
+ * and bpf2go generates them for Go). */
+enum limit {
+	/* credential path prefixes, stored lower case and without their
+	 * version segment ("meta-data/iam/security-credentials/") */
+	PREFIX_MAX = 64,
+	MAX_PREFIXES = 8,
+	/* rules of one policy generation (policy.rules), and how many of them
+	 * one cgroup's list holds */
+	MAX_RULES = 1024,
+	RULES_PER_CGROUP = 16,
+	/* deepest cgroup level the ancestor walk looks at (root is level 0) */
+	MAX_CGROUP_LEVEL = 64,
+	/* endpoints of both policy generations */
+	MAX_ENDPOINTS = 64,
+};
 
 /* event.flags */
 enum event_flag {
@@ -147,12 +159,21 @@ struct event {
 	char path[PATH_LEN];
 };
 
-/* Keeps struct event in the BTF so bpf2go generates its Go type. */
+/* Keep struct event and the enums in the BTF so bpf2go generates their Go
+ * types and values (bpf/abi.go names them): one source for both sides. */
 const struct event *unused_event __attribute__((unused));
+const enum action *unused_action __attribute__((unused));
+const enum reason *unused_reason __attribute__((unused));
+const enum kind *unused_kind __attribute__((unused));
+const enum mode *unused_mode __attribute__((unused));
+const enum config_flag *unused_config_flag __attribute__((unused));
+const enum event_flag *unused_event_flag __attribute__((unused));
+const enum counter_extra *unused_counter_extra __attribute__((unused));
+const enum limit *unused_limit __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
+	__uint(max_entries, MAX_ENDPOINTS);
 	__type(key, struct endpoint_key);
 	__type(value, struct endpoint_value);
 } endpoints SEC(".maps");
@@ -202,8 +223,6 @@ struct {
 } config_map SEC(".maps");
 
 /* Rules, first match wins (policy.rules). */
-#define MAX_RULES 1024
-#define RULES_PER_CGROUP 16
 #define TASK_COMM_WORDS 2
 
 enum rule_flag {
@@ -213,6 +232,7 @@ enum rule_flag {
 	RULE_MATCH_COMM = 1 << 3,
 	RULE_MATCH_UID = 1 << 4,
 };
+const enum rule_flag *unused_rule_flag __attribute__((unused)); /* for bpf2go, as above */
 
 struct rule {
 	__u32 flags;
@@ -243,8 +263,6 @@ struct cgroup_key {
 	__u32 subtree;
 };
 
-/* Deepest cgroup level the ancestor walk looks at (root is level 0). */
-#define MAX_CGROUP_LEVEL 64
 
 struct rule_list {
 	__u32 n;

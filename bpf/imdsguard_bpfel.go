@@ -13,6 +13,15 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type ImdsguardAction uint32
+
+const (
+	ImdsguardActionACTION_ALLOW ImdsguardAction = 0
+	ImdsguardActionACTION_DENY  ImdsguardAction = 1
+	ImdsguardActionACTION_AUDIT ImdsguardAction = 2
+	ImdsguardActionACTION_MAX   ImdsguardAction = 3
+)
+
 type ImdsguardCgroupKey struct {
 	_        structs.HostLayout
 	CgroupId uint64
@@ -37,12 +46,30 @@ type ImdsguardConfig struct {
 	}
 }
 
+type ImdsguardConfigFlag uint32
+
+const (
+	ImdsguardConfigFlagCONFIG_BLOCK_NON_HOST_NETNS ImdsguardConfigFlag = 1
+	ImdsguardConfigFlagCONFIG_REQUIRE_TOKEN        ImdsguardConfigFlag = 2
+	ImdsguardConfigFlagCONFIG_REFUSE_FORWARDED     ImdsguardConfigFlag = 4
+)
+
 type ImdsguardConnKey struct {
 	_     structs.HostLayout
 	Id    uint64
 	Scope uint32
 	Pad   uint32
 }
+
+type ImdsguardCounterExtra uint32
+
+const (
+	ImdsguardCounterExtraCOUNTER_EVENTS_LOST ImdsguardCounterExtra = 96
+	ImdsguardCounterExtraCOUNTER_UNGUARDED   ImdsguardCounterExtra = 97
+	ImdsguardCounterExtraCOUNTER_ADOPTED     ImdsguardCounterExtra = 98
+	ImdsguardCounterExtraCOUNTER_CREDENTIAL  ImdsguardCounterExtra = 99
+	ImdsguardCounterExtraCOUNTER_MAX         ImdsguardCounterExtra = 128
+)
 
 type ImdsguardEndpointKey struct {
 	_    structs.HostLayout
@@ -83,6 +110,14 @@ type ImdsguardEvent struct {
 	Path        [128]int8
 	_           [2]byte
 }
+
+type ImdsguardEventFlag uint32
+
+const (
+	ImdsguardEventFlagEVENT_HOST_NETNS        ImdsguardEventFlag = 1
+	ImdsguardEventFlagEVENT_HAS_TOKEN         ImdsguardEventFlag = 2
+	ImdsguardEventFlagEVENT_CREDENTIAL_ACCESS ImdsguardEventFlag = 4
+)
 
 type ImdsguardJudge struct {
 	_   structs.HostLayout
@@ -144,12 +179,67 @@ type ImdsguardJudge struct {
 	Busy uint32
 }
 
+type ImdsguardKind uint32
+
+const (
+	ImdsguardKindKIND_CONNECT ImdsguardKind = 0
+	ImdsguardKindKIND_REQUEST ImdsguardKind = 1
+	ImdsguardKindKIND_MAX     ImdsguardKind = 2
+)
+
+type ImdsguardLimit uint32
+
+const (
+	ImdsguardLimitPREFIX_MAX       ImdsguardLimit = 64
+	ImdsguardLimitMAX_PREFIXES     ImdsguardLimit = 8
+	ImdsguardLimitMAX_RULES        ImdsguardLimit = 1024
+	ImdsguardLimitRULES_PER_CGROUP ImdsguardLimit = 16
+	ImdsguardLimitMAX_CGROUP_LEVEL ImdsguardLimit = 64
+	ImdsguardLimitMAX_ENDPOINTS    ImdsguardLimit = 64
+)
+
+type ImdsguardMode uint32
+
+const (
+	ImdsguardModeMODE_ENFORCE ImdsguardMode = 0
+	ImdsguardModeMODE_AUDIT   ImdsguardMode = 1
+)
+
+type ImdsguardReason uint32
+
+const (
+	ImdsguardReasonREASON_NONE                 ImdsguardReason = 0
+	ImdsguardReasonREASON_NON_HOST_NETNS       ImdsguardReason = 1
+	ImdsguardReasonREASON_IMDSV1NO_TOKEN       ImdsguardReason = 2
+	ImdsguardReasonREASON_PARSE_ERROR          ImdsguardReason = 3
+	ImdsguardReasonREASON_FORWARDED_REQUEST    ImdsguardReason = 4
+	ImdsguardReasonREASON_POLICY_RULE          ImdsguardReason = 5
+	ImdsguardReasonREASON_UNJUDGED_WRITE       ImdsguardReason = 6
+	ImdsguardReasonREASON_UNSUPPORTED_PROTOCOL ImdsguardReason = 7
+	ImdsguardReasonREASON_ADOPTED_CONNECTION   ImdsguardReason = 8
+	ImdsguardReasonREASON_URGENT_DATA          ImdsguardReason = 9
+	ImdsguardReasonREASON_CONNECTION_LIMIT     ImdsguardReason = 10
+	ImdsguardReasonREASON_RAW_PACKET           ImdsguardReason = 11
+	ImdsguardReasonREASON_EGRESS_BYPASS        ImdsguardReason = 12
+	ImdsguardReasonREASON_MAX                  ImdsguardReason = 16
+)
+
 type ImdsguardRule struct {
 	_     structs.HostLayout
 	Flags uint32
 	Uid   uint32
 	Comm  [2]uint64
 }
+
+type ImdsguardRuleFlag uint32
+
+const (
+	ImdsguardRuleFlagRULE_DENY                 ImdsguardRuleFlag = 1
+	ImdsguardRuleFlagRULE_ALLOW_V1             ImdsguardRuleFlag = 2
+	ImdsguardRuleFlagRULE_ALLOW_NON_HOST_NETNS ImdsguardRuleFlag = 4
+	ImdsguardRuleFlagRULE_MATCH_COMM           ImdsguardRuleFlag = 8
+	ImdsguardRuleFlagRULE_MATCH_UID            ImdsguardRuleFlag = 16
+)
 
 type ImdsguardRuleList struct {
 	_   structs.HostLayout
@@ -182,29 +272,38 @@ type ImdsguardSockState struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	ImdsguardMapCgroupRules     = "cgroup_rules"
-	ImdsguardMapConfigMap       = "config_map"
-	ImdsguardMapCounters        = "counters"
-	ImdsguardMapEndpoints       = "endpoints"
-	ImdsguardMapEvents          = "events"
-	ImdsguardMapImdsSocks       = "imds_socks"
-	ImdsguardMapJudges          = "judges"
-	ImdsguardMapOpenConns       = "open_conns"
-	ImdsguardMapPolicyGen       = "policy_gen"
-	ImdsguardMapPortSkip        = "port_skip"
-	ImdsguardMapRawReported     = "raw_reported"
-	ImdsguardMapRules           = "rules"
-	ImdsguardMapSockStates      = "sock_states"
-	ImdsguardProgImdsAdopt      = "imds_adopt"
-	ImdsguardProgImdsConnect4   = "imds_connect4"
-	ImdsguardProgImdsConnect6   = "imds_connect6"
-	ImdsguardProgImdsEgress     = "imds_egress"
-	ImdsguardProgImdsMsg        = "imds_msg"
-	ImdsguardProgImdsSetsockopt = "imds_setsockopt"
-	ImdsguardProgImdsSockops    = "imds_sockops"
-	ImdsguardProgImdsUplink     = "imds_uplink"
-	ImdsguardProgImdsUplinkL3   = "imds_uplink_l3"
-	ImdsguardVarUnusedEvent     = "unused_event"
+	ImdsguardMapCgroupRules        = "cgroup_rules"
+	ImdsguardMapConfigMap          = "config_map"
+	ImdsguardMapCounters           = "counters"
+	ImdsguardMapEndpoints          = "endpoints"
+	ImdsguardMapEvents             = "events"
+	ImdsguardMapImdsSocks          = "imds_socks"
+	ImdsguardMapJudges             = "judges"
+	ImdsguardMapOpenConns          = "open_conns"
+	ImdsguardMapPolicyGen          = "policy_gen"
+	ImdsguardMapPortSkip           = "port_skip"
+	ImdsguardMapRawReported        = "raw_reported"
+	ImdsguardMapRules              = "rules"
+	ImdsguardMapSockStates         = "sock_states"
+	ImdsguardProgImdsAdopt         = "imds_adopt"
+	ImdsguardProgImdsConnect4      = "imds_connect4"
+	ImdsguardProgImdsConnect6      = "imds_connect6"
+	ImdsguardProgImdsEgress        = "imds_egress"
+	ImdsguardProgImdsMsg           = "imds_msg"
+	ImdsguardProgImdsSetsockopt    = "imds_setsockopt"
+	ImdsguardProgImdsSockops       = "imds_sockops"
+	ImdsguardProgImdsUplink        = "imds_uplink"
+	ImdsguardProgImdsUplinkL3      = "imds_uplink_l3"
+	ImdsguardVarUnusedAction       = "unused_action"
+	ImdsguardVarUnusedConfigFlag   = "unused_config_flag"
+	ImdsguardVarUnusedCounterExtra = "unused_counter_extra"
+	ImdsguardVarUnusedEvent        = "unused_event"
+	ImdsguardVarUnusedEventFlag    = "unused_event_flag"
+	ImdsguardVarUnusedKind         = "unused_kind"
+	ImdsguardVarUnusedLimit        = "unused_limit"
+	ImdsguardVarUnusedMode         = "unused_mode"
+	ImdsguardVarUnusedReason       = "unused_reason"
+	ImdsguardVarUnusedRuleFlag     = "unused_rule_flag"
 )
 
 // LoadImdsguard returns the embedded CollectionSpec for Imdsguard.
@@ -283,7 +382,16 @@ type ImdsguardMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ImdsguardVariableSpecs struct {
-	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedAction       *ebpf.VariableSpec `ebpf:"unused_action"`
+	UnusedConfigFlag   *ebpf.VariableSpec `ebpf:"unused_config_flag"`
+	UnusedCounterExtra *ebpf.VariableSpec `ebpf:"unused_counter_extra"`
+	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventFlag    *ebpf.VariableSpec `ebpf:"unused_event_flag"`
+	UnusedKind         *ebpf.VariableSpec `ebpf:"unused_kind"`
+	UnusedLimit        *ebpf.VariableSpec `ebpf:"unused_limit"`
+	UnusedMode         *ebpf.VariableSpec `ebpf:"unused_mode"`
+	UnusedReason       *ebpf.VariableSpec `ebpf:"unused_reason"`
+	UnusedRuleFlag     *ebpf.VariableSpec `ebpf:"unused_rule_flag"`
 }
 
 // ImdsguardObjects contains all objects after they have been loaded into the kernel.
@@ -343,7 +451,16 @@ func (m *ImdsguardMaps) Close() error {
 //
 // It can be passed to LoadImdsguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ImdsguardVariables struct {
-	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
+	UnusedAction       *ebpf.Variable `ebpf:"unused_action"`
+	UnusedConfigFlag   *ebpf.Variable `ebpf:"unused_config_flag"`
+	UnusedCounterExtra *ebpf.Variable `ebpf:"unused_counter_extra"`
+	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventFlag    *ebpf.Variable `ebpf:"unused_event_flag"`
+	UnusedKind         *ebpf.Variable `ebpf:"unused_kind"`
+	UnusedLimit        *ebpf.Variable `ebpf:"unused_limit"`
+	UnusedMode         *ebpf.Variable `ebpf:"unused_mode"`
+	UnusedReason       *ebpf.Variable `ebpf:"unused_reason"`
+	UnusedRuleFlag     *ebpf.Variable `ebpf:"unused_rule_flag"`
 }
 
 // ImdsguardPrograms contains all programs after they have been loaded into the kernel.

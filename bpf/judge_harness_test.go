@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"structs"
 	"testing"
 	"unsafe"
 
@@ -267,61 +266,16 @@ func (c *conn) write(t testing.TB, b []byte) (int, error) {
 
 var errEACCES = errors.New("EACCES")
 
-// parserFields is struct parser up to its requests.
-type parserFields = struct {
-	_            structs.HostLayout
-	Pos          uint32
-	Len          uint32
-	State        uint32
-	Stop         uint32
-	ReqStart     uint32
-	Skip         uint32
-	Nreqs        uint32
-	Boundary     uint32
-	Unsynced     uint32
-	ForceReason  uint32
-	CfgFlags     uint32
-	MethodLen    uint32
-	SchemePos    uint32
-	VersionPos   uint32
-	RawPathLen   uint32
-	PctVal       uint32
-	NameLen      uint32
-	NameAlive    uint32
-	Header       uint32
-	ValueLen     uint32
-	ValueWs      uint32
-	Cl           uint32
-	ClDigits     uint32
-	ClSeen       uint32
-	ClFirst      uint32
-	TokenHeaders uint32
-	Flags        uint32
-	Te           uint32
-	Nlen         uint32
-	SegStart     uint32
-	SegLen       uint32
-	SegC0        uint32
-	SegC1        uint32
-	Nseg         uint32
-	Segs         [32]uint32
-	Norm         [256]int8
-	Method       [8]int8
-}
-
-// parserState decodes the parser state a judge run reports, with the
-// array bytes past their lengths cleared (scratch space an earlier request
+// parserState is the parser state a judge run reports, without its
+// requests and with the array bytes past their lengths cleared (scratch space an earlier request
 // may have left anything in).
-func parserState(r JudgeTestJudgeRun) parserFields {
-	var p parserFields
-	if unsafe.Sizeof(p) != unsafe.Sizeof(r.Parser) {
-		panic(fmt.Sprintf("struct parser: %d bytes before its requests, the test knows %d", unsafe.Sizeof(r.Parser), unsafe.Sizeof(p)))
-	}
-	p = *(*parserFields)(unsafe.Pointer(&r.Parser[0]))
+func parserState(r JudgeTestJudgeRun) JudgeTestParser {
+	p := r.Parser
+	p.Reqs = [len(p.Reqs)]JudgeTestReqResult{} // compared one by one, in diffRuns
 	if p.Nreqs == 0 && (p.State == 0 || p.State == 1) { // P_PRE, P_BODY
 		// no request started in this walk: the fields start_request
 		// sets are what an earlier walk (maybe on another CPU) left
-		p = parserFields{Pos: p.Pos, Len: p.Len, State: p.State, Stop: p.Stop, ReqStart: p.ReqStart, Skip: p.Skip,
+		p = JudgeTestParser{Pos: p.Pos, Len: p.Len, State: p.State, Stop: p.Stop, ReqStart: p.ReqStart, Skip: p.Skip,
 			Boundary: p.Boundary, Unsynced: p.Unsynced, ForceReason: p.ForceReason, CfgFlags: p.CfgFlags}
 		return p
 	}

@@ -43,10 +43,9 @@ struct judge_run {
 	__u32 nreqs;
 	__u32 fast_off; /* 1: the judge walks byte by byte, without its fast paths */
 	struct req_result reqs[MAX_REQS];
-	/* the parser's state after the walk, up to its requests (struct
-	 * parser): the tests check the fast paths leave it as the
-	 * byte-by-byte walk does */
-	__u8 parser[__builtin_offsetof(struct parser, reqs)];
+	/* the parser's state after the walk: the tests check the fast paths
+	 * leave it as the byte-by-byte walk does (its requests are in reqs) */
+	struct parser parser;
 };
 
 /* Keeps struct judge_run in the BTF so bpf2go generates its Go type. */
@@ -83,7 +82,8 @@ int judge_test(struct judge_run *run)
 #pragma unroll
 	for (int k = 0; k < MAX_REQS; k++)
 		run->reqs[k] = j->p.reqs[k];
-	__builtin_memcpy(run->parser, &j->p, sizeof(run->parser));
+	/* its requests are in reqs already */
+	__builtin_memcpy(&run->parser, &j->p, __builtin_offsetof(struct parser, reqs));
 	return 0;
 }
 

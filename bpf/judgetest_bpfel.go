@@ -50,49 +50,9 @@ type JudgeTestEndpointValue struct {
 }
 
 type JudgeTestJudge struct {
-	_   structs.HostLayout
-	Buf [16384]uint8
-	P   struct {
-		_            structs.HostLayout
-		Pos          uint32
-		Len          uint32
-		State        uint32
-		Stop         uint32
-		ReqStart     uint32
-		Skip         uint32
-		Nreqs        uint32
-		Boundary     uint32
-		Unsynced     uint32
-		ForceReason  uint32
-		CfgFlags     uint32
-		MethodLen    uint32
-		SchemePos    uint32
-		VersionPos   uint32
-		RawPathLen   uint32
-		PctVal       uint32
-		NameLen      uint32
-		NameAlive    uint32
-		Header       uint32
-		ValueLen     uint32
-		ValueWs      uint32
-		Cl           uint32
-		ClDigits     uint32
-		ClSeen       uint32
-		ClFirst      uint32
-		TokenHeaders uint32
-		Flags        uint32
-		Te           uint32
-		Nlen         uint32
-		SegStart     uint32
-		SegLen       uint32
-		SegC0        uint32
-		SegC1        uint32
-		Nseg         uint32
-		Segs         [32]uint32
-		Norm         [256]int8
-		Method       [8]int8
-		Reqs         [8]JudgeTestReqResult
-	}
+	_    structs.HostLayout
+	Buf  [16384]uint8
+	P    JudgeTestParser
 	Busy uint32
 }
 
@@ -114,7 +74,49 @@ type JudgeTestJudgeRun struct {
 	Nreqs       uint32
 	FastOff     uint32
 	Reqs        [8]JudgeTestReqResult
-	Parser      [528]uint8
+	Parser      JudgeTestParser
+}
+
+type JudgeTestParser struct {
+	_            structs.HostLayout
+	Pos          uint32
+	Len          uint32
+	State        uint32
+	Stop         uint32
+	ReqStart     uint32
+	Skip         uint32
+	Nreqs        uint32
+	Boundary     uint32
+	Unsynced     uint32
+	ForceReason  uint32
+	CfgFlags     uint32
+	MethodLen    uint32
+	SchemePos    uint32
+	VersionPos   uint32
+	RawPathLen   uint32
+	PctVal       uint32
+	NameLen      uint32
+	NameAlive    uint32
+	Header       uint32
+	ValueLen     uint32
+	ValueWs      uint32
+	Cl           uint32
+	ClDigits     uint32
+	ClSeen       uint32
+	ClFirst      uint32
+	TokenHeaders uint32
+	Flags        uint32
+	Te           uint32
+	Nlen         uint32
+	SegStart     uint32
+	SegLen       uint32
+	SegC0        uint32
+	SegC1        uint32
+	Nseg         uint32
+	Segs         [32]uint32
+	Norm         [256]int8
+	Method       [8]int8
+	Reqs         [8]JudgeTestReqResult
 }
 
 type JudgeTestReqResult struct {
@@ -160,21 +162,30 @@ type JudgeTestUplinkPkt struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	JudgeTestMapCgroupRules      = "cgroup_rules"
-	JudgeTestMapConfigMap        = "config_map"
-	JudgeTestMapCounters         = "counters"
-	JudgeTestMapEndpoints        = "endpoints"
-	JudgeTestMapEvents           = "events"
-	JudgeTestMapPolicyGen        = "policy_gen"
-	JudgeTestMapPortSkip         = "port_skip"
-	JudgeTestMapRules            = "rules"
-	JudgeTestMapTestJudges       = "test_judges"
-	JudgeTestMapUplinkSeen       = "uplink_seen"
-	JudgeTestProgJudgeTest       = "judge_test"
-	JudgeTestProgUplinkParseTest = "uplink_parse_test"
-	JudgeTestVarJudgeFastOff     = "judge_fast_off"
-	JudgeTestVarUnusedEvent      = "unused_event"
-	JudgeTestVarUnusedJudgeRun   = "unused_judge_run"
+	JudgeTestMapCgroupRules        = "cgroup_rules"
+	JudgeTestMapConfigMap          = "config_map"
+	JudgeTestMapCounters           = "counters"
+	JudgeTestMapEndpoints          = "endpoints"
+	JudgeTestMapEvents             = "events"
+	JudgeTestMapPolicyGen          = "policy_gen"
+	JudgeTestMapPortSkip           = "port_skip"
+	JudgeTestMapRules              = "rules"
+	JudgeTestMapTestJudges         = "test_judges"
+	JudgeTestMapUplinkSeen         = "uplink_seen"
+	JudgeTestProgJudgeTest         = "judge_test"
+	JudgeTestProgUplinkParseTest   = "uplink_parse_test"
+	JudgeTestVarJudgeFastOff       = "judge_fast_off"
+	JudgeTestVarUnusedAction       = "unused_action"
+	JudgeTestVarUnusedConfigFlag   = "unused_config_flag"
+	JudgeTestVarUnusedCounterExtra = "unused_counter_extra"
+	JudgeTestVarUnusedEvent        = "unused_event"
+	JudgeTestVarUnusedEventFlag    = "unused_event_flag"
+	JudgeTestVarUnusedJudgeRun     = "unused_judge_run"
+	JudgeTestVarUnusedKind         = "unused_kind"
+	JudgeTestVarUnusedLimit        = "unused_limit"
+	JudgeTestVarUnusedMode         = "unused_mode"
+	JudgeTestVarUnusedReason       = "unused_reason"
+	JudgeTestVarUnusedRuleFlag     = "unused_rule_flag"
 )
 
 // LoadJudgeTest returns the embedded CollectionSpec for JudgeTest.
@@ -243,9 +254,18 @@ type JudgeTestMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type JudgeTestVariableSpecs struct {
-	JudgeFastOff   *ebpf.VariableSpec `ebpf:"judge_fast_off"`
-	UnusedEvent    *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedJudgeRun *ebpf.VariableSpec `ebpf:"unused_judge_run"`
+	JudgeFastOff       *ebpf.VariableSpec `ebpf:"judge_fast_off"`
+	UnusedAction       *ebpf.VariableSpec `ebpf:"unused_action"`
+	UnusedConfigFlag   *ebpf.VariableSpec `ebpf:"unused_config_flag"`
+	UnusedCounterExtra *ebpf.VariableSpec `ebpf:"unused_counter_extra"`
+	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventFlag    *ebpf.VariableSpec `ebpf:"unused_event_flag"`
+	UnusedJudgeRun     *ebpf.VariableSpec `ebpf:"unused_judge_run"`
+	UnusedKind         *ebpf.VariableSpec `ebpf:"unused_kind"`
+	UnusedLimit        *ebpf.VariableSpec `ebpf:"unused_limit"`
+	UnusedMode         *ebpf.VariableSpec `ebpf:"unused_mode"`
+	UnusedReason       *ebpf.VariableSpec `ebpf:"unused_reason"`
+	UnusedRuleFlag     *ebpf.VariableSpec `ebpf:"unused_rule_flag"`
 }
 
 // JudgeTestObjects contains all objects after they have been loaded into the kernel.
@@ -299,9 +319,18 @@ func (m *JudgeTestMaps) Close() error {
 //
 // It can be passed to LoadJudgeTestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type JudgeTestVariables struct {
-	JudgeFastOff   *ebpf.Variable `ebpf:"judge_fast_off"`
-	UnusedEvent    *ebpf.Variable `ebpf:"unused_event"`
-	UnusedJudgeRun *ebpf.Variable `ebpf:"unused_judge_run"`
+	JudgeFastOff       *ebpf.Variable `ebpf:"judge_fast_off"`
+	UnusedAction       *ebpf.Variable `ebpf:"unused_action"`
+	UnusedConfigFlag   *ebpf.Variable `ebpf:"unused_config_flag"`
+	UnusedCounterExtra *ebpf.Variable `ebpf:"unused_counter_extra"`
+	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventFlag    *ebpf.Variable `ebpf:"unused_event_flag"`
+	UnusedJudgeRun     *ebpf.Variable `ebpf:"unused_judge_run"`
+	UnusedKind         *ebpf.Variable `ebpf:"unused_kind"`
+	UnusedLimit        *ebpf.Variable `ebpf:"unused_limit"`
+	UnusedMode         *ebpf.Variable `ebpf:"unused_mode"`
+	UnusedReason       *ebpf.Variable `ebpf:"unused_reason"`
+	UnusedRuleFlag     *ebpf.Variable `ebpf:"unused_rule_flag"`
 }
 
 // JudgeTestPrograms contains all programs after they have been loaded into the kernel.

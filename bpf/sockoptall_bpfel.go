@@ -75,7 +75,16 @@ const (
 	SockoptAllMapPortSkip           = "port_skip"
 	SockoptAllMapRules              = "rules"
 	SockoptAllProgImdsSetsockoptAll = "imds_setsockopt_all"
+	SockoptAllVarUnusedAction       = "unused_action"
+	SockoptAllVarUnusedConfigFlag   = "unused_config_flag"
+	SockoptAllVarUnusedCounterExtra = "unused_counter_extra"
 	SockoptAllVarUnusedEvent        = "unused_event"
+	SockoptAllVarUnusedEventFlag    = "unused_event_flag"
+	SockoptAllVarUnusedKind         = "unused_kind"
+	SockoptAllVarUnusedLimit        = "unused_limit"
+	SockoptAllVarUnusedMode         = "unused_mode"
+	SockoptAllVarUnusedReason       = "unused_reason"
+	SockoptAllVarUnusedRuleFlag     = "unused_rule_flag"
 )
 
 // LoadSockoptAll returns the embedded CollectionSpec for SockoptAll.
@@ -141,7 +150,16 @@ type SockoptAllMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SockoptAllVariableSpecs struct {
-	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedAction       *ebpf.VariableSpec `ebpf:"unused_action"`
+	UnusedConfigFlag   *ebpf.VariableSpec `ebpf:"unused_config_flag"`
+	UnusedCounterExtra *ebpf.VariableSpec `ebpf:"unused_counter_extra"`
+	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventFlag    *ebpf.VariableSpec `ebpf:"unused_event_flag"`
+	UnusedKind         *ebpf.VariableSpec `ebpf:"unused_kind"`
+	UnusedLimit        *ebpf.VariableSpec `ebpf:"unused_limit"`
+	UnusedMode         *ebpf.VariableSpec `ebpf:"unused_mode"`
+	UnusedReason       *ebpf.VariableSpec `ebpf:"unused_reason"`
+	UnusedRuleFlag     *ebpf.VariableSpec `ebpf:"unused_rule_flag"`
 }
 
 // SockoptAllObjects contains all objects after they have been loaded into the kernel.
@@ -191,7 +209,16 @@ func (m *SockoptAllMaps) Close() error {
 //
 // It can be passed to LoadSockoptAllObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SockoptAllVariables struct {
-	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
+	UnusedAction       *ebpf.Variable `ebpf:"unused_action"`
+	UnusedConfigFlag   *ebpf.Variable `ebpf:"unused_config_flag"`
+	UnusedCounterExtra *ebpf.Variable `ebpf:"unused_counter_extra"`
+	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventFlag    *ebpf.Variable `ebpf:"unused_event_flag"`
+	UnusedKind         *ebpf.Variable `ebpf:"unused_kind"`
+	UnusedLimit        *ebpf.Variable `ebpf:"unused_limit"`
+	UnusedMode         *ebpf.Variable `ebpf:"unused_mode"`
+	UnusedReason       *ebpf.Variable `ebpf:"unused_reason"`
+	UnusedRuleFlag     *ebpf.Variable `ebpf:"unused_rule_flag"`
 }
 
 // SockoptAllPrograms contains all programs after they have been loaded into the kernel.

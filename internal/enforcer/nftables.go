@@ -50,8 +50,7 @@ func nftConfig(p *Plan, allowed []netip.Addr) (nft.Config, error) {
 // allowedSources are the addresses of the network namespaces of processes
 // in cgroups that a rule with allowNonHostNetns matches: the pods the
 // policy lets reach IMDS. nftables sees packets, not cgroups, so a pod is
-// named by its addresses. The host's namespace is never a source (its
-// packets are not forwarded). A pod whose devices cannot be guarded
+// named by its addresses. A pod whose devices cannot be guarded
 // (admitNetns) is left out: its packets are dropped, not let through
 // unjudged.
 func (e *Enforcer) allowedSources() []netip.Addr {
@@ -64,7 +63,13 @@ func (e *Enforcer) allowedSources() []netip.Addr {
 	if len(globs) == 0 {
 		return nil
 	}
+	// The host's namespace is never a source (its packets are not
+	// forwarded), nor is the daemon's own (the same one, but under
+	// --host-netns): its devices are not a pod's to guard.
 	seen := map[[2]uint64]bool{e.hostNetns: true}
+	if self, err := netnsID(""); err == nil {
+		seen[self] = true
+	}
 	var out []netip.Addr
 	for _, path := range e.plan.tree {
 		if !slices.ContainsFunc(globs, func(g string) bool { return policy.MatchCgroup(g, path) }) {

@@ -18,7 +18,7 @@ type Counters struct {
 func ReadCounters(m *ebpf.Map) (Counters, error) {
 	var c Counters
 	var perCPU []uint64
-	for slot := uint32(0); slot < bpf.CounterSlots; slot++ {
+	for slot := range uint32(bpf.CounterSlots) {
 		if err := m.Lookup(slot, &perCPU); err != nil {
 			return Counters{}, fmt.Errorf("reading counter %d: %w", slot, err)
 		}
@@ -72,7 +72,7 @@ func (c Counters) Verdicts() []Verdict {
 	var out []Verdict
 	for k := bpf.KindConnect; k <= bpf.KindRequest; k++ {
 		for a := bpf.ActionAllow; a <= bpf.ActionAudit; a++ {
-			for r := bpf.Reason(0); r < bpf.ReasonMax; r++ {
+			for r := range bpf.Reason(bpf.ReasonMax) {
 				if n := c.Get(k, a, r); n > 0 {
 					out = append(out, Verdict{k, a, r, n})
 				}

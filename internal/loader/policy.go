@@ -13,9 +13,8 @@ import (
 	"github.com/imdsguard/imdsguard/internal/policy"
 )
 
-// maxRules is MAX_RULES of imdsguard.h: the size of one generation of the
-// rules table.
-const maxRules = 1024
+// maxRules is the size of one generation of the rules table.
+const maxRules = uint32(bpf.MaxRules)
 
 // CgroupKey names a rule list: a cgroup's own, or (Subtree) the one for the
 // cgroups below it that have no entry of their own yet.
@@ -64,7 +63,7 @@ func (g *Guard) writePolicy(gen uint32, pol *policy.Compiled, cg CgroupRules) er
 			return fmt.Errorf("writing endpoints: %w", err)
 		}
 	}
-	if len(pol.Rules) > maxRules {
+	if len(pol.Rules) > int(maxRules) {
 		return fmt.Errorf("writing rules: %d rules, at most %d", len(pol.Rules), maxRules)
 	}
 	for i, r := range pol.Rules {
@@ -73,7 +72,7 @@ func (g *Guard) writePolicy(gen uint32, pol *policy.Compiled, cg CgroupRules) er
 		}
 	}
 	overflow := policy.OverflowRuleEntry()
-	if err := g.objs.Rules.Update(gen*maxRules+policy.OverflowRule, &overflow, ebpf.UpdateAny); err != nil {
+	if err := g.objs.Rules.Update(gen*maxRules+uint32(policy.OverflowRule), &overflow, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("writing rules: %w", err)
 	}
 	for id, idx := range cg {

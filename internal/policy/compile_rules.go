@@ -8,25 +8,17 @@ import (
 	"github.com/imdsguard/imdsguard/bpf"
 )
 
-// Limits of the kernel's rule tables (imdsguard.h).
-const (
-	// MaxRules is how many rules a policy may hold (MAX_RULES).
-	MaxRules = 1000
-	// RulesPerCgroup is how many rules can apply to one cgroup
-	// (RULES_PER_CGROUP): the rules whose cgroup glob matches it, and those
-	// without a cgroup condition, up to the first that matches
-	// unconditionally.
-	RulesPerCgroup = 16
-)
+// MaxRules is how many rules a policy may hold. The kernel's table
+// (bpf.MaxRules per generation) keeps its last slot for OverflowRule.
+const MaxRules = 1000
 
-// Bits of rule.flags (enum rule_flag).
-const (
-	ruleDeny              = 1 << 0
-	ruleAllowV1           = 1 << 1
-	ruleAllowNonHostNetns = 1 << 2
-	ruleMatchComm         = 1 << 3
-	ruleMatchUID          = 1 << 4
-)
+// A policy's rules and the overflow rule must fit the kernel's table.
+const _ = uint(bpf.MaxRules - 1 - MaxRules)
+
+// RulesPerCgroup is how many rules can apply to one cgroup: the rules
+// whose cgroup glob matches it, and those without a cgroup condition, up
+// to the first that matches unconditionally.
+const RulesPerCgroup = bpf.RulesPerCgroup
 
 // compileRules turns the rules into the kernel's rule table.
 func compileRules(rules []Rule) ([]bpf.ImdsguardRule, error) {
@@ -37,26 +29,26 @@ func compileRules(rules []Rule) ([]bpf.ImdsguardRule, error) {
 	for i, r := range rules {
 		k := &out[i]
 		if r.Deny {
-			k.Flags |= ruleDeny
+			k.Flags |= bpf.RuleDeny
 		}
 		if r.AllowV1 {
-			k.Flags |= ruleAllowV1
+			k.Flags |= bpf.RuleAllowV1
 		}
 		if r.AllowNonHostNetns {
-			k.Flags |= ruleAllowNonHostNetns
+			k.Flags |= bpf.RuleAllowNonHostNetns
 		}
 		if r.Match.Comm != "" {
-			if len(r.Match.Comm) > 15 {
-				return nil, fmt.Errorf("compiling rule %q: comm longer than 15 bytes", r.Name)
+			if len(r.Match.Comm) > maxComm {
+				return nil, fmt.Errorf("compiling rule %q: comm longer than %d bytes", r.Name, maxComm)
 			}
-			k.Flags |= ruleMatchComm
-			var b [16]byte
+			k.Flags |= bpf.RuleMatchComm
+			var b [maxComm + 1]byte
 			copy(b[:], r.Match.Comm)
 			k.Comm[0] = binary.NativeEndian.Uint64(b[0:8])
-			k.Comm[1] = binary.NativeEndian.Uint64(b[8:16])
+			k.Comm[1] = binary.NativeEndian.Uint64(b[8:])
 		}
 		if r.Match.UID != nil {
-			k.Flags |= ruleMatchUID
+			k.Flags |= bpf.RuleMatchUID
 			k.Uid = *r.Match.UID
 		}
 	}
@@ -66,15 +58,15 @@ func compileRules(rules []Rule) ([]bpf.ImdsguardRule, error) {
 // OverflowRule is the index of the rule slot kept for cgroups that more
 // rules could apply to than the kernel's list holds (RulesPerCgroup): a
 // deny, so that such a cgroup is refused rather than judged by a list that
-// leaves rules out. It is the last slot of the kernel's table (MAX_RULES - 1),
-// which MaxRules never reaches.
-const OverflowRule = 1023
+// leaves rules out. It is the last slot of the kernel's table, which
+// MaxRules never reaches.
+const OverflowRule = uint16(bpf.MaxRules - 1)
 
 // OverflowRuleName is what events name the overflow rule.
 const OverflowRuleName = "(more than 16 rules could apply)"
 
 // OverflowRuleEntry is the kernel rule at OverflowRule.
-func OverflowRuleEntry() bpf.ImdsguardRule { return bpf.ImdsguardRule{Flags: ruleDeny} }
+func OverflowRuleEntry() bpf.ImdsguardRule { return bpf.ImdsguardRule{Flags: bpf.RuleDeny} }
 
 // overflowList is the rule list of a cgroup with too many candidates.
 var overflowList = []uint16{OverflowRule}

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/imdsguard/imdsguard/bpf"
 )
 
 func compileDoc(t *testing.T, doc string) *Compiled {
@@ -86,7 +88,15 @@ func TestTooManyCandidatesFailClosed(t *testing.T) {
 			t.Errorf("%s: list %v, want the overflow rule's", name, got)
 		}
 	}
-	if e := OverflowRuleEntry(); e.Flags != ruleDeny {
+	if e := OverflowRuleEntry(); e.Flags != bpf.RuleDeny {
 		t.Errorf("overflow rule %+v, want a deny", e)
+	}
+}
+
+// The overflow rule's name states the kernel's list size, which comes from
+// the C side: the two must not drift apart.
+func TestOverflowRuleNameStatesTheListSize(t *testing.T) {
+	if want := fmt.Sprintf("(more than %d rules could apply)", RulesPerCgroup); OverflowRuleName != want {
+		t.Errorf("OverflowRuleName = %q, want %q", OverflowRuleName, want)
 	}
 }

@@ -5,19 +5,18 @@ import (
 	"net/netip"
 	"regexp"
 	"strings"
+
+	"github.com/imdsguard/imdsguard/bpf"
 )
 
 // Limits.
 const (
-	// maxEndpoints is half the kernel's endpoints map (64 entries): the
-	// two policy generations share it, and both are there during a reload.
-	maxEndpoints = 32
-	// maxRules is how many rules a policy may hold (the kernel's rules
-	// map holds 1024 per generation).
-	maxRules = 1000
+	// maxEndpoints is half the kernel's endpoints map: the two policy
+	// generations share it, and both are there during a reload.
+	maxEndpoints = bpf.MaxEndpoints / 2
 	// maxComm is the longest process name the kernel keeps
 	// (TASK_COMM_LEN less its NUL).
-	maxComm = 15
+	maxComm = len(bpf.ImdsguardEvent{}.Comm) - 1
 )
 
 var ruleName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -100,8 +99,8 @@ func (d *decoder) validateRules(rules []Rule) {
 	if d.failed["rules"] {
 		return
 	}
-	if len(rules) > maxRules {
-		d.add(d.line("rules"), "rules", "at most %d rules (got %d)", maxRules, len(rules))
+	if len(rules) > MaxRules {
+		d.add(d.line("rules"), "rules", "at most %d rules (got %d)", MaxRules, len(rules))
 	}
 	label := func(i int) string {
 		if ruleName.MatchString(rules[i].Name) {
