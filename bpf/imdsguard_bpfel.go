@@ -293,7 +293,6 @@ const (
 	ImdsguardProgImdsSetsockopt    = "imds_setsockopt"
 	ImdsguardProgImdsSockops       = "imds_sockops"
 	ImdsguardProgImdsUplink        = "imds_uplink"
-	ImdsguardProgImdsUplinkL3      = "imds_uplink_l3"
 	ImdsguardVarUnusedAction       = "unused_action"
 	ImdsguardVarUnusedConfigFlag   = "unused_config_flag"
 	ImdsguardVarUnusedCounterExtra = "unused_counter_extra"
@@ -356,7 +355,6 @@ type ImdsguardProgramSpecs struct {
 	ImdsSetsockopt *ebpf.ProgramSpec `ebpf:"imds_setsockopt"`
 	ImdsSockops    *ebpf.ProgramSpec `ebpf:"imds_sockops"`
 	ImdsUplink     *ebpf.ProgramSpec `ebpf:"imds_uplink"`
-	ImdsUplinkL3   *ebpf.ProgramSpec `ebpf:"imds_uplink_l3"`
 }
 
 // ImdsguardMapSpecs contains maps before they are loaded into the kernel.
@@ -475,7 +473,6 @@ type ImdsguardPrograms struct {
 	ImdsSetsockopt *ebpf.Program `ebpf:"imds_setsockopt"`
 	ImdsSockops    *ebpf.Program `ebpf:"imds_sockops"`
 	ImdsUplink     *ebpf.Program `ebpf:"imds_uplink"`
-	ImdsUplinkL3   *ebpf.Program `ebpf:"imds_uplink_l3"`
 }
 
 func (p *ImdsguardPrograms) Close() error {
@@ -488,7 +485,6 @@ func (p *ImdsguardPrograms) Close() error {
 		p.ImdsSetsockopt,
 		p.ImdsSockops,
 		p.ImdsUplink,
-		p.ImdsUplinkL3,
 	)
 }
 

@@ -101,7 +101,7 @@ SEC("tc")
 int uplink_parse_test(struct __sk_buff *skb)
 {
 	struct uplink_pkt p = {};
-	int r = parse_uplink(skb, &p, false);
+	int r = parse_uplink(skb, &p);
 	if (r == PARSE_CHECK && has_payload(skb, &p))
 		r += 4;
 	__u32 zero = 0;

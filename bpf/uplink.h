@@ -88,13 +88,16 @@ static __always_inline void report_raw_packet(struct __sk_buff *skb, const struc
 	bpf_ringbuf_submit(e, ringbuf_wakeup());
 }
 
-static __always_inline int uplink_verdict(struct __sk_buff *skb, bool l3)
+/* On an Ethernet device: the host's uplinks, an allowed pod's veth,
+ * macvlan or netkit device. */
+SEC("tc")
+int imds_uplink(struct __sk_buff *skb)
 {
 	struct bpf_sock *sk = skb->sk;
 	if (!sk)
 		return TC_ACT_UNSPEC; /* forwarded: the forward chain's */
 	struct uplink_pkt p = {};
-	int r = parse_uplink(skb, &p, l3);
+	int r = parse_uplink(skb, &p);
 	if (r == PARSE_OTHER)
 		return TC_ACT_UNSPEC;
 	if (r == PARSE_CHECK) {
@@ -118,20 +121,6 @@ static __always_inline int uplink_verdict(struct __sk_buff *skb, bool l3)
 	if (r == PARSE_CHECK)
 		report_raw_packet(skb, &p, action);
 	return action == ACTION_DENY ? TC_ACT_SHOT : TC_ACT_UNSPEC;
-}
-
-/* On an Ethernet device: the host's uplinks, an allowed pod's veth. */
-SEC("tc")
-int imds_uplink(struct __sk_buff *skb)
-{
-	return uplink_verdict(skb, false);
-}
-
-/* On a device without link-layer header, such as a netkit pod's. */
-SEC("tc")
-int imds_uplink_l3(struct __sk_buff *skb)
-{
-	return uplink_verdict(skb, true);
 }
 
 /*

@@ -112,17 +112,11 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct uplink_pkt *
 	return PARSE_CHECK;
 }
 
-/* Finds the TCP destination of an IP packet in an Ethernet frame, or with
- * l3 set in a frame of a device without link-layer header (a netkit or
- * other L3 device: the packet starts at its IP header). */
-static __always_inline int parse_uplink(struct __sk_buff *skb, struct uplink_pkt *p, bool l3)
+/* Finds the TCP destination of an IP packet in an Ethernet frame. */
+static __always_inline int parse_uplink(struct __sk_buff *skb, struct uplink_pkt *p)
 {
-	__be16 type = skb->protocol;
-	int r = PARSE_CHECK;
-	if (l3)
-		p->l3 = 0;
-	else
-		r = parse_l2(skb, &p->l3, &type);
+	__be16 type;
+	int r = parse_l2(skb, &p->l3, &type);
 	if (r != PARSE_CHECK)
 		return r;
 	if (type == bpf_htons(ETH_P_IP))

@@ -284,7 +284,7 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 			log.Warn("closing outputs", zap.Error(err))
 		}
 	}()
-	pods, err := uplink.NewPods(guard.UplinkProgram(), guard.UplinkL3Program())
+	pods, err := uplink.NewPods(guard.UplinkProgram())
 	if err != nil {
 		return fmt.Errorf("uplink guard for pods: %w", err)
 	}

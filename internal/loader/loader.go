@@ -267,10 +267,6 @@ func (g *Guard) attachFresh(spec *ebpf.CollectionSpec, pol *policy.Compiled, cg 
 // to the devices packets leave the node by.
 func (g *Guard) UplinkProgram() *ebpf.Program { return g.objs.ImdsUplink }
 
-// UplinkL3Program is UplinkProgram for devices without link-layer header
-// (netkit and other L3 devices).
-func (g *Guard) UplinkL3Program() *ebpf.Program { return g.objs.ImdsUplinkL3 }
-
 // MapIDs are the ids of the guard's maps: a program that uses one is this
 // guard's (how detach tells its filters in pods from another guard's).
 func (g *Guard) MapIDs() []ebpf.MapID { return mapIDs(g.mapsByName()) }

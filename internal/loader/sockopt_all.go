@@ -3,6 +3,7 @@ package loader
 import (
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -27,12 +28,14 @@ func (g *Guard) attachSetsockoptAll(pin bool) {
 	if g.links[hookSetsockoptAll] != nil {
 		return
 	}
+	start := time.Now()
 	l, err := g.loadSetsockoptAll()
 	if err != nil {
 		g.log.Warn("32-bit (compat) setsockopt calls are not guarded on this kernel: PACKET_QDISC_BYPASS and AF_XDP are refused to 64-bit callers only", zap.Error(err))
 		return
 	}
 	g.links[hookSetsockoptAll] = l
+	g.log.Info("setsockopt guard for 32-bit calls on security_socket_setsockopt", zap.Duration("took", time.Since(start)))
 	if !pin || g.pinDir == "" {
 		return
 	}
@@ -74,8 +77,11 @@ func (g *Guard) detachSetsockoptAll() error {
 		return nil
 	}
 	delete(g.links, hookSetsockoptAll)
+	start := time.Now()
 	if err := detachLink(l); err != nil {
 		return fmt.Errorf("detaching %s: %w", hookSetsockoptAll, err)
 	}
-	return l.Close()
+	err := l.Close()
+	g.log.Debug("setsockopt guard for 32-bit calls detached", zap.Duration("took", time.Since(start)))
+	return err
 }

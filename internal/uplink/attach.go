@@ -9,72 +9,43 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// attacher puts the guard's program on a device's clsact egress: the
-// Ethernet one, or on a device without link-layer header (EncapType
-// "none": netkit and other L3 devices) the one that reads from the IP
-// header, when there is one.
+// attacher puts the guard's program on a device's clsact egress. The
+// program reads Ethernet frames (veth, macvlan, ipvlan, netkit, physical
+// devices); a device of another link type has no place for it.
 type attacher struct {
-	ether, l3 program
-}
-
-type program struct {
 	prog *ebpf.Program
 	id   int
 }
 
-func newAttacher(ether, l3 *ebpf.Program) (attacher, error) {
-	var a attacher
-	var err error
-	if a.ether, err = programOf(ether); err != nil {
-		return a, err
-	}
-	if l3 != nil {
-		a.l3, err = programOf(l3)
-	}
-	return a, err
-}
-
-func programOf(p *ebpf.Program) (program, error) {
-	info, err := p.Info()
+func newAttacher(prog *ebpf.Program) (attacher, error) {
+	info, err := prog.Info()
 	if err != nil {
-		return program{}, fmt.Errorf("reading the uplink program's info: %w", err)
+		return attacher{}, fmt.Errorf("reading the uplink program's info: %w", err)
 	}
 	id, ok := info.ID()
 	if !ok {
-		return program{}, errors.New("the kernel does not report program ids")
+		return attacher{}, errors.New("the kernel does not report program ids")
 	}
-	return program{prog: p, id: int(id)}, nil
-}
-
-// programFor picks the program for l, or says it has none.
-func (a attacher) programFor(l netlink.Link) (program, bool) {
-	switch l.Attrs().EncapType {
-	case "ether":
-		return a.ether, true
-	case "none":
-		return a.l3, a.l3.prog != nil
-	}
-	return program{}, false
+	return attacher{prog: prog, id: int(id)}, nil
 }
 
 // ensure puts the filter on l's egress unless it is there with the right
 // program; fresh says it had to.
 func (a attacher) ensure(h *netlink.Handle, l netlink.Link) (fresh bool, err error) {
-	p, ok := a.programFor(l)
-	if !ok {
-		return false, fmt.Errorf("no uplink program for a device of link type %q", l.Attrs().EncapType)
+	if t := l.Attrs().EncapType; t != "ether" {
+		return false, fmt.Errorf("a device of link type %q: the uplink guard reads Ethernet frames only", t)
 	}
 	f, err := ours(h, l)
 	if err != nil {
 		return false, err
 	}
-	if f != nil && f.Id == p.id {
+	if f != nil && f.Id == a.id {
 		return false, nil
 	}
 	if err := h.QdiscAdd(clsact(l)); err != nil && !errors.Is(err, unix.EEXIST) {
 		return false, fmt.Errorf("adding the clsact qdisc: %w", err)
 	}
-	if err := h.FilterReplace(filter(l, p.prog)); err != nil {
+	if err := h.FilterReplace(filter(l, a.prog)); err != nil {
 		return false, fmt.Errorf("attaching the filter: %w", err)
 	}
 	return true, nil

@@ -24,10 +24,9 @@ type Pods struct {
 	att attacher
 }
 
-// NewPods takes the programs for Ethernet devices (veth, macvlan) and for
-// devices without link-layer header (netkit).
-func NewPods(ether, l3 *ebpf.Program) (*Pods, error) {
-	att, err := newAttacher(ether, l3)
+// NewPods takes the uplink program.
+func NewPods(prog *ebpf.Program) (*Pods, error) {
+	att, err := newAttacher(prog)
 	if err != nil {
 		return nil, err
 	}
@@ -35,10 +34,11 @@ func NewPods(ether, l3 *ebpf.Program) (*Pods, error) {
 }
 
 // Guard puts the program on every device of the namespace h works in
-// that a packet can leave by, and fails when one of them cannot carry it:
-// the caller then must not let the pod's packets through. Loopback and
-// devices that are down (the fallback tunnels every namespace gets) are
-// left alone; a pod cannot bring a device up without CAP_NET_ADMIN.
+// that a packet can leave by, and fails when one of them cannot carry it
+// (not Ethernet: a tunnel or WireGuard device the pod's owner set up): the
+// caller then must not let the pod's packets through. Loopback and devices
+// that are down (the fallback tunnels every namespace gets) are left
+// alone; a pod cannot bring a device up without CAP_NET_ADMIN.
 func (p *Pods) Guard(h *netlink.Handle) error {
 	links, err := h.LinkList()
 	if err != nil {

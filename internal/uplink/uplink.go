@@ -62,7 +62,7 @@ type Guard struct {
 // Start opens the namespace at netnsPath ("" for the caller's own) and
 // attaches prog to every device there that needs it.
 func Start(prog *ebpf.Program, endpoints []netip.Addr, netnsPath string, log *zap.Logger) (*Guard, error) {
-	att, err := newAttacher(prog, nil)
+	att, err := newAttacher(prog)
 	if err != nil {
 		return nil, err
 	}

@@ -310,13 +310,13 @@ func TestAllowedPodSidecarRawTCPIsDropped(t *testing.T) {
 	checkAllowedPodSidecar(t, l, lab.Pod, l.PodLink, lab.PodV4, lab.PodV6, rawAttacks(lab.PodV4, lab.PodV6, l.PodLink, mac))
 }
 
-// The same on a netkit device in L3 mode (Cilium's), which has no
-// link-layer header: the guard there reads from the IP header.
+// The same on a netkit device in L3 mode, as Cilium makes them (the
+// kernel still gives it Ethernet framing).
 func TestAllowedNetkitPodSidecarRawTCPIsDropped(t *testing.T) {
 	l := lab.New(t)
 	pod, dev := netkitPod(t, l)
-	// no link-layer header: the destination address is not used
-	checkAllowedPodSidecar(t, l, pod, dev, netkitPodV4, netkitPodV6, rawAttacks(netkitPodV4, netkitPodV6, dev, "02:00:00:00:00:01"))
+	mac := macOf(t, handleIn(t, l.NetnsPath(lab.Node)), l.ID+"nkp")
+	checkAllowedPodSidecar(t, l, pod, dev, netkitPodV4, netkitPodV6, rawAttacks(netkitPodV4, netkitPodV6, dev, mac))
 }
 
 const (

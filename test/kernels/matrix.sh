@@ -186,10 +186,11 @@ report_kernel() {
 			done[$2] = 1; next
 		}
 		/^--- PASS/ {pass[name]++} /^--- FAIL/ {fail[name]++}
-		/^--- SKIP/ {skip[name]++; skipped = 1; next}
-		# a skip of a feature this kernel lacks (the next line says so) is no failure
-		skipped && /kernel lacks / {skip[name]--; lacks[name]++}
-		{skipped = 0}
+		# a skip of a feature this kernel lacks (the test said so before
+		# its --- SKIP line) is no failure
+		/^=== RUN/ {lacking = 0}
+		/kernel lacks / {lacking = 1}
+		/^--- SKIP/ {if (lacking) lacks[name]++; else skip[name]++; lacking = 0}
 		/^MATRIX done/ {finished = 1}
 		END {
 			if (!finished) { print "   the VM did not finish (timeout or crash): see console.log"; bad = 1 }
