@@ -271,7 +271,7 @@ var errEACCES = errors.New("EACCES")
 // may have left anything in).
 func parserState(r JudgeTestJudgeRun) JudgeTestParser {
 	p := r.Parser
-	p.Reqs = [len(p.Reqs)]JudgeTestReqResult{} // compared one by one, in diffRuns
+	p.Reqs = [len(p.Reqs)]JudgeTestReqResult{}          // compared one by one, in diffRuns
 	if p.Nreqs == 0 && (p.State == 0 || p.State == 1) { // P_PRE, P_BODY
 		// no request started in this walk: the fields start_request
 		// sets are what an earlier walk (maybe on another CPU) left
