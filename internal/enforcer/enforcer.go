@@ -103,9 +103,10 @@ type Options struct {
 // allowNonHostNetns rule lets reach IMDS (internal/uplink.Pods): the
 // table lets the pod's packets through by their source address, so the
 // pod's hand-made TCP must be stopped inside its namespace. A pod's
-// addresses are let through only once Guard has succeeded there.
+// addresses are let through only once Guard has succeeded there; pod
+// false says the namespace is none the node routes for (none are).
 type PodGuard interface {
-	Guard(h *netlink.Handle) error
+	Guard(h *netlink.Handle) (pod bool, err error)
 }
 
 // PolicySink receives reload results and nftables table events.

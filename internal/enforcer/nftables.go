@@ -116,7 +116,11 @@ func (e *Enforcer) admitNetns(nsPath string, id [2]uint64, cgroup string) []neti
 	}
 	defer nl.Close()
 	if e.opts.Pods != nil {
-		if err := e.opts.Pods.Guard(nl); err != nil {
+		pod, err := e.opts.Pods.Guard(nl)
+		if err == nil && !pod {
+			return nil // not a namespace the node routes for
+		}
+		if err != nil {
 			if e.podErrs[id] != err.Error() {
 				e.podErrs[id] = err.Error()
 				e.log.Error("an allowed pod's devices cannot be guarded against hand-made packets: its packets to IMDS are dropped",

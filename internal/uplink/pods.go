@@ -39,10 +39,18 @@ func NewPods(prog *ebpf.Program) (*Pods, error) {
 // caller then must not let the pod's packets through. Loopback and devices
 // that are down (the fallback tunnels every namespace gets) are left
 // alone; a pod cannot bring a device up without CAP_NET_ADMIN.
-func (p *Pods) Guard(h *netlink.Handle) error {
+//
+// A namespace that holds a physical device is not a pod's that the node
+// routes for (it is the node's own, seen through a process on its way into
+// a pod, or a pod with a device of its own): Guard attaches nothing there
+// and says so with pod false.
+func (p *Pods) Guard(h *netlink.Handle) (pod bool, err error) {
 	links, err := h.LinkList()
 	if err != nil {
-		return fmt.Errorf("listing devices: %w", err)
+		return false, fmt.Errorf("listing devices: %w", err)
+	}
+	if slices.ContainsFunc(links, isPhysical) {
+		return false, nil
 	}
 	var errs []error
 	for _, l := range links {
@@ -54,7 +62,13 @@ func (p *Pods) Guard(h *netlink.Handle) error {
 			errs = append(errs, fmt.Errorf("guarding %s: %w", a.Name, err))
 		}
 	}
-	return errors.Join(errs...)
+	return true, errors.Join(errs...)
+}
+
+// isPhysical says whether l is a device of the hardware (or of the
+// hypervisor): no link kind, not loopback.
+func isPhysical(l netlink.Link) bool {
+	return l.Type() == "device" && l.Attrs().Flags&net.FlagLoopback == 0
 }
 
 // RemoveFromPods takes imdsguard's filters off the devices of every

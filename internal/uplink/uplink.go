@@ -189,7 +189,7 @@ func wanted(links []netlink.Link, routed []int) []netlink.Link {
 		}
 	}
 	for _, l := range links {
-		if l.Type() == "device" && l.Attrs().Flags&net.FlagLoopback == 0 {
+		if isPhysical(l) {
 			visit(l.Attrs().Index)
 		}
 	}

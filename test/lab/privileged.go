@@ -11,6 +11,8 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 
 	"github.com/imdsguard/imdsguard/internal/cgroupfs"
@@ -190,4 +192,23 @@ func skipWithoutKernelFeature(t testing.TB, feature, why string, getenv func(str
 		}
 	}
 	t.Skipf("kernel lacks %s: %s", feature, why)
+}
+
+// ProbeFmodRet loads (and closes) a trivial fmod_ret program on
+// security_socket_setsockopt, where the daemon puts its setsockopt guard
+// for 32-bit calls: an error says this kernel refuses such programs, to
+// the test's root too (lockdown, an LSM policy), so a daemon's warning
+// about it is the kernel's doing, not its sandbox's.
+func ProbeFmodRet() error {
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.Tracing,
+		AttachType:   ebpf.AttachModifyReturn,
+		AttachTo:     "security_socket_setsockopt",
+		License:      "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	if err != nil {
+		return err
+	}
+	return p.Close()
 }
