@@ -37,14 +37,9 @@ func nftConfig(p *Plan, allowed []netip.Addr) (nft.Config, error) {
 		LogRate:  10,
 		Allowed:  allowed,
 	}
-	for _, s := range p.Policy.Endpoints {
-		ap, err := policy.ParseEndpoint(s)
-		if err != nil {
-			return cfg, err
-		}
-		cfg.Endpoints = append(cfg.Endpoints, ap)
-	}
-	return cfg, nil
+	var err error
+	cfg.Endpoints, err = policy.ParseEndpoints(p.Policy.Endpoints)
+	return cfg, err
 }
 
 // allowedSources are the addresses of the network namespaces of processes

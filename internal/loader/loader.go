@@ -10,6 +10,7 @@
 package loader
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -83,8 +84,9 @@ type Guard struct {
 }
 
 // Load loads the programs, writes the policy and attaches every hook,
-// taking over what an earlier daemon pinned in opts.PinDir.
-func Load(pol *policy.Compiled, opts Options, log *zap.Logger) (g *Guard, err error) {
+// taking over what an earlier daemon pinned in opts.PinDir. ctx ends the
+// wait for a daemon that holds the pin directory.
+func Load(ctx context.Context, pol *policy.Compiled, opts Options, log *zap.Logger) (g *Guard, err error) {
 	if err := cgroupfs.IsV2(opts.Cgroup); err != nil {
 		return nil, fmt.Errorf("checking cgroup: %w", err)
 	}
@@ -128,7 +130,7 @@ func Load(pol *policy.Compiled, opts Options, log *zap.Logger) (g *Guard, err er
 	if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating pin directory: %w", err)
 	}
-	g.lock, err = lockPinDir(opts.PinDir, opts.LockWait, func(holder int) {
+	g.lock, err = lockPinDir(ctx, opts.PinDir, opts.LockWait, func(holder int) {
 		log.Info("waiting for the imdsguard that holds the pin directory to exit", zap.String("pin_dir", opts.PinDir), zap.Int("pid", holder))
 	})
 	if err != nil {

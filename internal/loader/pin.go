@@ -2,6 +2,7 @@ package loader
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -199,8 +200,9 @@ func openPinDir(dir string) (int, error) {
 }
 
 // lockPinDir takes the lock, waiting up to wait for a previous daemon (a
-// pod being replaced, a unit being restarted) to let go.
-func lockPinDir(dir string, wait time.Duration, waiting func(holder int)) (*pinLock, error) {
+// pod being replaced, a unit being restarted) to let go, or until ctx ends
+// (the daemon was told to stop meanwhile).
+func lockPinDir(ctx context.Context, dir string, wait time.Duration, waiting func(holder int)) (*pinLock, error) {
 	fd, err := openPinDir(dir)
 	if err != nil {
 		return nil, err
@@ -228,7 +230,12 @@ func lockPinDir(dir string, wait time.Duration, waiting func(holder int)) (*pinL
 			waiting(holder)
 			told = true
 		}
-		time.Sleep(100 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			unix.Close(fd)
+			return nil, fmt.Errorf("stopped while waiting for the imdsguard (pid %d) that holds %s: %w", holder, dir, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }
 

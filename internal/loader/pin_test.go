@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -83,7 +84,7 @@ func TestPinDirLockNamesTheHolder(t *testing.T) {
 	if err := writeMeta(dir, &Meta{PID: 4242}); err != nil {
 		t.Fatal(err)
 	}
-	first, err := lockPinDir(dir, 0, nil)
+	first, err := lockPinDir(context.Background(), dir, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +93,7 @@ func TestPinDirLockNamesTheHolder(t *testing.T) {
 	}
 	var told int
 	start := time.Now()
-	_, err = lockPinDir(dir, 300*time.Millisecond, func(pid int) { told = pid })
+	_, err = lockPinDir(context.Background(), dir, 300*time.Millisecond, func(pid int) { told = pid })
 	if err == nil || !strings.Contains(err.Error(), "(pid 4242)") || told != 4242 || time.Since(start) < 300*time.Millisecond {
 		t.Errorf("second lock: %v, told %d after %v; want a wait, then an error naming pid 4242", err, told, time.Since(start))
 	}
@@ -100,7 +101,7 @@ func TestPinDirLockNamesTheHolder(t *testing.T) {
 	if held, _ := daemonHolds(dir); held {
 		t.Error("lock still held after release")
 	}
-	second, err := lockPinDir(dir, 0, nil)
+	second, err := lockPinDir(context.Background(), dir, 0, nil)
 	if err != nil {
 		t.Fatalf("lock after release: %v", err)
 	}

@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -326,7 +327,7 @@ func RemovePinned(dir string, log *zap.Logger) ([]string, error) {
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
-	lock, err := lockPinDir(dir, 0, nil)
+	lock, err := lockPinDir(context.Background(), dir, 0, nil)
 	if err != nil {
 		return nil, err
 	}

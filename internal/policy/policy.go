@@ -300,6 +300,33 @@ func ParseEndpoint(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(addr, ap.Port()), nil
 }
 
+// ParseEndpoints parses every endpoint (ParseEndpoint), naming the first
+// that is not one.
+func ParseEndpoints(list []string) ([]netip.AddrPort, error) {
+	out := make([]netip.AddrPort, 0, len(list))
+	for _, s := range list {
+		ap, err := ParseEndpoint(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ap)
+	}
+	return out, nil
+}
+
+// EndpointAddrs are the endpoints' addresses, without their ports.
+func EndpointAddrs(list []string) ([]netip.Addr, error) {
+	eps, err := ParseEndpoints(list)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]netip.Addr, len(eps))
+	for i, ap := range eps {
+		out[i] = ap.Addr()
+	}
+	return out, nil
+}
+
 // Compiled holds what the policy puts into the kernel. Config's host
 // network namespace cookie is filled in by the loader.
 type Compiled struct {

@@ -160,7 +160,7 @@ func loadPrograms(b *testing.B, l *lab.Lab) (func(), *loader.Guard) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	g, err := loader.Load(plan.Compiled, loader.Options{Cgroup: l.Cgroup, HostNetnsCookie: cookie, CgroupRules: plan.Cgroups}, zap.NewNop())
+	g, err := loader.Load(context.Background(), plan.Compiled, loader.Options{Cgroup: l.Cgroup, HostNetnsCookie: cookie, CgroupRules: plan.Cgroups}, zap.NewNop())
 	if err != nil {
 		b.Fatalf("loading imdsguard's programs: %v", err)
 	}

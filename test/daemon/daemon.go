@@ -86,7 +86,29 @@ func StartDiscardingEvents(t testing.TB, bin string, l *lab.Lab, args ...string)
 	return start(t, bin, l, true, args...)
 }
 
+// Launch starts the daemon like Start but returns at once, without
+// waiting for it to enforce: for tests of its start-up itself.
+func Launch(t testing.TB, bin string, l *lab.Lab, args ...string) *Daemon {
+	t.Helper()
+	d, _ := launch(t, bin, l, false, args...)
+	return d
+}
+
 func start(t testing.TB, bin string, l *lab.Lab, discard bool, args ...string) *Daemon {
+	t.Helper()
+	d, ready := launch(t, bin, l, discard, args...)
+	select {
+	case <-ready:
+	case <-d.done:
+		t.Fatalf("imdsguard exited before enforcing: %v\nstderr:\n%s", d.exitErr(), d.Stderr())
+	case <-time.After(20 * time.Second):
+		t.Fatalf("imdsguard not enforcing after 20s; stderr:\n%s", d.Stderr())
+	}
+	return d
+}
+
+// launch starts the daemon; ready closes when it logs that it enforces.
+func launch(t testing.TB, bin string, l *lab.Lab, discard bool, args ...string) (*Daemon, <-chan struct{}) {
 	t.Helper()
 	// Tests count events one by one: no folding unless a test asks for it
 	// (a later --fold-window wins).
@@ -180,14 +202,7 @@ func start(t testing.TB, bin string, l *lab.Lab, discard bool, args ...string) *
 			}
 		}
 	})
-	select {
-	case <-ready:
-	case <-d.done:
-		t.Fatalf("imdsguard exited before enforcing: %v\nstderr:\n%s", d.exitErr(), d.Stderr())
-	case <-time.After(20 * time.Second):
-		t.Fatalf("imdsguard not enforcing after 20s; stderr:\n%s", d.Stderr())
-	}
-	return d
+	return d, ready
 }
 
 func (d *Daemon) exitErr() error {
@@ -222,10 +237,17 @@ func (d *Daemon) Stop() int {
 	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		d.t.Fatalf("signalling imdsguard: %v", err)
 	}
+	return d.Wait()
+}
+
+// Wait waits up to 15 s for the daemon to exit and returns the exit code
+// (-1 when a signal ended it).
+func (d *Daemon) Wait() int {
+	d.t.Helper()
 	select {
 	case <-d.done:
 	case <-time.After(15 * time.Second):
-		d.t.Fatalf("imdsguard did not exit 15s after SIGTERM; stderr:\n%s", d.Stderr())
+		d.t.Fatalf("imdsguard did not exit within 15s; stderr:\n%s", d.Stderr())
 	}
 	var ee *exec.ExitError
 	if err := d.exitErr(); errors.As(err, &ee) {
