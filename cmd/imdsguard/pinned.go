@@ -131,6 +131,18 @@ func printStatus(w io.Writer, r *statusReport) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	defer tw.Flush()
 	line := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s:\t%s\n", k, fmt.Sprintf(format, a...)) }
+	printEnforcement(line, r)
+	printHooks(line, r)
+	printLayers(line, r)
+	if c := r.Counters; c != nil {
+		printCounters(tw, line, c)
+	}
+}
+
+type statusLine func(k, format string, a ...any)
+
+// printEnforcement: what is pinned, by which daemon, with which policy.
+func printEnforcement(line statusLine, r *statusReport) {
 	switch {
 	case r.Enforcing:
 		line("enforcement", "pinned in %s", r.PinDir)
@@ -139,23 +151,29 @@ func printStatus(w io.Writer, r *statusReport) {
 	default:
 		line("enforcement", "none (nothing pinned in %s)", r.PinDir)
 	}
-	if r.Daemon.Running {
+	switch {
+	case r.Daemon.Running:
 		line("daemon", "running (pid %d)", r.Daemon.PID)
-	} else if r.Pinned {
+	case r.Pinned:
 		line("daemon", "not running (the kernel keeps enforcing the last policy; events are counted, not reported)")
-	} else {
+	default:
 		line("daemon", "not running")
 	}
-	if m := r.Meta; m != nil {
-		line("version", "%s (layout %s)", m.Version, m.Layout)
-		line("mode", "%s", m.Mode)
-		line("policy", "%s from %s, loaded %s (generation %d)", m.PolicyHash, m.PolicySource, m.PolicyLoadedAt.Format(time.RFC3339), m.Generation)
-		if r.LastRescanAgeSeconds != nil {
-			line("cgroup rescan", "%.1fs ago (new cgroups get their rules at each rescan)", *r.LastRescanAgeSeconds)
-		}
-		line("cgroup", "%s (id %d)", m.Cgroup, m.CgroupID)
-		line("started", "%s by pid %d", m.StartedAt.Format(time.RFC3339), m.PID)
+	m := r.Meta
+	if m == nil {
+		return
 	}
+	line("version", "%s (layout %s)", m.Version, m.Layout)
+	line("mode", "%s", m.Mode)
+	line("policy", "%s from %s, loaded %s (generation %d)", m.PolicyHash, m.PolicySource, m.PolicyLoadedAt.Format(time.RFC3339), m.Generation)
+	if r.LastRescanAgeSeconds != nil {
+		line("cgroup rescan", "%.1fs ago (new cgroups get their rules at each rescan)", *r.LastRescanAgeSeconds)
+	}
+	line("cgroup", "%s (id %d)", m.Cgroup, m.CgroupID)
+	line("started", "%s by pid %d", m.StartedAt.Format(time.RFC3339), m.PID)
+}
+
+func printHooks(line statusLine, r *statusReport) {
 	var hooks []string
 	for _, h := range r.Hooks {
 		if h.Attached {
@@ -168,6 +186,10 @@ func printStatus(w io.Writer, r *statusReport) {
 	if r.RetiredSocketMaps > 0 {
 		line("retired", "%d socket map(s) of an earlier layout still judging connections opened before the last takeover", r.RetiredSocketMaps)
 	}
+}
+
+// printLayers: the nftables table and the uplink guard's filters.
+func printLayers(line statusLine, r *statusReport) {
 	switch {
 	case r.Nftables.Error != "":
 		line("nftables", "unknown: %s", r.Nftables.Error)
@@ -176,36 +198,34 @@ func printStatus(w io.Writer, r *statusReport) {
 	default:
 		line("nftables", "table %s absent", r.Nftables.Table)
 	}
+	printDevices(line, "uplinks", r.Uplinks, r.UplinksError, "none guarded")
+	printDevices(line, "pods", r.PodDevices, r.PodDevicesError, "no allowed pod guarded")
+}
+
+func printDevices(line statusLine, key string, devices []string, problem, none string) {
 	switch {
-	case r.UplinksError != "":
-		line("uplinks", "unknown: %s", r.UplinksError)
-	case len(r.Uplinks) > 0:
-		line("uplinks", "guarded: %s", strings.Join(r.Uplinks, ", "))
+	case problem != "":
+		line(key, "unknown: %s", problem)
+	case len(devices) > 0:
+		line(key, "guarded: %s", strings.Join(devices, ", "))
 	default:
-		line("uplinks", "none guarded")
+		line(key, "%s", none)
 	}
-	switch {
-	case r.PodDevicesError != "":
-		line("pods", "unknown: %s", r.PodDevicesError)
-	case len(r.PodDevices) > 0:
-		line("pods", "guarded: %s", strings.Join(r.PodDevices, ", "))
-	default:
-		line("pods", "no allowed pod guarded")
+}
+
+func printCounters(tw io.Writer, line statusLine, c *loader.CounterView) {
+	keys := make([]string, 0, len(c.Verdicts))
+	for k := range c.Verdicts {
+		keys = append(keys, k)
 	}
-	if c := r.Counters; c != nil {
-		keys := make([]string, 0, len(c.Verdicts))
-		for k := range c.Verdicts {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		line("counters", "%d verdict kinds, %d events lost, %d unguarded connections", len(keys), c.EventsLost, c.Unguarded)
-		for _, k := range keys {
-			fmt.Fprintf(tw, "  %s\t%d\n", k, c.Verdicts[k])
-		}
-		for _, a := range []string{"allow", "deny", "audit"} {
-			if n := c.CredentialAccess[a]; n > 0 {
-				fmt.Fprintf(tw, "  credential_access_%s\t%d\n", a, n)
-			}
+	sort.Strings(keys)
+	line("counters", "%d verdict kinds, %d events lost, %d unguarded connections", len(keys), c.EventsLost, c.Unguarded)
+	for _, k := range keys {
+		fmt.Fprintf(tw, "  %s\t%d\n", k, c.Verdicts[k])
+	}
+	for _, a := range []string{"allow", "deny", "audit"} {
+		if n := c.CredentialAccess[a]; n > 0 {
+			fmt.Fprintf(tw, "  credential_access_%s\t%d\n", a, n)
 		}
 	}
 }

@@ -86,26 +86,45 @@ type Guard struct {
 // Load loads the programs, writes the policy and attaches every hook,
 // taking over what an earlier daemon pinned in opts.PinDir. ctx ends the
 // wait for a daemon that holds the pin directory.
-func Load(ctx context.Context, pol *policy.Compiled, opts Options, log *zap.Logger) (g *Guard, err error) {
+func Load(ctx context.Context, pol *policy.Compiled, opts Options, log *zap.Logger) (*Guard, error) {
+	g, spec, err := newGuard(opts, log)
+	if err != nil {
+		return nil, err
+	}
+	if opts.PinDir == "" {
+		if err := g.attachFresh(spec, pol, opts.CgroupRules); err != nil {
+			g.closeAll(true)
+			return nil, err
+		}
+	} else if err := g.loadPinned(ctx, spec, pol, opts); err != nil {
+		return nil, err
+	}
+	g.attachSetsockoptAll(true)
+	return g, nil
+}
+
+// newGuard checks the cgroup and reads the programs' spec; nothing is
+// loaded yet.
+func newGuard(opts Options, log *zap.Logger) (*Guard, *ebpf.CollectionSpec, error) {
 	if err := cgroupfs.IsV2(opts.Cgroup); err != nil {
-		return nil, fmt.Errorf("checking cgroup: %w", err)
+		return nil, nil, fmt.Errorf("checking cgroup: %w", err)
 	}
 	cgroupID, err := cgroupfs.ID(opts.Cgroup)
 	if err != nil {
-		return nil, fmt.Errorf("checking cgroup: %w", err)
+		return nil, nil, fmt.Errorf("checking cgroup: %w", err)
 	}
 	level, err := cgroupfs.Level(opts.Cgroup)
 	if err != nil {
-		return nil, fmt.Errorf("checking cgroup: %w", err)
+		return nil, nil, fmt.Errorf("checking cgroup: %w", err)
 	}
 	spec, err := bpf.LoadImdsguard()
 	if err != nil {
-		return nil, fmt.Errorf("loading BPF spec: %w", err)
+		return nil, nil, fmt.Errorf("loading BPF spec: %w", err)
 	}
 	if opts.RingBufBytes != 0 {
 		spec.Maps[bpf.ImdsguardMapEvents].MaxEntries = opts.RingBufBytes
 	}
-	g = &Guard{log: log, hostCookie: opts.HostNetnsCookie, scopeLevel: uint32(level), links: map[string]link.Link{}, pinDir: opts.PinDir, takeover: TakeoverNone}
+	g := &Guard{log: log, hostCookie: opts.HostNetnsCookie, scopeLevel: uint32(level), links: map[string]link.Link{}, pinDir: opts.PinDir, takeover: TakeoverNone}
 	g.meta = opts.Meta
 	g.meta.Layout = layoutOf(spec)
 	g.meta.PID = os.Getpid()
@@ -114,35 +133,31 @@ func Load(ctx context.Context, pol *policy.Compiled, opts Options, log *zap.Logg
 	g.meta.Cgroup = opts.Cgroup
 	g.meta.CgroupID = cgroupID
 	g.meta.HostNetnsCookie = opts.HostNetnsCookie
+	return g, spec, nil
+}
 
-	if opts.PinDir == "" {
-		if err := g.attachFresh(spec, pol, opts.CgroupRules); err != nil {
-			g.closeAll(true)
-			return nil, err
-		}
-		g.attachSetsockoptAll(true)
-		return g, nil
-	}
-
+// loadPinned takes the pin directory's lock and starts fresh, adopts the
+// pins of this layout, or replaces those of another.
+func (g *Guard) loadPinned(ctx context.Context, spec *ebpf.CollectionSpec, pol *policy.Compiled, opts Options) error {
 	if err := ensureBPFFS(opts.PinDir); err != nil {
-		return nil, err
+		return err
 	}
 	if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating pin directory: %w", err)
+		return fmt.Errorf("creating pin directory: %w", err)
 	}
+	var err error
 	g.lock, err = lockPinDir(ctx, opts.PinDir, opts.LockWait, func(holder int) {
-		log.Info("waiting for the imdsguard that holds the pin directory to exit", zap.String("pin_dir", opts.PinDir), zap.Int("pid", holder))
+		g.log.Info("waiting for the imdsguard that holds the pin directory to exit", zap.String("pin_dir", opts.PinDir), zap.Int("pid", holder))
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	old, err := openPinned(opts.PinDir)
 	if err != nil {
 		g.lock.release()
-		return nil, fmt.Errorf("reading what is pinned in %s (run `imdsguard detach` to clear it): %w", opts.PinDir, err)
+		return fmt.Errorf("reading what is pinned in %s (run `imdsguard detach` to clear it): %w", opts.PinDir, err)
 	}
 	defer old.close()
-
 	switch {
 	case old.empty():
 		err = g.attachFresh(spec, pol, opts.CgroupRules)
@@ -162,10 +177,8 @@ func Load(ctx context.Context, pol *policy.Compiled, opts Options, log *zap.Logg
 	}
 	if err != nil {
 		g.lock.release()
-		return nil, err
 	}
-	g.attachSetsockoptAll(true)
-	return g, nil
+	return err
 }
 
 // compatible says whether old holds a complete set of pins of this layout

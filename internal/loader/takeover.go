@@ -34,18 +34,13 @@ func (g *Guard) adopt(spec *ebpf.CollectionSpec, pol *policy.Compiled, cg Cgroup
 	if err := g.loadObjects(spec, replacements); err != nil {
 		return err
 	}
-	var undo []func()
-	var prevs []*ebpf.Program // the earlier daemon's programs, for undo
+	var t switchback
 	defer func() {
 		if err != nil {
-			for i := len(undo) - 1; i >= 0; i-- {
-				undo[i]()
-			}
+			t.undo()
 			g.closeAll(false)
 		}
-		for _, p := range prevs {
-			p.Close()
-		}
+		t.close()
 	}()
 
 	if err := g.objs.PolicyGen.Lookup(uint32(0), &g.gen); err != nil {
@@ -54,7 +49,7 @@ func (g *Guard) adopt(spec *ebpf.CollectionSpec, pol *policy.Compiled, cg Cgroup
 	if err := g.attachSkMsg(); err != nil {
 		return err
 	}
-	undo = append(undo, func() {
+	t.push(func() {
 		g.skMsg = false
 		if err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: g.objs.ImdsSocks.FD(), Program: old.skMsg, Attach: ebpf.AttachSkMsgVerdict}); err != nil {
 			g.log.Error("restoring the earlier sk_msg program", zap.Error(err))
@@ -62,24 +57,13 @@ func (g *Guard) adopt(spec *ebpf.CollectionSpec, pol *policy.Compiled, cg Cgroup
 	})
 	for _, h := range cgroupHooks {
 		l := old.links[h.name]
-		prev, perr := linkProgram(l)
-		if perr != nil {
-			return fmt.Errorf("taking over %s: %w", h.name, perr)
+		prev, err := linkProgram(l)
+		if err != nil {
+			return fmt.Errorf("taking over %s: %w", h.name, err)
 		}
-		prevs = append(prevs, prev)
-		if uerr := l.Update(g.hookProgram(h.name)); uerr != nil {
-			return fmt.Errorf("switching %s to the new program: %w", h.name, uerr)
+		if err := g.switchLink(h.name, l, prev, old, &t); err != nil {
+			return err
 		}
-		g.links[h.name] = l
-		delete(old.links, h.name)
-		name := h.name
-		undo = append(undo, func() {
-			if err := l.Update(prev); err != nil {
-				g.log.Error("restoring the earlier program", zap.String("hook", name), zap.Error(err))
-			}
-			delete(g.links, name)
-			old.links[name] = l
-		})
 	}
 	if err := g.Apply(pol, cg); err != nil {
 		return err
@@ -106,6 +90,50 @@ func linkProgram(l link.Link) (*ebpf.Program, error) {
 		return nil, fmt.Errorf("opening program %d: %w", info.Program, err)
 	}
 	return p, nil
+}
+
+// switchback is how to put the earlier daemon's programs back if a
+// takeover fails half way: undo steps, last first, and the earlier
+// programs they need, kept open until the takeover is over.
+type switchback struct {
+	steps []func()
+	prevs []*ebpf.Program
+}
+
+func (t *switchback) push(step func()) { t.steps = append(t.steps, step) }
+
+func (t *switchback) undo() {
+	for i := len(t.steps) - 1; i >= 0; i-- {
+		t.steps[i]()
+	}
+}
+
+func (t *switchback) close() {
+	for _, p := range t.prevs {
+		p.Close()
+	}
+}
+
+// switchLink switches the earlier daemon's pinned link of hook name from
+// prev to this guard's program in place (one atomic operation: at every
+// instant the hook runs one or the other), and records how to switch it
+// back.
+func (g *Guard) switchLink(name string, l link.Link, prev *ebpf.Program, old *pinnedState, t *switchback) error {
+	t.prevs = append(t.prevs, prev)
+	if err := l.Update(g.hookProgram(name)); err != nil {
+		return fmt.Errorf("switching %s to the new program: %w", name, err)
+	}
+	g.links[name] = l
+	delete(old.links, name)
+	t.push(func() {
+		if err := l.Update(prev); err != nil {
+			g.log.Error("restoring the earlier program", zap.String("hook", name), zap.Error(err))
+		}
+		// back to the earlier daemon: not ours to detach
+		delete(g.links, name)
+		old.links[name] = l
+	})
+	return nil
 }
 
 // replace takes over pins of another layout, or an incomplete set: new
@@ -144,18 +172,13 @@ func (g *Guard) replace(spec *ebpf.CollectionSpec, pol *policy.Compiled, cg Cgro
 		g.closeAll(false)
 		return fmt.Errorf("removing pinned meta: %w", err)
 	}
-	var undo []func()
-	var prevs []*ebpf.Program // the earlier daemon's programs, for undo
+	var t switchback
 	defer func() {
-		for _, p := range prevs {
-			defer p.Close()
-		}
+		defer t.close()
 		if err == nil {
 			return
 		}
-		for i := len(undo) - 1; i >= 0; i-- {
-			undo[i]()
-		}
+		t.undo()
 		g.closeAll(true)
 		if old.meta != nil {
 			if merr := writeMeta(g.pinDir, old.meta); merr != nil {
@@ -163,53 +186,55 @@ func (g *Guard) replace(spec *ebpf.CollectionSpec, pol *policy.Compiled, cg Cgro
 			}
 		}
 	}()
-
-	if err := g.attachSkMsg(); err != nil {
+	reused, err := g.attachBesideOld(old, &t)
+	if err != nil {
 		return err
 	}
-	// the egress and setsockopt guards run beside the old ones meanwhile
+	// beside the old one too, before that goes (pinned below with the rest)
+	g.attachSetsockoptAll(false)
+	// The new set is in force. Remove the old one; failures from here are
+	// reported, not undone (undoing would open a gap).
+	g.removeOld(old)
+	g.pinReplacement(reused)
+	return nil
+}
+
+// attachBesideOld is steps 1 to 3 of replace: the new sk_msg, egress and
+// setsockopt guards beside the old ones, then sockops and the connect
+// hooks switched in place where a pinned link is on this cgroup (reused
+// names them), attached anew otherwise.
+func (g *Guard) attachBesideOld(old *pinnedState, t *switchback) (reused map[string]bool, err error) {
+	if err := g.attachSkMsg(); err != nil {
+		return nil, err
+	}
 	for _, name := range []string{"egress", "setsockopt"} {
 		if err := g.attachHook(name, hookAttach(name)); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	reused := map[string]bool{}
+	reused = map[string]bool{}
 	for _, name := range []string{"sockops", "connect4", "connect6"} {
-		l := old.links[name]
-		if l != nil {
+		if l := old.links[name]; l != nil {
 			if id, cerr := linkCgroup(l); cerr == nil && id == g.meta.CgroupID {
-				prev, perr := linkProgram(l)
-				if perr == nil {
-					prevs = append(prevs, prev)
-					if uerr := l.Update(g.hookProgram(name)); uerr != nil {
-						return fmt.Errorf("switching %s to the new program: %w", name, uerr)
+				if prev, perr := linkProgram(l); perr == nil {
+					if err := g.switchLink(name, l, prev, old, t); err != nil {
+						return nil, err
 					}
-					g.links[name] = l
-					delete(old.links, name)
 					reused[name] = true
-					hook := name
-					undo = append(undo, func() {
-						if err := l.Update(prev); err != nil {
-							g.log.Error("restoring the earlier program", zap.String("hook", hook), zap.Error(err))
-						}
-						// back to the earlier daemon: not ours to detach
-						delete(g.links, hook)
-						old.links[hook] = l
-					})
 					continue
 				}
 			}
 		}
 		if err := g.attachHook(name, hookAttach(name)); err != nil {
-			return err
+			return nil, err
 		}
 	}
+	return reused, nil
+}
 
-	// beside the old one too, before that goes (pinned below with the rest)
-	g.attachSetsockoptAll(false)
-
-	// The new set is in force. Remove the old one; failures from here are
-	// reported, not undone (undoing would open a gap).
+// removeOld is step 4 and 5 of replace: every old link goes, the old
+// socket map is retired, the old pins are removed.
+func (g *Guard) removeOld(old *pinnedState) {
 	for name, l := range old.links {
 		if err := detachLink(l); err != nil {
 			g.log.Warn("detaching an old link", zap.String("link", name), zap.Error(err))
@@ -226,6 +251,11 @@ func (g *Guard) replace(spec *ebpf.CollectionSpec, pol *policy.Compiled, cg Cgro
 			g.log.Warn("removing old pins", zap.String("path", stale), zap.Error(err))
 		}
 	}
+}
+
+// pinReplacement pins the new links (but the reused ones, whose pins
+// stay), maps and sk_msg, then the meta that marks the set complete.
+func (g *Guard) pinReplacement(reused map[string]bool) {
 	for name, l := range g.links {
 		if reused[name] {
 			continue
@@ -245,7 +275,6 @@ func (g *Guard) replace(spec *ebpf.CollectionSpec, pol *policy.Compiled, cg Cgro
 	if err := g.writeMeta(); err != nil {
 		g.log.Error("recording the takeover", zap.Error(err))
 	}
-	return nil
 }
 
 // retireSocketMap moves the old socket map and its sk_msg program under

@@ -14,78 +14,21 @@ import (
 // what it grants. Keys with no value (nil pointers) are left out.
 func (p *Policy) render() ([]byte, error) {
 	root := mappingNode()
-	add := func(m *yaml.Node, key string, v *yaml.Node) {
-		m.Content = append(m.Content, strNode(key), v)
-	}
-	add(root, "apiVersion", strNode(p.APIVersion))
-	add(root, "kind", strNode(p.Kind))
-	add(root, "mode", strNode(p.Mode))
-	for _, b := range []struct {
-		key string
-		v   *bool
-	}{
-		{"requireToken", p.RequireToken},
-		{"blockNonHostNetns", p.BlockNonHostNetns},
-		{"refuseForwarded", p.RefuseForwarded},
-		{"nftables", p.Nftables},
-	} {
-		if b.v != nil {
-			add(root, b.key, boolNode(*b.v))
-		}
-	}
-	if p.NftablesAction != "" {
-		add(root, "nftablesAction", strNode(p.NftablesAction))
-	}
-	for _, n := range []struct {
-		key string
-		v   int
-	}{{"maxConnectionsPerCgroup", p.MaxConnectionsPerCgroup}, {"maxConnectionsPerUser", p.MaxConnectionsPerUser}} {
-		if n.v != 0 {
-			add(root, n.key, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!int", Value: strconv.Itoa(n.v)})
-		}
-	}
-	add(root, "endpoints", strListNode(p.Endpoints))
-	add(root, "credentialPaths", strListNode(p.CredentialPaths))
-	out := mappingNode()
-	add(out, "format", strNode(p.Output.Format))
-	add(out, "targets", strListNode(p.Output.Targets))
-	if p.Output.SyslogCA != "" {
-		add(out, "syslogCA", strNode(p.Output.SyslogCA))
-	}
-	add(out, "queue", &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!int", Value: strconv.Itoa(p.Output.Queue)})
-	add(out, "foldWindow", strNode(p.Output.FoldWindow))
-	add(root, "output", out)
+	addKey(root, "apiVersion", strNode(p.APIVersion))
+	addKey(root, "kind", strNode(p.Kind))
+	addKey(root, "mode", strNode(p.Mode))
+	p.renderSwitches(root)
+	addKey(root, "endpoints", strListNode(p.Endpoints))
+	addKey(root, "credentialPaths", strListNode(p.CredentialPaths))
+	addKey(root, "output", p.Output.render())
 	rules := &yaml.Node{Kind: yaml.SequenceNode, Tag: "!!seq"}
 	if len(p.Rules) == 0 {
 		rules.Style = yaml.FlowStyle
 	}
 	for _, r := range p.Rules {
-		rn := mappingNode()
-		add(rn, "name", strNode(r.Name))
-		m := mappingNode()
-		m.Style = yaml.FlowStyle
-		if r.Match.Cgroup != "" {
-			add(m, "cgroup", strNode(r.Match.Cgroup))
-		}
-		if r.Match.Comm != "" {
-			add(m, "comm", strNode(r.Match.Comm))
-		}
-		if r.Match.UID != nil {
-			add(m, "uid", &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!int", Value: strconv.FormatUint(uint64(*r.Match.UID), 10)})
-		}
-		add(rn, "match", m)
-		if r.AllowV1 {
-			add(rn, "allowV1", boolNode(true))
-		}
-		if r.AllowNonHostNetns {
-			add(rn, "allowNonHostNetns", boolNode(true))
-		}
-		if r.Deny {
-			add(rn, "deny", boolNode(true))
-		}
-		rules.Content = append(rules.Content, rn)
+		rules.Content = append(rules.Content, r.render())
 	}
-	add(root, "rules", rules)
+	addKey(root, "rules", rules)
 
 	var b bytes.Buffer
 	enc := yaml.NewEncoder(&b)
@@ -97,6 +40,81 @@ func (p *Policy) render() ([]byte, error) {
 		return nil, err
 	}
 	return b.Bytes(), nil
+}
+
+// renderSwitches adds the top-level switches and limits that are set.
+func (p *Policy) renderSwitches(root *yaml.Node) {
+	for _, b := range []struct {
+		key string
+		v   *bool
+	}{
+		{"requireToken", p.RequireToken},
+		{"blockNonHostNetns", p.BlockNonHostNetns},
+		{"refuseForwarded", p.RefuseForwarded},
+		{"nftables", p.Nftables},
+	} {
+		if b.v != nil {
+			addKey(root, b.key, boolNode(*b.v))
+		}
+	}
+	if p.NftablesAction != "" {
+		addKey(root, "nftablesAction", strNode(p.NftablesAction))
+	}
+	for _, n := range []struct {
+		key string
+		v   int
+	}{{"maxConnectionsPerCgroup", p.MaxConnectionsPerCgroup}, {"maxConnectionsPerUser", p.MaxConnectionsPerUser}} {
+		if n.v != 0 {
+			addKey(root, n.key, intNode(uint64(n.v)))
+		}
+	}
+}
+
+func (o Output) render() *yaml.Node {
+	out := mappingNode()
+	addKey(out, "format", strNode(o.Format))
+	addKey(out, "targets", strListNode(o.Targets))
+	if o.SyslogCA != "" {
+		addKey(out, "syslogCA", strNode(o.SyslogCA))
+	}
+	addKey(out, "queue", intNode(uint64(o.Queue)))
+	addKey(out, "foldWindow", strNode(o.FoldWindow))
+	return out
+}
+
+// render is name, match (one flow mapping), then what the rule grants.
+func (r Rule) render() *yaml.Node {
+	rn := mappingNode()
+	addKey(rn, "name", strNode(r.Name))
+	m := mappingNode()
+	m.Style = yaml.FlowStyle
+	if r.Match.Cgroup != "" {
+		addKey(m, "cgroup", strNode(r.Match.Cgroup))
+	}
+	if r.Match.Comm != "" {
+		addKey(m, "comm", strNode(r.Match.Comm))
+	}
+	if r.Match.UID != nil {
+		addKey(m, "uid", intNode(uint64(*r.Match.UID)))
+	}
+	addKey(rn, "match", m)
+	for _, g := range []struct {
+		key string
+		on  bool
+	}{{"allowV1", r.AllowV1}, {"allowNonHostNetns", r.AllowNonHostNetns}, {"deny", r.Deny}} {
+		if g.on {
+			addKey(rn, g.key, boolNode(true))
+		}
+	}
+	return rn
+}
+
+func addKey(m *yaml.Node, key string, v *yaml.Node) {
+	m.Content = append(m.Content, strNode(key), v)
+}
+
+func intNode(v uint64) *yaml.Node {
+	return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!int", Value: strconv.FormatUint(v, 10)}
 }
 
 func mappingNode() *yaml.Node { return &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"} }

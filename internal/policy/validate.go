@@ -102,82 +102,106 @@ func (d *decoder) validateRules(rules []Rule) {
 	if len(rules) > MaxRules {
 		d.add(d.line("rules"), "rules", "at most %d rules (got %d)", MaxRules, len(rules))
 	}
+	names := map[string]int{}             // name -> index of the rule that has it first
+	canShadow := make([]bool, len(rules)) // the rule is sound and can match
+	for i := range rules {
+		rp := indexPath("rules", i)
+		if d.failed[rp] {
+			continue // not a rule at all
+		}
+		d.checkRuleName(rules, i, names)
+		sound, neverMatches := d.checkRuleMatch(&rules[i], rp)
+		if d.failedUnder(rp) {
+			// The rule is not what the file meant; judging what it grants
+			// or whether it is shadowed would only add noise.
+			continue
+		}
+		d.checkRuleGrants(&rules[i], rp)
+		if !neverMatches {
+			d.checkShadowed(rules, i, canShadow)
+		}
+		canShadow[i] = sound
+	}
+}
+
+// checkRuleName: every rule has a valid name of its own.
+func (d *decoder) checkRuleName(rules []Rule, i int, names map[string]int) {
+	r := &rules[i]
+	rp := indexPath("rules", i)
+	np := keyPath(rp, "name")
+	switch {
+	case d.failed[np]:
+	case !d.has(np):
+		d.add(d.line(rp), np, "missing: every rule needs a name")
+	case !ruleName.MatchString(r.Name):
+		d.add(d.line(np), np, "%s is not a valid rule name: use 1 to 63 lower-case letters, digits and \"-\", starting and ending with a letter or digit", quote(r.Name))
+	default:
+		if j, dup := names[r.Name]; dup {
+			d.add(d.line(np), np, "duplicate rule name %q (first at line %d)", r.Name, d.line(keyPath(indexPath("rules", j), "name")))
+		} else {
+			names[r.Name] = i
+		}
+	}
+}
+
+// checkRuleMatch checks the cgroup glob and the comm: sound says the
+// match is valid, neverMatches that it can never hold.
+func (d *decoder) checkRuleMatch(r *Rule, rp string) (sound, neverMatches bool) {
+	mp := keyPath(rp, "match")
+	cp, commP := keyPath(mp, "cgroup"), keyPath(mp, "comm")
+	sound = true
+	if d.has(cp) && !d.failed[cp] {
+		if err := ValidateCgroupGlob(r.Match.Cgroup); err != nil {
+			d.add(d.line(cp), cp, "%v", err)
+			sound = false
+		}
+	}
+	if d.has(commP) && !d.failed[commP] {
+		if msg, never := commProblem(r.Match.Comm); msg != "" {
+			d.add(d.line(commP), commP, "%s", msg)
+			sound, neverMatches = false, never
+		}
+	}
+	return sound, neverMatches
+}
+
+// checkRuleGrants: a rule denies or grants, not both, and a grant is pinned
+// to one workload's cgroup.
+func (d *decoder) checkRuleGrants(r *Rule, rp string) {
+	mp := keyPath(rp, "match")
+	grants := grantNames(r)
+	mline := d.line(mp)
+	if mline == 0 {
+		mline = d.line(rp)
+	}
+	switch {
+	case r.Deny && grants != "":
+		d.add(d.line(keyPath(rp, "deny")), keyPath(rp, "deny"), "deny cannot be combined with %s: a denied workload gets no IMDS access at all", grants)
+	case !r.Deny && grants == "":
+		d.add(d.line(rp), rp, "rule grants nothing: set deny, allowV1 or allowNonHostNetns")
+	case grants != "" && r.Match.Cgroup == "":
+		d.add(mline, mp, "a rule that grants %s must also match a cgroup: %s", grants, whyCgroup)
+	case grants != "" && matchesEveryCgroup(r.Match.Cgroup):
+		cp := keyPath(mp, "cgroup")
+		d.add(d.line(cp), cp, "%q matches every cgroup, but a rule that grants %s must match the cgroup of the workload it is for: %s", r.Match.Cgroup, grants, whyCgroup)
+	}
+}
+
+// checkShadowed reports rule i if an earlier sound rule matches
+// everything it matches (first match wins).
+func (d *decoder) checkShadowed(rules []Rule, i int, canShadow []bool) {
 	label := func(i int) string {
 		if ruleName.MatchString(rules[i].Name) {
 			return fmt.Sprintf("%q", rules[i].Name)
 		}
 		return indexPath("rules", i)
 	}
-	names := map[string]int{}             // name -> index of the rule that has it first
-	canShadow := make([]bool, len(rules)) // the rule is sound and can match
-	for i := range rules {
-		r := &rules[i]
-		rp := indexPath("rules", i)
-		np, mp := keyPath(rp, "name"), keyPath(rp, "match")
-		cp, commP := keyPath(mp, "cgroup"), keyPath(mp, "comm")
-		if d.failed[rp] {
-			continue // not a rule at all
+	for j := range i {
+		if canShadow[j] && covers(rules[j].Match, rules[i].Match) {
+			rp := indexPath("rules", i)
+			d.add(d.line(rp), rp, "rule %s can never match: rule %s (line %d) matches everything it matches", label(i), label(j), d.line(indexPath("rules", j)))
+			return
 		}
-
-		switch {
-		case d.failed[np]:
-		case !d.has(np):
-			d.add(d.line(rp), np, "missing: every rule needs a name")
-		case !ruleName.MatchString(r.Name):
-			d.add(d.line(np), np, "%s is not a valid rule name: use 1 to 63 lower-case letters, digits and \"-\", starting and ending with a letter or digit", quote(r.Name))
-		default:
-			if j, dup := names[r.Name]; dup {
-				d.add(d.line(np), np, "duplicate rule name %q (first at line %d)", r.Name, d.line(keyPath(indexPath("rules", j), "name")))
-			} else {
-				names[r.Name] = i
-			}
-		}
-
-		sound := true         // the match is valid
-		neverMatches := false // the match can never hold
-		if d.has(cp) && !d.failed[cp] {
-			if err := ValidateCgroupGlob(r.Match.Cgroup); err != nil {
-				d.add(d.line(cp), cp, "%v", err)
-				sound = false
-			}
-		}
-		if d.has(commP) && !d.failed[commP] {
-			if msg, never := commProblem(r.Match.Comm); msg != "" {
-				d.add(d.line(commP), commP, "%s", msg)
-				sound, neverMatches = false, never
-			}
-		}
-		if d.failedUnder(rp) {
-			// The rule is not what the file meant; judging what it grants
-			// or whether it is shadowed would only add noise.
-			continue
-		}
-
-		grants := grantNames(r)
-		mline := d.line(mp)
-		if mline == 0 {
-			mline = d.line(rp)
-		}
-		switch {
-		case r.Deny && grants != "":
-			d.add(d.line(keyPath(rp, "deny")), keyPath(rp, "deny"), "deny cannot be combined with %s: a denied workload gets no IMDS access at all", grants)
-		case !r.Deny && grants == "":
-			d.add(d.line(rp), rp, "rule grants nothing: set deny, allowV1 or allowNonHostNetns")
-		case grants != "" && r.Match.Cgroup == "":
-			d.add(mline, mp, "a rule that grants %s must also match a cgroup: %s", grants, whyCgroup)
-		case grants != "" && matchesEveryCgroup(r.Match.Cgroup):
-			d.add(d.line(cp), cp, "%q matches every cgroup, but a rule that grants %s must match the cgroup of the workload it is for: %s", r.Match.Cgroup, grants, whyCgroup)
-		}
-
-		if !neverMatches {
-			for j := range i {
-				if canShadow[j] && covers(rules[j].Match, r.Match) {
-					d.add(d.line(rp), rp, "rule %s can never match: rule %s (line %d) matches everything it matches", label(i), label(j), d.line(indexPath("rules", j)))
-					break
-				}
-			}
-		}
-		canShadow[i] = sound
 	}
 }
 
