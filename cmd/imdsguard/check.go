@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/imdsguard/imdsguard/internal/enforcer"
+	"github.com/imdsguard/imdsguard/internal/policy"
 )
 
 func checkCommand(args []string, stdout, stderr io.Writer) error {
@@ -14,7 +14,7 @@ func checkCommand(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
-	pol, err := enforcer.LoadPolicy(*path, "")
+	pol, err := policy.LoadOrDefault(*path, "")
 	if err != nil {
 		return err
 	}

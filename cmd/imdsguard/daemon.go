@@ -13,10 +13,11 @@ import (
 	"github.com/imdsguard/imdsguard/internal/cgroupfs"
 	"github.com/imdsguard/imdsguard/internal/cri"
 	"github.com/imdsguard/imdsguard/internal/enforcer"
-	"github.com/imdsguard/imdsguard/internal/events"
+	"github.com/imdsguard/imdsguard/internal/eventreader"
 	"github.com/imdsguard/imdsguard/internal/instance"
 	"github.com/imdsguard/imdsguard/internal/loader"
 	"github.com/imdsguard/imdsguard/internal/nflog"
+	"github.com/imdsguard/imdsguard/internal/nft"
 	"github.com/imdsguard/imdsguard/internal/nodetaint"
 	"github.com/imdsguard/imdsguard/internal/ocsf"
 	"github.com/imdsguard/imdsguard/internal/output"
@@ -44,12 +45,12 @@ type daemon struct {
 
 	guard   *loader.Guard
 	adopted uint64
-	cgroups *events.CgroupResolver // nil when cgroup paths cannot be read
+	cgroups *eventreader.CgroupResolver // nil when cgroup paths cannot be read
 	sink    *output.Pipeline
 	enf     *enforcer.Enforcer
 	uplinks *uplink.Guard
-	folder  *events.Folder
-	reader  *events.Reader
+	folder  *eventreader.Folder
+	reader  *eventreader.Reader
 }
 
 // onClose pushes a cleanup.
@@ -152,7 +153,7 @@ func (d *daemon) prepareTaint() error {
 // and adopts the connections opened before.
 func (d *daemon) loadGuard(ctx context.Context) error {
 	cfg := d.cfg
-	guard, err := loader.Load(ctx, d.plan.Compiled, loader.Options{
+	guard, err := loader.Load(ctx, &d.plan.Compiled.Tables, loader.Options{
 		Cgroup:          d.cgroupDir,
 		HostNetnsCookie: d.hostCookie,
 		RingBufBytes:    uint32(cfg.ringbuf),
@@ -184,7 +185,7 @@ func (d *daemon) loadGuard(ctx context.Context) error {
 	// it. A takeover needs none: the pinned programs judged every
 	// connection made while no daemon ran.
 	if guard.Takeover() == loader.TakeoverNone {
-		if d.adopted, err = guard.Adopt(); err != nil {
+		if d.adopted, err = guard.AdoptConnections(); err != nil {
 			return fmt.Errorf("adopting connections opened before start: %w", err)
 		}
 	}
@@ -193,7 +194,7 @@ func (d *daemon) loadGuard(ctx context.Context) error {
 
 // startOutputs opens the cgroup path resolver and the event outputs.
 func (d *daemon) startOutputs(stdout io.Writer) error {
-	cgroups, err := events.NewCgroupResolver(d.cgroupMount)
+	cgroups, err := eventreader.NewCgroupResolver(d.cgroupMount)
 	if err != nil {
 		d.log.Warn("cgroup paths will be missing from events", zap.Error(err))
 	} else {
@@ -279,15 +280,15 @@ func (d *daemon) startTableLog() {
 		return
 	}
 	d.onClose(func() { tableLog.Close() })
-	go enforcer.ReadTableLog(tableLog, d.enf.Audit, d.sink, d.log)
+	go nflog.Report(tableLog, nft.LogPrefix, d.enf.Audit, d.sink, d.log)
 }
 
 // startReader makes the event reader, with what enriches events: the
 // instance id, pod and container names.
 func (d *daemon) startReader(ctx context.Context) error {
-	ropts := events.ReaderOptions{Cgroups: d.cgroups, Rules: d.enf.RuleName, Hostname: d.hostname, InstanceID: d.instanceID(ctx), Names: d.podNames()}
-	d.folder = events.NewFolder(d.sink, d.cfg.fold)
-	reader, err := events.NewReader(d.guard.Events(), ropts, d.folder, d.log)
+	ropts := eventreader.ReaderOptions{Cgroups: d.cgroups, Rules: d.enf.RuleName, Hostname: d.hostname, InstanceID: d.instanceID(ctx), Names: d.podNames()}
+	d.folder = eventreader.NewFolder(d.sink, d.cfg.fold)
+	reader, err := eventreader.NewReader(d.guard.Events(), ropts, d.folder, d.log)
 	if err != nil {
 		return err
 	}

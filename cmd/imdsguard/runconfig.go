@@ -11,11 +11,10 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
-	"github.com/imdsguard/imdsguard/internal/enforcer"
 	"github.com/imdsguard/imdsguard/internal/loader"
 	"github.com/imdsguard/imdsguard/internal/nodetaint"
-	"github.com/imdsguard/imdsguard/internal/output"
 	"github.com/imdsguard/imdsguard/internal/policy"
+	"github.com/imdsguard/imdsguard/internal/target"
 )
 
 // runConfig is what the daemon is built from: the `run` flags, checked,
@@ -91,7 +90,7 @@ func (c *runConfig) flagSet() *flag.FlagSet {
 	fs.StringVar(&c.criSocket, "cri-socket", "auto", "container runtime (CRI) socket for pod and container names: a path, auto (containerd, CRI-O defaults) or none")
 	fs.StringVar(&c.instance, "instance-id", "", "EC2 instance id for events: an id, or auto to read it once at start over IMDSv2 (off by default)")
 	fs.Var(&c.outputs, "output", "where events go, repeatable or comma-separated: stdout (default), file:/PATH, syslog+udp://HOST:PORT, syslog+tcp://HOST:PORT, syslog+tls://HOST:PORT")
-	fs.StringVar(&c.format, "format", output.FormatJSON, "event format: json or ocsf (OCSF 1.3: HTTP Activity, Network Activity)")
+	fs.StringVar(&c.format, "format", target.FormatJSON, "event format: json or ocsf (OCSF 1.3: HTTP Activity, Network Activity)")
 	fs.StringVar(&c.syslogCA, "syslog-ca", "", "CA bundle that signs the syslog+tls collector's certificate (default: the system's)")
 	fs.IntVar(&c.queue, "output-queue", 10000, "events each network output holds while its collector is down; beyond that they are counted as dropped")
 	fs.DurationVar(&c.fold, "fold-window", 10*time.Second, "fold repeats of the same event from the same workload within this window into one event with a count (0: report every event)")
@@ -123,11 +122,11 @@ func (c *runConfig) check() error {
 	if pg := uint(os.Getpagesize()); c.ringbuf < pg || c.ringbuf&(c.ringbuf-1) != 0 || c.ringbuf > 1<<30 {
 		return fmt.Errorf("--ringbuf-bytes: %d is not a power of two between %d and %d", c.ringbuf, pg, 1<<30)
 	}
-	if err := output.ParseTargets(c.outputs); err != nil {
+	if err := target.CheckAll(c.outputs); err != nil {
 		return fmt.Errorf("--output: %w", err)
 	}
-	if c.format != output.FormatJSON && c.format != output.FormatOCSF {
-		return fmt.Errorf("--format: %q is not json or ocsf", c.format)
+	if err := target.CheckFormat(c.format); err != nil {
+		return fmt.Errorf("--format: %w", err)
 	}
 	level, err := zapcore.ParseLevel(c.logLevel)
 	if err != nil {
@@ -140,7 +139,7 @@ func (c *runConfig) check() error {
 // loadPolicy reads the policy and takes from its output section what the
 // command line left unsaid.
 func (c *runConfig) loadPolicy() error {
-	pol, err := enforcer.LoadPolicy(c.policy, c.mode)
+	pol, err := policy.LoadOrDefault(c.policy, c.mode)
 	if err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/imdsguard/imdsguard/internal/cgroupfs"
 	"github.com/imdsguard/imdsguard/internal/events"
+	"github.com/imdsguard/imdsguard/internal/ktables"
 	"github.com/imdsguard/imdsguard/internal/loader"
 	"github.com/imdsguard/imdsguard/internal/nft"
 	"github.com/imdsguard/imdsguard/internal/policy"
@@ -188,7 +189,7 @@ func (e *Enforcer) RuleName(gen uint8, idx uint16) string {
 	if int(idx) < len(names) {
 		return names[idx]
 	}
-	if idx == policy.OverflowRule {
+	if idx == ktables.OverflowRule {
 		return policy.OverflowRuleName
 	}
 	return ""
@@ -211,24 +212,6 @@ func (e *Enforcer) Reloads() map[string]uint64 {
 		out[k] = v
 	}
 	return out
-}
-
-// LoadPolicy reads and validates a policy file, applying the mode override.
-func LoadPolicy(path, modeOverride string) (*policy.Policy, error) {
-	var pol *policy.Policy
-	var err error
-	if path == "" {
-		pol, err = policy.Default()
-	} else {
-		pol, err = policy.Load(path)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if modeOverride != "" {
-		pol.Mode = modeOverride
-	}
-	return pol, nil
 }
 
 // Reload reads the policy file again and puts it in force. An invalid file,
@@ -261,7 +244,7 @@ func (e *Enforcer) Reload(trigger string) error {
 
 // readPlan reads the policy file and compiles it for the cgroup tree.
 func (e *Enforcer) readPlan() (*Plan, error) {
-	pol, err := LoadPolicy(e.opts.PolicyPath, e.opts.ModeOverride)
+	pol, err := policy.LoadOrDefault(e.opts.PolicyPath, e.opts.ModeOverride)
 	if err != nil {
 		return nil, err
 	}
@@ -276,7 +259,7 @@ func (e *Enforcer) reloadLocked(pe *events.PolicyEvent, plan *Plan, err error) (
 	if plan.Hash == e.plan.Hash {
 		return "unchanged", nil
 	}
-	if err := e.guard.Apply(plan.Compiled, plan.Cgroups); err != nil {
+	if err := e.guard.Apply(&plan.Compiled.Tables, plan.Cgroups); err != nil {
 		return "failed", err
 	}
 	if !reflect.DeepEqual(plan.Policy.Output, e.plan.Policy.Output) {

@@ -1,9 +1,7 @@
 package enforcer
 
 import (
-	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -18,9 +16,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/imdsguard/imdsguard/bpf"
 	"github.com/imdsguard/imdsguard/internal/events"
-	"github.com/imdsguard/imdsguard/internal/nflog"
 	"github.com/imdsguard/imdsguard/internal/nft"
 	"github.com/imdsguard/imdsguard/internal/policy"
 )
@@ -285,46 +281,6 @@ func (e *Enforcer) TableRestores() uint64 {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.restores
-}
-
-// PacketSink receives packets the table stopped.
-type PacketSink interface {
-	EmitPacket(*events.PacketEvent)
-}
-
-// ReadTableLog turns the table's NFLOG messages into events until the
-// reader is closed. The table rate-limits what it logs; its counters stay
-// exact. A receive overrun is logged, never silent.
-func ReadTableLog(r *nflog.Reader, audit func() bool, sink PacketSink, log *zap.Logger) {
-	var lost uint64
-	for {
-		p, err := r.Read()
-		if errors.Is(err, nflog.ErrOverrun) {
-			lost++
-			log.Warn("nftables log messages lost (the table's counters stay exact)", zap.Uint64("overruns", lost))
-			continue
-		}
-		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				log.Warn("reading the nftables log", zap.Error(err))
-			}
-			return
-		}
-		if p.Prefix != nft.LogPrefix {
-			continue
-		}
-		action := bpf.ActionDeny
-		if audit() {
-			action = bpf.ActionAudit
-		}
-		sink.EmitPacket(&events.PacketEvent{
-			Time:        p.Time,
-			Action:      action,
-			Endpoint:    netip.AddrPortFrom(p.Dst, p.DstPort),
-			Src:         netip.AddrPortFrom(p.Src, p.SrcPort),
-			InInterface: p.InIfName,
-		})
-	}
 }
 
 // Audit reports whether the policy in force is in audit mode.

@@ -1,5 +1,6 @@
-// Package events turns the kernel's event records into enriched JSON events
-// and delivers them to sinks.
+// Package events is the schema of what imdsguard reports: the events, how
+// a kernel record decodes into one, and their JSON encoding. Reading them
+// from the kernel and enriching them is internal/eventreader's job.
 package events
 
 import (

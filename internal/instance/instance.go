@@ -29,6 +29,9 @@ func Fetch(ctx context.Context, addr, netnsPath string) (string, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
+	// a daemon told to stop meanwhile does not wait for a silent server
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	defer stop()
 	rd := bufio.NewReader(conn)
 	do := func(method, path string, hdr map[string]string) (string, error) {
 		req, err := http.NewRequest(method, "http://"+addr+path, nil)

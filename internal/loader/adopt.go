@@ -17,12 +17,12 @@ import (
 	"github.com/imdsguard/imdsguard/internal/netnsexec"
 )
 
-// Adopt puts TCP connections to IMDS that were established before the
+// AdoptConnections puts TCP connections to IMDS that were established before the
 // guard attached under the sk_msg program, in every network namespace it
 // can find, so a keep-alive connection opened earlier is no way around the
 // rules. It runs after sockops is attached: any connection established
 // since is already covered. It returns how many connections it adopted.
-func (g *Guard) Adopt() (uint64, error) {
+func (g *Guard) AdoptConnections() (uint64, error) {
 	it, err := link.AttachIter(link.IterOptions{Program: g.objs.ImdsAdopt})
 	if err != nil {
 		return 0, fmt.Errorf("attaching socket iterator: %w", err)

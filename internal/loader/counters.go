@@ -29,6 +29,17 @@ func ReadCounters(m *ebpf.Map) (Counters, error) {
 	return c, nil
 }
 
+// CountersFrom makes Counters of slot values (bpf.CounterSlot and the
+// bookkeeping slots), as ReadCounters sums them from the kernel: for what
+// reads counters, tested without a kernel.
+func CountersFrom(slots map[uint32]uint64) Counters {
+	var c Counters
+	for k, v := range slots {
+		c.slots[k] = v
+	}
+	return c
+}
+
 // Get returns the count for one verdict.
 func (c Counters) Get(k bpf.Kind, a bpf.Action, r bpf.Reason) uint64 {
 	return c.slots[bpf.CounterSlot(k, a, r)]

@@ -24,7 +24,7 @@ import (
 
 	"github.com/imdsguard/imdsguard/bpf"
 	"github.com/imdsguard/imdsguard/internal/cgroupfs"
-	"github.com/imdsguard/imdsguard/internal/policy"
+	"github.com/imdsguard/imdsguard/internal/ktables"
 )
 
 // Options says where and how to attach.
@@ -86,7 +86,7 @@ type Guard struct {
 // Load loads the programs, writes the policy and attaches every hook,
 // taking over what an earlier daemon pinned in opts.PinDir. ctx ends the
 // wait for a daemon that holds the pin directory.
-func Load(ctx context.Context, pol *policy.Compiled, opts Options, log *zap.Logger) (*Guard, error) {
+func Load(ctx context.Context, pol *ktables.Tables, opts Options, log *zap.Logger) (*Guard, error) {
 	g, spec, err := newGuard(opts, log)
 	if err != nil {
 		return nil, err
@@ -138,7 +138,7 @@ func newGuard(opts Options, log *zap.Logger) (*Guard, *ebpf.CollectionSpec, erro
 
 // loadPinned takes the pin directory's lock and starts fresh, adopts the
 // pins of this layout, or replaces those of another.
-func (g *Guard) loadPinned(ctx context.Context, spec *ebpf.CollectionSpec, pol *policy.Compiled, opts Options) error {
+func (g *Guard) loadPinned(ctx context.Context, spec *ebpf.CollectionSpec, pol *ktables.Tables, opts Options) error {
 	if err := ensureBPFFS(opts.PinDir); err != nil {
 		return err
 	}
@@ -170,7 +170,7 @@ func (g *Guard) loadPinned(ctx context.Context, spec *ebpf.CollectionSpec, pol *
 		}
 	case g.compatible(old, spec):
 		g.takeover = TakeoverAdopted
-		err = g.adopt(spec, pol, opts.CgroupRules, old)
+		err = g.takeOverPins(spec, pol, opts.CgroupRules, old)
 	default:
 		g.takeover = TakeoverReplaced
 		err = g.replace(spec, pol, opts.CgroupRules, old)
@@ -219,17 +219,10 @@ func (g *Guard) loadObjects(spec *ebpf.CollectionSpec, replacements map[string]*
 
 // hookProgram is the program of a cgroup hook.
 func (g *Guard) hookProgram(name string) *ebpf.Program {
-	switch name {
-	case "egress":
-		return g.objs.ImdsEgress
-	case "sockops":
-		return g.objs.ImdsSockops
-	case "connect4":
-		return g.objs.ImdsConnect4
-	case "connect6":
-		return g.objs.ImdsConnect6
-	case "setsockopt":
-		return g.objs.ImdsSetsockopt
+	for _, h := range cgroupHooks {
+		if h.name == name {
+			return h.prog(&g.objs.ImdsguardPrograms)
+		}
 	}
 	panic("unknown hook " + name)
 }
@@ -260,7 +253,7 @@ func (g *Guard) attachHook(name string, attach ebpf.AttachType) error {
 // every hook. sk_msg first, so every socket sockops adds is judged from its
 // first write; the egress guard before the connect hooks that mark the
 // sockets it checks; then sockops; the connect hooks last.
-func (g *Guard) attachFresh(spec *ebpf.CollectionSpec, pol *policy.Compiled, cg CgroupRules) error {
+func (g *Guard) attachFresh(spec *ebpf.CollectionSpec, pol *ktables.Tables, cg CgroupRules) error {
 	if err := g.loadObjects(spec, nil); err != nil {
 		return err
 	}
@@ -298,7 +291,7 @@ func mapIDs(maps map[string]*ebpf.Map) []ebpf.MapID {
 	return out
 }
 
-func (g *Guard) writeFirstPolicy(pol *policy.Compiled, cg CgroupRules) error {
+func (g *Guard) writeFirstPolicy(pol *ktables.Tables, cg CgroupRules) error {
 	if err := g.writePolicy(0, pol, cg); err != nil {
 		return err
 	}

@@ -18,6 +18,8 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/imdsguard/imdsguard/bpf"
 )
 
 // DefaultPinDir is where the daemon pins its links, programs and maps, so
@@ -71,29 +73,25 @@ type Meta struct {
 	LastRescanAt time.Time `json:"last_rescan_at"`
 }
 
-// hooks in attach order: the egress guard before the connect hooks that
-// mark the sockets it checks, the setsockopt guard (which keeps packet
-// sockets from sending past the uplink guard), then sockops, the connect
-// hooks last.
+// cgroupHooks drives attach, pin, takeover, detach and status, in attach
+// order: the egress guard before the connect hooks that mark the sockets
+// it checks, the setsockopt guard (which keeps packet sockets from sending
+// past the uplink guard), then sockops, the connect hooks last.
+//
+// beside: in a replacing takeover the new program is attached next to the
+// old one (each guards what its own programs set up) rather than switched
+// in place.
 var cgroupHooks = []struct {
 	name   string
 	attach ebpf.AttachType
+	prog   func(*bpf.ImdsguardPrograms) *ebpf.Program
+	beside bool
 }{
-	{"egress", ebpf.AttachCGroupInetEgress},
-	{"setsockopt", ebpf.AttachCGroupSetsockopt},
-	{"sockops", ebpf.AttachCGroupSockOps},
-	{"connect4", ebpf.AttachCGroupInet4Connect},
-	{"connect6", ebpf.AttachCGroupInet6Connect},
-}
-
-// hookAttach is the attach type of the cgroup hook name.
-func hookAttach(name string) ebpf.AttachType {
-	for _, h := range cgroupHooks {
-		if h.name == name {
-			return h.attach
-		}
-	}
-	panic("unknown hook " + name)
+	{"egress", ebpf.AttachCGroupInetEgress, func(p *bpf.ImdsguardPrograms) *ebpf.Program { return p.ImdsEgress }, true},
+	{"setsockopt", ebpf.AttachCGroupSetsockopt, func(p *bpf.ImdsguardPrograms) *ebpf.Program { return p.ImdsSetsockopt }, true},
+	{"sockops", ebpf.AttachCGroupSockOps, func(p *bpf.ImdsguardPrograms) *ebpf.Program { return p.ImdsSockops }, false},
+	{"connect4", ebpf.AttachCGroupInet4Connect, func(p *bpf.ImdsguardPrograms) *ebpf.Program { return p.ImdsConnect4 }, false},
+	{"connect6", ebpf.AttachCGroupInet6Connect, func(p *bpf.ImdsguardPrograms) *ebpf.Program { return p.ImdsConnect6 }, false},
 }
 
 // sharedMaps are the maps pinned and shared across daemons: every map of

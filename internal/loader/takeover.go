@@ -15,10 +15,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/imdsguard/imdsguard/bpf"
-	"github.com/imdsguard/imdsguard/internal/policy"
+	"github.com/imdsguard/imdsguard/internal/ktables"
 )
 
-// adopt takes over pins of the same layout: the new programs share the
+// takeOverPins takes over pins of the same layout: the new programs share the
 // pinned maps, so per-socket state, counters, queued events and the policy
 // in force carry over. sk_msg is replaced on the shared socket map, each
 // pinned link is switched to its new program in place (one atomic
@@ -26,7 +26,7 @@ import (
 // program, both reading the same maps), and the new policy is put in force
 // through the two-generation switch. If a step fails, the hooks are
 // switched back and the earlier daemon's enforcement stays as it was.
-func (g *Guard) adopt(spec *ebpf.CollectionSpec, pol *policy.Compiled, cg CgroupRules, old *pinnedState) (err error) {
+func (g *Guard) takeOverPins(spec *ebpf.CollectionSpec, pol *ktables.Tables, cg CgroupRules, old *pinnedState) (err error) {
 	replacements := map[string]*ebpf.Map{}
 	for _, name := range sharedMaps(spec) {
 		replacements[name] = old.maps[name]
@@ -152,7 +152,7 @@ func (g *Guard) switchLink(name string, l link.Link, prev *ebpf.Program, old *pi
 //     program and policy.
 //
 // Up to step 3 a failure puts everything back as it was.
-func (g *Guard) replace(spec *ebpf.CollectionSpec, pol *policy.Compiled, cg CgroupRules, old *pinnedState) (err error) {
+func (g *Guard) replace(spec *ebpf.CollectionSpec, pol *ktables.Tables, cg CgroupRules, old *pinnedState) (err error) {
 	if old.meta != nil {
 		g.log.Info("replacing pinned enforcement of another layout",
 			zap.String("pinned_layout", old.meta.Layout), zap.String("pinned_version", old.meta.Version),
@@ -207,13 +207,19 @@ func (g *Guard) attachBesideOld(old *pinnedState, t *switchback) (reused map[str
 	if err := g.attachSkMsg(); err != nil {
 		return nil, err
 	}
-	for _, name := range []string{"egress", "setsockopt"} {
-		if err := g.attachHook(name, hookAttach(name)); err != nil {
-			return nil, err
+	for _, h := range cgroupHooks {
+		if h.beside {
+			if err := g.attachHook(h.name, h.attach); err != nil {
+				return nil, err
+			}
 		}
 	}
 	reused = map[string]bool{}
-	for _, name := range []string{"sockops", "connect4", "connect6"} {
+	for _, h := range cgroupHooks {
+		if h.beside {
+			continue
+		}
+		name := h.name
 		if l := old.links[name]; l != nil {
 			if id, cerr := linkCgroup(l); cerr == nil && id == g.meta.CgroupID {
 				if prev, perr := linkProgram(l); perr == nil {
@@ -225,7 +231,7 @@ func (g *Guard) attachBesideOld(old *pinnedState, t *switchback) (reused map[str
 				}
 			}
 		}
-		if err := g.attachHook(name, hookAttach(name)); err != nil {
+		if err := g.attachHook(name, h.attach); err != nil {
 			return nil, err
 		}
 	}

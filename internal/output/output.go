@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -22,12 +21,7 @@ import (
 	"github.com/imdsguard/imdsguard/internal/events"
 	"github.com/imdsguard/imdsguard/internal/ocsf"
 	"github.com/imdsguard/imdsguard/internal/sinks"
-)
-
-// Formats.
-const (
-	FormatJSON = "json"
-	FormatOCSF = "ocsf"
+	"github.com/imdsguard/imdsguard/internal/target"
 )
 
 // Config says where events go.
@@ -38,44 +32,6 @@ type Config struct {
 	Product  ocsf.Product
 	Hostname string
 	Queue    int // per network sink
-}
-
-// ParseTargets checks the targets and says which is wrong.
-func ParseTargets(targets []string) error {
-	var errs []error
-	for _, t := range targets {
-		if _, _, err := parseTarget(t); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func parseTarget(t string) (kind, where string, err error) {
-	switch {
-	case t == "stdout":
-		return "stdout", "", nil
-	case strings.HasPrefix(t, "file:"):
-		p := strings.TrimPrefix(t, "file:")
-		if !strings.HasPrefix(p, "/") {
-			return "", "", fmt.Errorf("output %q: the file path must be absolute", t)
-		}
-		return "file", p, nil
-	case strings.HasPrefix(t, "syslog+"):
-		u, perr := url.Parse(t)
-		if perr != nil || u.Host == "" || u.Port() == "" || (u.Path != "" && u.Path != "/") {
-			return "", "", fmt.Errorf("output %q: want syslog+udp://HOST:PORT, syslog+tcp://HOST:PORT or syslog+tls://HOST:PORT", t)
-		}
-		n := strings.TrimPrefix(u.Scheme, "syslog+")
-		if n != "udp" && n != "tcp" && n != "tls" {
-			return "", "", fmt.Errorf("output %q: transport %q is not udp, tcp or tls", t, n)
-		}
-		if _, err := strconv.ParseUint(u.Port(), 10, 16); err != nil {
-			return "", "", fmt.Errorf("output %q: bad port", t)
-		}
-		return n, u.Host, nil
-	}
-	return "", "", fmt.Errorf("output %q: want stdout, file:/PATH or syslog+{udp,tcp,tls}://HOST:PORT", t)
 }
 
 // Pipeline renders and delivers events; it implements the events sinks.
@@ -90,17 +46,18 @@ type Pipeline struct {
 // New opens every target. stdout is where "stdout" writes.
 func New(cfg Config, stdout io.Writer, log *zap.Logger) (*Pipeline, error) {
 	if cfg.Format == "" {
-		cfg.Format = FormatJSON
+		cfg.Format = target.FormatJSON
 	}
-	if cfg.Format != FormatJSON && cfg.Format != FormatOCSF {
-		return nil, fmt.Errorf("--format: %q is not json or ocsf", cfg.Format)
+	if err := target.CheckFormat(cfg.Format); err != nil {
+		return nil, fmt.Errorf("--format: %w", err)
 	}
 	if len(cfg.Targets) == 0 {
 		cfg.Targets = []string{"stdout"}
 	}
 	p := &Pipeline{cfg: cfg, log: log}
 	for _, t := range cfg.Targets {
-		kind, where, err := parseTarget(t)
+		tg, err := target.Parse(t)
+		kind, where := tg.Kind, tg.Where
 		if err != nil {
 			p.Close()
 			return nil, err
@@ -177,7 +134,7 @@ func (p *Pipeline) send(r sinks.Record) {
 // render is the event in the configured format: OCSF through toOCSF, else
 // imdsguard's own JSON. nil when it cannot be rendered (logged).
 func (p *Pipeline) render(t time.Time, ev zapcore.ObjectMarshaler, toOCSF func(ocsf.Product) ([]byte, error)) []byte {
-	if p.cfg.Format != FormatOCSF {
+	if p.cfg.Format != target.FormatOCSF {
 		return events.EncodeJSON(t, ev)
 	}
 	b, err := toOCSF(p.cfg.Product)

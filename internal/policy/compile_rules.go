@@ -6,10 +6,11 @@ import (
 	"slices"
 
 	"github.com/imdsguard/imdsguard/bpf"
+	"github.com/imdsguard/imdsguard/internal/ktables"
 )
 
 // MaxRules is how many rules a policy may hold. The kernel's table
-// (bpf.MaxRules per generation) keeps its last slot for OverflowRule.
+// (bpf.MaxRules per generation) keeps its last slot for ktables.OverflowRule.
 const MaxRules = 1000
 
 // A policy's rules and the overflow rule must fit the kernel's table.
@@ -55,21 +56,11 @@ func compileRules(rules []Rule) ([]bpf.ImdsguardRule, error) {
 	return out, nil
 }
 
-// OverflowRule is the index of the rule slot kept for cgroups that more
-// rules could apply to than the kernel's list holds (RulesPerCgroup): a
-// deny, so that such a cgroup is refused rather than judged by a list that
-// leaves rules out. It is the last slot of the kernel's table, which
-// MaxRules never reaches.
-const OverflowRule = uint16(bpf.MaxRules - 1)
-
 // OverflowRuleName is what events name the overflow rule.
 const OverflowRuleName = "(more than 16 rules could apply)"
 
-// OverflowRuleEntry is the kernel rule at OverflowRule.
-func OverflowRuleEntry() bpf.ImdsguardRule { return bpf.ImdsguardRule{Flags: bpf.RuleDeny} }
-
 // overflowList is the rule list of a cgroup with too many candidates.
-var overflowList = []uint16{OverflowRule}
+var overflowList = []uint16{ktables.OverflowRule}
 
 // Candidates returns, in policy order, the indices of the rules a process in
 // the cgroup at path (relative to the cgroup v2 mount, "/" for the root) can

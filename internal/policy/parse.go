@@ -17,7 +17,7 @@ import (
 	// go.mod, the fork is not.
 	yaml "gopkg.in/yaml.v3"
 
-	"github.com/imdsguard/imdsguard/internal/output"
+	"github.com/imdsguard/imdsguard/internal/target"
 )
 
 // The keys of each mapping, in schema order.
@@ -515,7 +515,7 @@ func (d *decoder) match(n *yaml.Node, path string, m *Match) {
 }
 
 // output decodes the output section; targets are checked by their own
-// rules (output.ParseTargets) so that flags and file say the same.
+// rules (internal/target) so that flags and file say the same.
 func (d *decoder) output(n *yaml.Node, path string, o *Output) {
 	if n.Kind != yaml.MappingNode {
 		d.wrongType(n, path, "a mapping (e.g. {format: json, targets: [stdout]})")
@@ -525,15 +525,15 @@ func (d *decoder) output(n *yaml.Node, path string, o *Output) {
 		switch key {
 		case "format":
 			if s, ok := d.str(v, kp); ok {
-				if s != "json" && s != "ocsf" {
-					d.add(v.Line, kp, "%q is not a format (want \"json\" or \"ocsf\")", s)
+				if err := target.CheckFormat(s); err != nil {
+					d.add(v.Line, kp, "%v", err)
 				}
 				o.Format = s
 			}
 		case "targets":
 			o.Targets = d.strList(v, kp)
 			for i, t := range o.Targets {
-				if err := output.ParseTargets([]string{t}); err != nil {
+				if _, err := target.Parse(t); err != nil {
 					d.add(v.Content[i].Line, fmt.Sprintf("%s[%d]", kp, i), "%v", err)
 				}
 			}

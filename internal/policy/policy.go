@@ -17,6 +17,8 @@ import (
 	"syscall"
 
 	"github.com/imdsguard/imdsguard/bpf"
+	"github.com/imdsguard/imdsguard/internal/ktables"
+	"github.com/imdsguard/imdsguard/internal/target"
 )
 
 // APIVersion and Kind identify a policy document.
@@ -207,7 +209,7 @@ func (p *Policy) fillDefaults() {
 		p.NftablesAction = NftablesDrop
 	}
 	if p.Output.Format == "" {
-		p.Output.Format = "json"
+		p.Output.Format = target.FormatJSON
 	}
 	if len(p.Output.Targets) == 0 {
 		p.Output.Targets = []string{"stdout"}
@@ -300,6 +302,25 @@ func ParseEndpoint(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(addr, ap.Port()), nil
 }
 
+// LoadOrDefault reads and validates the policy file at path, or takes the
+// embedded default for "", then applies modeOverride (--mode) if set.
+func LoadOrDefault(path, modeOverride string) (*Policy, error) {
+	var pol *Policy
+	var err error
+	if path == "" {
+		pol, err = Default()
+	} else {
+		pol, err = Load(path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if modeOverride != "" {
+		pol.Mode = modeOverride
+	}
+	return pol, nil
+}
+
 // ParseEndpoints parses every endpoint (ParseEndpoint), naming the first
 // that is not one.
 func ParseEndpoints(list []string) ([]netip.AddrPort, error) {
@@ -327,13 +348,11 @@ func EndpointAddrs(list []string) ([]netip.Addr, error) {
 	return out, nil
 }
 
-// Compiled holds what the policy puts into the kernel. Config's host
-// network namespace cookie is filled in by the loader.
+// Compiled is what the policy puts into the kernel (Tables, for the
+// loader), with the rules it came from, to match them to cgroups.
 type Compiled struct {
-	Config    bpf.ImdsguardConfig
-	Endpoints []bpf.ImdsguardEndpointKey
-	Rules     []bpf.ImdsguardRule
-	rules     []Rule
+	ktables.Tables
+	rules []Rule
 }
 
 // Compile turns a validated policy into map entries.
@@ -379,21 +398,9 @@ func (p *Policy) Compile() (*Compiled, error) {
 		if err != nil {
 			return nil, fmt.Errorf("compiling endpoints: %w", err)
 		}
-		c.Endpoints = append(c.Endpoints, EndpointKey(ap))
+		c.Endpoints = append(c.Endpoints, ktables.EndpointKey(ap))
 	}
 	return c, nil
-}
-
-// EndpointKey is the endpoints-map key of an address and port: IPv4 as
-// IPv4-mapped IPv6, port in network byte order.
-func EndpointKey(ap netip.AddrPort) bpf.ImdsguardEndpointKey {
-	var k bpf.ImdsguardEndpointKey
-	k.Addr = ap.Addr().As16()
-	port := ap.Port()
-	// The kernel compares the port as the raw big-endian bytes it holds;
-	// on the little-endian targets bpf2go builds for, that is a byte swap.
-	k.Port = port>>8 | port<<8
-	return k
 }
 
 // YAML renders the effective policy, every key in schema order (see

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/imdsguard/imdsguard/bpf"
+
+	"github.com/imdsguard/imdsguard/internal/ktables"
 )
 
 func TestDefaultPolicy(t *testing.T) {
@@ -93,7 +95,7 @@ func TestEndpointKey(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ParseEndpoint(%q): %v", tt.in, err)
 		}
-		k := EndpointKey(ap)
+		k := ktables.EndpointKey(ap)
 		if k.Addr != tt.wantAddr {
 			t.Errorf("%s: addr % x, want % x", tt.in, k.Addr, tt.wantAddr)
 		}

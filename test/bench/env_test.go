@@ -28,6 +28,7 @@ import (
 	"github.com/imdsguard/imdsguard/bpf"
 	"github.com/imdsguard/imdsguard/internal/enforcer"
 	"github.com/imdsguard/imdsguard/internal/loader"
+	"github.com/imdsguard/imdsguard/internal/policy"
 	"github.com/imdsguard/imdsguard/test/daemon"
 	"github.com/imdsguard/imdsguard/test/imdsserver"
 	"github.com/imdsguard/imdsguard/test/lab"
@@ -148,7 +149,7 @@ func (g *guardDaemon) stop(b *testing.B) {
 // a function that detaches everything and the guard, for its counters.
 func loadPrograms(b *testing.B, l *lab.Lab) (func(), *loader.Guard) {
 	b.Helper()
-	pol, err := enforcer.LoadPolicy("", "")
+	pol, err := policy.LoadOrDefault("", "")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -160,7 +161,7 @@ func loadPrograms(b *testing.B, l *lab.Lab) (func(), *loader.Guard) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	g, err := loader.Load(context.Background(), plan.Compiled, loader.Options{Cgroup: l.Cgroup, HostNetnsCookie: cookie, CgroupRules: plan.Cgroups}, zap.NewNop())
+	g, err := loader.Load(context.Background(), &plan.Compiled.Tables, loader.Options{Cgroup: l.Cgroup, HostNetnsCookie: cookie, CgroupRules: plan.Cgroups}, zap.NewNop())
 	if err != nil {
 		b.Fatalf("loading imdsguard's programs: %v", err)
 	}

@@ -1,4 +1,7 @@
-package events
+// Package eventreader reads the kernel's event records from the ring
+// buffer, enriches them (cgroup paths, containers, pods, process details),
+// folds repeats, and hands them to a sink.
+package eventreader
 
 import (
 	"bytes"
@@ -16,11 +19,12 @@ import (
 
 	"github.com/imdsguard/imdsguard/bpf"
 	"github.com/imdsguard/imdsguard/internal/containerid"
+	"github.com/imdsguard/imdsguard/internal/events"
 )
 
 // Sink receives enriched events.
 type Sink interface {
-	Emit(*Event)
+	Emit(*events.Event)
 }
 
 // Reader drains the kernel's ring buffer into a sink.
@@ -49,12 +53,12 @@ const MaxCmdline = 256
 type RuleNamer func(gen uint8, idx uint16) string
 
 // NewReader reads events from the ring buffer map.
-func NewReader(events *ebpf.Map, opts ReaderOptions, sink Sink, log *zap.Logger) (*Reader, error) {
-	rb, err := ringbuf.NewReader(events)
+func NewReader(ring *ebpf.Map, opts ReaderOptions, sink Sink, log *zap.Logger) (*Reader, error) {
+	rb, err := ringbuf.NewReader(ring)
 	if err != nil {
 		return nil, fmt.Errorf("opening ring buffer: %w", err)
 	}
-	return &Reader{rb: rb, opts: opts, sink: sink, bootOffset: MonotonicOffset(), log: log}, nil
+	return &Reader{rb: rb, opts: opts, sink: sink, bootOffset: events.MonotonicOffset(), log: log}, nil
 }
 
 // pollInterval is how often Run reads the ring buffer. The programs submit
@@ -95,7 +99,7 @@ func (r *Reader) Run(stop <-chan struct{}) {
 			r.log.Warn("decoding event", zap.Error(err), zap.Int("bytes", len(rec.RawSample)))
 			continue
 		}
-		ev := Decode(&raw, r.bootOffset)
+		ev := events.Decode(&raw, r.bootOffset)
 		r.enrich(&ev)
 		r.sink.Emit(&ev)
 	}
@@ -106,7 +110,7 @@ func (r *Reader) Close() error { return r.rb.Close() }
 
 // enrich adds what the kernel record does not carry. Best effort: a process
 // or cgroup that is already gone leaves its field empty, never guessed.
-func (r *Reader) enrich(ev *Event) {
+func (r *Reader) enrich(ev *events.Event) {
 	if r.opts.Cgroups != nil {
 		ev.Cgroup = r.opts.Cgroups.Path(ev.CgroupID)
 	}

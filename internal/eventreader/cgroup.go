@@ -1,4 +1,4 @@
-package events
+package eventreader
 
 import (
 	"encoding/binary"

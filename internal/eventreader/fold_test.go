@@ -1,23 +1,24 @@
-package events
+package eventreader
 
 import (
 	"testing"
 	"time"
 
 	"github.com/imdsguard/imdsguard/bpf"
+	"github.com/imdsguard/imdsguard/internal/events"
 )
 
-type capture struct{ evs []Event }
+type capture struct{ evs []events.Event }
 
-func (c *capture) Emit(ev *Event) { c.evs = append(c.evs, *ev) }
+func (c *capture) Emit(ev *events.Event) { c.evs = append(c.evs, *ev) }
 
 func TestFolderFoldsRepeats(t *testing.T) {
 	var c capture
 	clock := time.Unix(1000, 0)
 	f := NewFolder(&c, 10*time.Second)
 	f.now = func() time.Time { return clock }
-	ev := func(path string, pid uint32) *Event {
-		return &Event{Kind: bpf.KindRequest, Action: bpf.ActionDeny, Reason: bpf.ReasonIMDSv1NoToken,
+	ev := func(path string, pid uint32) *events.Event {
+		return &events.Event{Kind: bpf.KindRequest, Action: bpf.ActionDeny, Reason: bpf.ReasonIMDSv1NoToken,
 			CgroupID: 7, Comm: "curl", Path: path, PID: pid}
 	}
 	for i := range 5 {
@@ -52,7 +53,7 @@ func TestFolderOff(t *testing.T) {
 	var c capture
 	f := NewFolder(&c, 0)
 	for range 3 {
-		f.Emit(&Event{Path: "/a"})
+		f.Emit(&events.Event{Path: "/a"})
 	}
 	if len(c.evs) != 3 {
 		t.Fatalf("window 0 must pass everything: %d", len(c.evs))

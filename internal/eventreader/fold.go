@@ -1,4 +1,4 @@
-package events
+package eventreader
 
 import (
 	"net/netip"
@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/imdsguard/imdsguard/bpf"
+	"github.com/imdsguard/imdsguard/internal/events"
 )
 
 // foldKey is what makes two events repeats of each other: the same
@@ -25,7 +26,7 @@ type foldKey struct {
 type fold struct {
 	opened  time.Time
 	repeats uint64
-	last    Event
+	last    events.Event
 }
 
 // Folder passes the first event of each kind of repeat at once and folds
@@ -48,7 +49,7 @@ func NewFolder(next Sink, window time.Duration) *Folder {
 }
 
 // Emit implements Sink.
-func (f *Folder) Emit(ev *Event) {
+func (f *Folder) Emit(ev *events.Event) {
 	if f.window <= 0 {
 		f.next.Emit(ev)
 		return
@@ -72,7 +73,7 @@ func (f *Folder) Emit(ev *Event) {
 // all windows when all is set (at exit).
 func (f *Folder) Flush(all bool) {
 	now := f.now()
-	var out []Event
+	var out []events.Event
 	f.mu.Lock()
 	for k, fd := range f.open {
 		if !all && now.Sub(fd.opened) < f.window {

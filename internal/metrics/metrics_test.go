@@ -1,0 +1,89 @@
+package metrics
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imdsguard/imdsguard/bpf"
+	"github.com/imdsguard/imdsguard/internal/loader"
+)
+
+// source is a daemon as the metrics see it, without a kernel.
+type source struct {
+	counters   loader.Counters
+	hooks      []string
+	ready      bool
+	lastRescan time.Time
+}
+
+func (s *source) Counters() (loader.Counters, error) { return s.counters, nil }
+func (s *source) Hooks() []string                    { return s.hooks }
+func (s *source) Reloads() map[string]uint64         { return map[string]uint64{"loaded": 2, "rejected": 1} }
+func (s *source) Ready() bool                        { return s.ready }
+func (s *source) LastRescan() time.Time              { return s.lastRescan }
+func (s *source) OutputDropped() uint64              { return 7 }
+
+func get(t *testing.T, h http.Handler, path string) (int, string) {
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	body, _ := io.ReadAll(rec.Result().Body)
+	return rec.Code, string(body)
+}
+
+// The counters come out as they are in the kernel, by verdict, with the
+// hooks, reloads, lost and dropped events.
+func TestMetricsReportTheKernelCounters(t *testing.T) {
+	src := &source{
+		counters: loader.CountersFrom(map[uint32]uint64{
+			bpf.CounterSlot(bpf.KindRequest, bpf.ActionDeny, bpf.ReasonIMDSv1NoToken): 3,
+			bpf.CounterSlot(bpf.KindConnect, bpf.ActionDeny, bpf.ReasonNonHostNetns):  2,
+			bpf.CounterEventsLost: 5,
+		}),
+		hooks: []string{"sk_msg", "egress"}, ready: true, lastRescan: time.Now(),
+	}
+	code, body := get(t, Handler(src), "/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics: %d", code)
+	}
+	for _, want := range []string{
+		`imdsguard_requests_total{action="deny",reason="imdsv1_no_token"} 3`,
+		`imdsguard_connections_total{action="deny",reason="non_host_netns"} 2`,
+		`imdsguard_events_lost_total 5`,
+		`imdsguard_attached{hook="egress"} 1`,
+		`imdsguard_policy_reloads_total{result="rejected"} 1`,
+		`imdsguard_output_dropped_total 7`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, body)
+		}
+	}
+}
+
+// /readyz is ready only while the programs are attached and the cgroup
+// tree was scanned lately; /healthz only says the process answers.
+func TestReadinessFollowsAttachmentAndRescans(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		src  source
+		code int
+		says string
+	}{
+		{"ready", source{ready: true, lastRescan: time.Now()}, http.StatusOK, "ready (last cgroup rescan"},
+		{"not attached", source{ready: false, lastRescan: time.Now()}, http.StatusServiceUnavailable, "not ready"},
+		{"stale rescan", source{ready: true, lastRescan: time.Now().Add(-2 * StaleRescan)}, http.StatusServiceUnavailable, "the last cgroup rescan was"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, body := get(t, Handler(&tc.src), "/readyz")
+			if code != tc.code || !strings.Contains(body, tc.says) {
+				t.Errorf("/readyz = %d %q, want %d and %q", code, body, tc.code, tc.says)
+			}
+			if code, _ := get(t, Handler(&tc.src), "/healthz"); code != http.StatusOK {
+				t.Errorf("/healthz = %d, want 200", code)
+			}
+		})
+	}
+}

@@ -1,0 +1,83 @@
+package layout
+
+import (
+	"go/parser"
+	"go/token"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/imdsguard/imdsguard/"
+
+// Layers point one way: the kernel side knows nothing of policy files or
+// of where events go, and the policy knows nothing of outputs.
+func TestLayersPointOneWay(t *testing.T) {
+	for pkg, banned := range map[string][]string{
+		"internal/loader": {"internal/policy", "internal/events", "internal/ocsf", "internal/sinks", "internal/output", "internal/enforcer"},
+		"internal/policy": {"internal/events", "internal/ocsf", "internal/sinks", "internal/output", "internal/loader"},
+		// rendering events needs their schema, not the kernel's reader
+		"internal/output": {"internal/eventreader", "internal/loader", "internal/policy"},
+		"internal/ocsf":   {"internal/eventreader", "internal/loader", "internal/policy"},
+	} {
+		deps := moduleDeps(t, pkg)
+		for _, b := range banned {
+			if slices.Contains(deps, b) {
+				t.Errorf("%s depends on %s (its dependencies: %v)", pkg, b, deps)
+			}
+		}
+	}
+}
+
+// moduleDeps lists the packages of this module that pkg imports, directly
+// or not (tests aside).
+func moduleDeps(t *testing.T, pkg string) []string {
+	seen := map[string]bool{}
+	var visit func(p string)
+	visit = func(p string) {
+		for _, imp := range imports(t, p) {
+			if rel, ok := strings.CutPrefix(imp, module); ok && !seen[rel] {
+				seen[rel] = true
+				visit(rel)
+			}
+		}
+	}
+	visit(pkg)
+	var out []string
+	for p := range seen {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// imports lists what the non-test files of the package at dir (relative
+// to the module root) import.
+func imports(t *testing.T, dir string) []string {
+	files, err := filepath.Glob(filepath.Join("../..", dir, "*.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		af, err := parser.ParseFile(token.NewFileSet(), f, src, parser.ImportsOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, is := range af.Imports {
+			p, _ := strconv.Unquote(is.Path.Value)
+			out = append(out, p)
+		}
+	}
+	return out
+}
