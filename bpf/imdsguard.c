@@ -111,13 +111,9 @@ static __always_inline void emit_connect(struct bpf_sock_addr *ctx, const struct
 					 __u64 cookie, const struct owner *o, __u8 action, __u8 reason, __u8 flags,
 					 __u16 rule)
 {
-	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		/* The verdict counter is already exact; this says an event is missing. */
-		count(COUNTER_EVENTS_LOST);
+	struct event *e = event_begin();
+	if (!e)
 		return;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
 	event_owner(e, o);
 	e->netns_cookie = cookie;
 	__builtin_memcpy(e->addr, key->addr, sizeof(e->addr));
@@ -358,12 +354,9 @@ static __always_inline void emit_request(const struct emit_ctx *c, const struct 
 	count(COUNTER_SLOT(KIND_REQUEST, r->action, r->reason));
 	if (r->flags & REQ_CREDENTIAL)
 		count(COUNTER_CREDENTIAL + (r->action < ACTION_MAX ? r->action : 0));
-	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count(COUNTER_EVENTS_LOST);
+	struct event *e = event_begin();
+	if (!e)
 		return;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
 	event_owner(e, c->owner);
 	e->netns_cookie = c->netns_cookie;
 	__builtin_memcpy(e->addr, c->addr, sizeof(e->addr));
@@ -447,6 +440,107 @@ static __always_inline __u32 copy_msg(struct sk_msg_md *msg, struct judge *j, __
 	return len;
 }
 
+/* Counts a request refused (or audited) before it was judged. */
+static __always_inline void count_unjudged(const struct config *cfg, __u8 reason)
+{
+	count(COUNTER_SLOT(KIND_REQUEST, verdict(cfg, reason), reason));
+}
+
+/* The stream the server reads is the stream judged: the bytes the socket
+ * has queued since its SYN must be the bytes the judge let through. More
+ * means bytes entered without the judge (Fast Open data, a write that
+ * raced the connect, a write the kernel sent without running this
+ * program): the socket is poisoned, so that no later judged write can
+ * lift the egress guard over them. Fewer means judged bytes the kernel did
+ * not take (a non-blocking write that could not be pushed): they are not
+ * counted. Returns 1 when the write is to be dropped. */
+static __always_inline int stream_disagrees(struct bpf_sock *sk, struct sock_state *st, struct emit_ctx *ec)
+{
+	if (!(st->flags & SOCK_ISN))
+		return 0;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	__u32 queued = tp->write_seq - (st->isn + 1);
+	__s32 extra = (__s32)(queued - (__u32)st->passed);
+	if (extra < 0) {
+		st->passed += extra;
+		return 0;
+	}
+	if (extra == 0)
+		return 0;
+	st->flags |= SOCK_POISONED;
+	return report_socket(ec, REASON_UNJUDGED_WRITE) == ACTION_DENY;
+}
+
+/* Why every request of this write is refused whatever it says (the
+ * owner's deny rule, another network namespace), or REASON_NONE. */
+static __always_inline __u8 forced_reason(const struct config *cfg, __u32 rflags, __u64 netns_cookie)
+{
+	if (rflags & RULE_DENY)
+		return REASON_POLICY_RULE;
+	if ((cfg->flags & CONFIG_BLOCK_NON_HOST_NETNS) && !(rflags & RULE_ALLOW_NON_HOST_NETNS) &&
+	    netns_cookie != cfg->host_netns_cookie)
+		return REASON_NON_HOST_NETNS;
+	return REASON_NONE;
+}
+
+/* The socket's judge state, made at its first write; NULL (counted) when
+ * the write cannot be judged at all. */
+static __always_inline struct sock_state *judged_state(struct sk_msg_md *msg, const struct config *cfg, struct judge *j)
+{
+	struct bpf_sock *sk = msg->sk;
+	if (!sk)
+		return 0;
+	struct sock_state *st = bpf_sk_storage_get(&sock_states, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		count_unjudged(cfg, REASON_PARSE_ERROR);
+		return 0;
+	}
+	if (st->flags & SOCK_POISONED) {
+		count_unjudged(cfg, REASON_URGENT_DATA);
+		return 0;
+	}
+	/* another writer preempted on this CPU is using the scratch space */
+	if (j->busy) {
+		count_unjudged(cfg, REASON_PARSE_ERROR);
+		return 0;
+	}
+	return st;
+}
+
+/* The owner's rule: deny refuses every request, allowV1 lifts the token
+ * rule, allowNonHostNetns the netns one. A socket of another network
+ * namespace gets here only if it was adopted at start or connected in
+ * audit mode: its requests are refused. The owner is the task that
+ * connected; a socket adopted at start has none recorded and takes the
+ * first task that writes to it. */
+static __always_inline const struct rule *owner_rule(struct sock_state *st, __u32 gen, __u16 *idx)
+{
+	if (!(st->flags & SOCK_OWNED)) {
+		owner_of_current(&st->owner);
+		find_rules_of_new_cgroup(&st->owner, gen);
+		st->flags |= SOCK_OWNED;
+	}
+	return match_rule(gen, &st->owner, idx);
+}
+
+/* Acts on the judgement: events, cork or pass, apply. */
+static __always_inline int apply_judgement(struct sk_msg_md *msg, struct sock_state *st, struct judgement *jm, struct emit_ctx *ec)
+{
+	if (jm->emit_to > jm->emit_from) {
+		ec->from = jm->emit_from;
+		bpf_loop(jm->emit_to - jm->emit_from, emit_one, ec, 0);
+	}
+	if (jm->cork)
+		bpf_msg_cork_bytes(msg, jm->cork);
+	else if (jm->verdict == VERDICT_PASS)
+		st->passed += jm->apply ? jm->apply : jm->msg_size;
+	if (jm->apply)
+		bpf_msg_apply_bytes(msg, jm->apply);
+	return jm->verdict == VERDICT_DROP ? SK_DROP : SK_PASS;
+}
+
 SEC("sk_msg")
 int imds_msg(struct sk_msg_md *msg)
 {
@@ -456,27 +550,12 @@ int imds_msg(struct sk_msg_md *msg)
 	if (!cfg)
 		return SK_DROP;
 	int fail = cfg->mode == MODE_AUDIT ? SK_PASS : SK_DROP;
-
 	struct judge *j = bpf_map_lookup_elem(&judges, &zero);
 	if (!j)
 		return fail;
-	struct bpf_sock *sk = msg->sk;
-	if (!sk)
+	struct sock_state *st = judged_state(msg, cfg, j);
+	if (!st)
 		return fail;
-	struct sock_state *st = bpf_sk_storage_get(&sock_states, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!st) {
-		count(COUNTER_SLOT(KIND_REQUEST, cfg->mode == MODE_AUDIT ? ACTION_AUDIT : ACTION_DENY, REASON_PARSE_ERROR));
-		return fail;
-	}
-	if (st->flags & SOCK_POISONED) {
-		count(COUNTER_SLOT(KIND_REQUEST, cfg->mode == MODE_AUDIT ? ACTION_AUDIT : ACTION_DENY, REASON_URGENT_DATA));
-		return fail;
-	}
-	/* another writer preempted on this CPU is using the scratch space */
-	if (j->busy) {
-		count(COUNTER_SLOT(KIND_REQUEST, cfg->mode == MODE_AUDIT ? ACTION_AUDIT : ACTION_DENY, REASON_PARSE_ERROR));
-		return fail;
-	}
 	j->busy = 1;
 
 	__u32 size = msg->size;
@@ -484,24 +563,12 @@ int imds_msg(struct sk_msg_md *msg)
 	__u32 len = copy_msg(msg, j, want);
 	if (len != want) {
 		j->busy = 0;
-		count(COUNTER_SLOT(KIND_REQUEST, cfg->mode == MODE_AUDIT ? ACTION_AUDIT : ACTION_DENY, REASON_PARSE_ERROR));
+		count_unjudged(cfg, REASON_PARSE_ERROR);
 		return fail;
 	}
-
-	/* The owner's rule: deny refuses every request, allowV1 lifts the
-	 * token rule, allowNonHostNetns the netns one. A socket of another
-	 * network namespace gets here only if it was adopted at start or
-	 * connected in audit mode: its requests are refused. The owner is the
-	 * task that connected; a socket adopted at start has none recorded and
-	 * takes the first task that writes to it. */
-	if (!(st->flags & SOCK_OWNED)) {
-		owner_of_current(&st->owner);
-		find_rules_of_new_cgroup(&st->owner, gen);
-		st->flags |= SOCK_OWNED;
-	}
 	__u16 idx = 0;
+	const struct rule *rule = owner_rule(st, gen, &idx);
 	__u64 netns_cookie = bpf_get_netns_cookie(msg);
-	const struct rule *rule = match_rule(gen, &st->owner, &idx);
 	/* what every event of this run shares */
 	struct emit_ctx ec = {
 		.cfg = cfg, .j = j, .owner = &st->owner, .netns_cookie = netns_cookie, .gen = gen,
@@ -522,55 +589,17 @@ int imds_msg(struct sk_msg_md *msg)
 			return SK_DROP;
 		}
 	}
-
-	/* The stream the server reads is the stream judged: the bytes the
-	 * socket has queued since its SYN must be the bytes the judge let
-	 * through. More means bytes entered without the judge (Fast Open
-	 * data, a write that raced the connect, a write the kernel sent
-	 * without running this program): the socket is poisoned, so that no
-	 * later judged write can lift the egress guard over them. Fewer means
-	 * judged bytes the kernel did not take (a non-blocking write that
-	 * could not be pushed): they are not counted. */
-	if (st->flags & SOCK_ISN) {
-		struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
-		if (tp) {
-			__u32 queued = tp->write_seq - (st->isn + 1);
-			__s32 extra = (__s32)(queued - (__u32)st->passed);
-			if (extra < 0) {
-				st->passed += extra;
-			} else if (extra > 0) {
-				st->flags |= SOCK_POISONED;
-				if (report_socket(&ec, REASON_UNJUDGED_WRITE) == ACTION_DENY) {
-					j->busy = 0;
-					return SK_DROP;
-				}
-			}
-		}
+	if (stream_disagrees(msg->sk, st, &ec)) {
+		j->busy = 0;
+		return SK_DROP;
 	}
 	__u32 rflags = rule ? rule->flags : 0;
-	__u8 force = 0;
-	if (rflags & RULE_DENY)
-		force = REASON_POLICY_RULE;
-	else if ((cfg->flags & CONFIG_BLOCK_NON_HOST_NETNS) && !(rflags & RULE_ALLOW_NON_HOST_NETNS) &&
-		 netns_cookie != cfg->host_netns_cookie)
-		force = REASON_NON_HOST_NETNS;
 	__u32 clear = (rflags & RULE_ALLOW_V1) ? CONFIG_REQUIRE_TOKEN : 0;
-
 	struct judgement jm = {.msg_size = size};
-	judge_message(j, len, cfg, st, &jm, force, clear);
-
-	if (jm.emit_to > jm.emit_from) {
-		ec.from = jm.emit_from;
-		bpf_loop(jm.emit_to - jm.emit_from, emit_one, &ec, 0);
-	}
-	if (jm.cork)
-		bpf_msg_cork_bytes(msg, jm.cork);
-	else if (jm.verdict == VERDICT_PASS)
-		st->passed += jm.apply ? jm.apply : size;
-	if (jm.apply)
-		bpf_msg_apply_bytes(msg, jm.apply);
+	judge_message(j, len, cfg, st, &jm, forced_reason(cfg, rflags, netns_cookie), clear);
+	int ret = apply_judgement(msg, st, &jm, &ec);
 	j->busy = 0;
-	return jm.verdict == VERDICT_DROP ? SK_DROP : SK_PASS;
+	return ret;
 }
 
 /*
@@ -663,14 +692,11 @@ struct tcphdr___ig {
 static __always_inline void report_segment(struct __sk_buff *skb, struct sock_state *st, const struct config *cfg,
 					   __u8 reason, __u8 ipver, __be16 dport)
 {
-	__u8 action = cfg->mode == MODE_AUDIT ? ACTION_AUDIT : ACTION_DENY;
+	__u8 action = verdict(cfg, reason);
 	count(COUNTER_SLOT(KIND_REQUEST, action, reason));
-	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count(COUNTER_EVENTS_LOST);
+	struct event *e = event_begin();
+	if (!e)
 		return;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
 	event_owner(e, &st->owner);
 	e->kind = KIND_REQUEST;
 	e->action = action;

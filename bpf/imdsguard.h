@@ -298,6 +298,19 @@ static __always_inline void count(__u32 slot)
 		*c += 1;
 }
 
+/* A zeroed event in the ring buffer, or NULL with the loss counted (the
+ * verdict counters stay exact either way). */
+static __always_inline struct event *event_begin(void)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(COUNTER_EVENTS_LOST);
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	return e;
+}
+
 /*
  * Submit without waking the reader: a wake-up costs the writer several
  * microseconds (irq_work), more than judging the request. The daemon polls

@@ -21,7 +21,7 @@ static __always_inline int refuse_egress_bypass(int level, int optname)
 	if (level != SOL_XDP && !(level == SOL_PACKET && optname == PACKET_QDISC_BYPASS))
 		return 0;
 	struct config *cfg = get_config();
-	__u8 action = cfg && cfg->mode == MODE_AUDIT ? ACTION_AUDIT : ACTION_DENY;
+	__u8 action = cfg ? verdict(cfg, REASON_EGRESS_BYPASS) : ACTION_DENY;
 	count(COUNTER_SLOT(KIND_CONNECT, action, REASON_EGRESS_BYPASS));
 	return action == ACTION_DENY;
 }

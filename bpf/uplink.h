@@ -70,12 +70,9 @@ static __always_inline void report_raw_packet(struct __sk_buff *skb, const struc
 	__u8 one = 1;
 	if (bpf_map_update_elem(&raw_reported, &cookie, &one, BPF_NOEXIST))
 		return;
-	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count(COUNTER_EVENTS_LOST);
+	struct event *e = event_begin();
+	if (!e)
 		return;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
 	e->ts_ns = bpf_ktime_get_ns();
 	e->cgroup_id = bpf_skb_cgroup_id(skb);
 	e->uid = bpf_get_socket_uid(skb);
@@ -116,7 +113,7 @@ int imds_uplink(struct __sk_buff *skb)
 	if (r == PARSE_CHECK && !has_payload(skb, &p))
 		return TC_ACT_UNSPEC;
 
-	__u8 action = cfg && cfg->mode == MODE_AUDIT ? ACTION_AUDIT : ACTION_DENY;
+	__u8 action = cfg ? verdict(cfg, REASON_RAW_PACKET) : ACTION_DENY;
 	count(COUNTER_SLOT(KIND_CONNECT, action, REASON_RAW_PACKET));
 	if (r == PARSE_CHECK)
 		report_raw_packet(skb, &p, action);

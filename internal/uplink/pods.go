@@ -119,7 +119,9 @@ func inPods(hostNetnsPath string, fn func(h *netlink.Handle) ([]string, error)) 
 			devs, err = fn(h)
 			return err
 		})
-		if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
+		// a namespace that went away meanwhile (its process ended, its
+		// mount was removed: the path is then no namespace, EINVAL)
+		if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.EINVAL) {
 			errs = append(errs, fmt.Errorf("in %s: %w", name, err))
 		}
 		for _, d := range devs {
@@ -159,7 +161,7 @@ func podNetns(skip [2]uint64) map[string]string {
 	seen := map[[2]uint64]bool{skip: true}
 	add := func(path, name string) {
 		id, err := nsID(path)
-		if err != nil || seen[id] {
+		if err != nil || seen[id] || !isNetns(path) {
 			return
 		}
 		seen[id] = true
@@ -178,6 +180,13 @@ func podNetns(skip [2]uint64) map[string]string {
 		}
 	}
 	return out
+}
+
+// isNetns says whether path is a namespace file (nsfs), not the empty file
+// a removed `ip netns` mount leaves behind.
+func isNetns(path string) bool {
+	var fs unix.Statfs_t
+	return unix.Statfs(path, &fs) == nil && fs.Type == unix.NSFS_MAGIC
 }
 
 func nsID(path string) ([2]uint64, error) {
