@@ -315,6 +315,7 @@ func (d *daemon) instanceID(ctx context.Context) string {
 func (d *daemon) podNames() func(string) (string, string, string, bool) {
 	var names interface {
 		Lookup(string) (cri.Names, bool)
+		Warm()
 		Close() error
 	}
 	switch sock := d.cfg.criSocket; sock {
@@ -330,6 +331,7 @@ func (d *daemon) podNames() func(string) (string, string, string, bool) {
 		}
 	}
 	d.onClose(func() { names.Close() })
+	go names.Warm() // the names of the containers running now, before their first event
 	return func(id string) (string, string, string, bool) {
 		n, ok := names.Lookup(id)
 		return n.Pod, n.Namespace, n.Container, ok

@@ -81,6 +81,23 @@ func (c *Client) Lookup(id string) (Names, bool) {
 	return n, ok
 }
 
+// warmTimeout bounds the first listing, made at start: a runtime (or a
+// machine) slower than a lookup's 500 ms still fills the cache for the
+// containers running then.
+const warmTimeout = 3 * time.Second
+
+// Warm lists the runtime's containers once, so that the first events of
+// containers already running find their names. It leaves the refresh
+// clock alone: a container made just after is still looked up at its
+// first miss.
+func (c *Client) Warm() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), warmTimeout)
+	defer cancel()
+	c.refresh(ctx) // a runtime that is down leaves the cache empty, as a miss would
+}
+
 func (c *Client) refresh(ctx context.Context) error {
 	cs, err := c.rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{})
 	if err != nil {
@@ -153,6 +170,24 @@ func (a *Auto) Lookup(id string) (Names, bool) {
 		return Names{}, false
 	}
 	return c.Lookup(id)
+}
+
+// Warm is Client.Warm on the runtime found, if there is one now.
+func (a *Auto) Warm() {
+	a.mu.Lock()
+	if a.c == nil {
+		a.tried = time.Now()
+		if p := a.find(); p != "" {
+			if c, err := Dial(p); err == nil {
+				a.c = c
+			}
+		}
+	}
+	c := a.c
+	a.mu.Unlock()
+	if c != nil {
+		c.Warm()
+	}
 }
 
 // Close closes the client, if a runtime was found.

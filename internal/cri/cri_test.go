@@ -100,3 +100,50 @@ func TestAutoFindsARuntimeThatStartsLater(t *testing.T) {
 		t.Fatalf("after the runtime started: %+v %v", n, ok)
 	}
 }
+
+// slowRuntime answers after a delay longer than a lookup's timeout, as a
+// loaded runtime (or an emulated machine) may.
+type slowRuntime struct{ fakeRuntime }
+
+func (s *slowRuntime) ListContainers(ctx context.Context, r *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error) {
+	time.Sleep(800 * time.Millisecond)
+	return s.fakeRuntime.ListContainers(ctx, r)
+}
+
+// Warm fills the cache at start with a longer timeout than a lookup's, so
+// the first event of a running container has its names even from a slow
+// runtime; a container made later is still listed at its first miss.
+func TestWarmFillsTheCacheFromASlowRuntime(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "cri.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	slow := &slowRuntime{}
+	runtimeapi.RegisterRuntimeServiceServer(srv, slow)
+	go srv.Serve(ln)
+	defer srv.Stop()
+
+	cold, err := Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cold.Close()
+	if _, ok := cold.Lookup("aaa"); ok {
+		t.Fatal("a lookup got an answer slower than its timeout: the test shows nothing")
+	}
+
+	c, err := Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Warm()
+	if n, ok := c.Lookup("aaa"); !ok || n.Pod != "web-1" {
+		t.Fatalf("after Warm, aaa: %+v %v", n, ok)
+	}
+	if !c.refreshed.IsZero() {
+		t.Fatal("Warm set the refresh clock: a container made just after start would wait for its names")
+	}
+}
