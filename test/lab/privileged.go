@@ -158,7 +158,17 @@ func probeBPF() error {
 		expectedAttachType: unix.BPF_CGROUP_INET4_CONNECT,
 	}
 	copy(attr.progName[:], "imdsguard_probe")
-	fd, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_LOAD, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	var fd uintptr
+	var errno unix.Errno
+	// The verifier gives up with EAGAIN when a signal is pending (the Go
+	// runtime's preemption signals, on a slow machine): try again, as
+	// cilium/ebpf does.
+	for range 10 {
+		fd, _, errno = unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_LOAD, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+		if errno != unix.EAGAIN {
+			break
+		}
+	}
 	runtime.KeepAlive(insns)
 	runtime.KeepAlive(license)
 	if errno != 0 {
