@@ -132,6 +132,7 @@ type Enforcer struct {
 	table     *nft.Table
 	netnsFd   int
 	hostNetns [2]uint64
+	selfNetns [2]uint64 // the daemon's own (the host's unless --host-netns)
 	nftCfg    nft.Config
 	nftOn     bool
 	restores  uint64

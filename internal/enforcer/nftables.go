@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/imdsguard/imdsguard/internal/events"
+	"github.com/imdsguard/imdsguard/internal/netnsexec"
 	"github.com/imdsguard/imdsguard/internal/nft"
 	"github.com/imdsguard/imdsguard/internal/policy"
 )
@@ -57,10 +58,7 @@ func (e *Enforcer) allowedSources() []netip.Addr {
 	// The host's namespace is never a source (its packets are not
 	// forwarded), nor is the daemon's own (the same one, but under
 	// --host-netns): its devices are not a pod's to guard.
-	seen := map[[2]uint64]bool{e.hostNetns: true}
-	if self, err := netnsID(""); err == nil {
-		seen[self] = true
-	}
+	seen := map[[2]uint64]bool{e.hostNetns: true, e.selfNetns: true}
 	var out []netip.Addr
 	for _, path := range e.plan.tree {
 		if !slices.ContainsFunc(globs, func(g string) bool { return policy.MatchCgroup(g, path) }) {
@@ -76,7 +74,7 @@ func (e *Enforcer) allowedSources() []netip.Addr {
 				continue
 			}
 			nsPath := fmt.Sprintf("/proc/%d/ns/net", pid)
-			id, err := netnsID(nsPath)
+			id, err := netnsexec.ID(nsPath)
 			if err != nil || seen[id] {
 				continue
 			}
@@ -142,29 +140,20 @@ func (e *Enforcer) admitNetns(nsPath string, id [2]uint64, cgroup string) []neti
 	return out
 }
 
-// netnsID identifies the network namespace at path (or the caller's).
-func netnsID(path string) ([2]uint64, error) {
-	if path == "" {
-		path = "/proc/self/ns/net"
-	}
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return [2]uint64{}, fmt.Errorf("stat %s: %w", path, err)
-	}
-	return [2]uint64{st.Dev, st.Ino}, nil
-}
-
 // StartTable sets up the nftables layer in the host's network namespace
 // (hostNetnsPath, or the daemon's own when ""). A kernel without nf_tables
 // gets one warning and the daemon runs with eBPF alone.
 func (e *Enforcer) StartTable(hostNetnsPath string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	id, err := netnsID(hostNetnsPath)
+	id, err := netnsexec.ID(hostNetnsPath)
 	if err != nil {
 		return err
 	}
 	e.hostNetns = id
+	if e.selfNetns, err = netnsexec.ID(""); err != nil {
+		return err
+	}
 	if hostNetnsPath != "" {
 		fd, err := unix.Open(hostNetnsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {

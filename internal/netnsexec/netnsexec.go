@@ -44,3 +44,16 @@ func Do(path string, fn func() error) error {
 	}()
 	return <-errc
 }
+
+// ID identifies the network namespace at path (the caller's for ""): two
+// paths name the same namespace when their IDs are equal.
+func ID(path string) ([2]uint64, error) {
+	if path == "" {
+		path = "/proc/self/ns/net"
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return [2]uint64{}, fmt.Errorf("stat %s: %w", path, err)
+	}
+	return [2]uint64{st.Dev, st.Ino}, nil
+}

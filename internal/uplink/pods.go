@@ -12,6 +12,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/imdsguard/imdsguard/internal/netnsexec"
 )
 
 // Pods puts the uplink program on the devices of the network namespaces
@@ -104,10 +106,7 @@ func AttachedInPods(hostNetnsPath string, maps []ebpf.MapID) ([]string, error) {
 // host's, and names the devices it returns by namespace. A namespace that
 // goes away meanwhile is no error.
 func inPods(hostNetnsPath string, fn func(h *netlink.Handle) ([]string, error)) (names []string, err error) {
-	if hostNetnsPath == "" {
-		hostNetnsPath = "/proc/self/ns/net"
-	}
-	host, err := nsID(hostNetnsPath)
+	host, err := netnsexec.ID(hostNetnsPath)
 	if err != nil {
 		return nil, err
 	}
@@ -160,7 +159,7 @@ func podNetns(skip [2]uint64) map[string]string {
 	out := map[string]string{}
 	seen := map[[2]uint64]bool{skip: true}
 	add := func(path, name string) {
-		id, err := nsID(path)
+		id, err := netnsexec.ID(path)
 		if err != nil || seen[id] || !isNetns(path) {
 			return
 		}
@@ -187,12 +186,4 @@ func podNetns(skip [2]uint64) map[string]string {
 func isNetns(path string) bool {
 	var fs unix.Statfs_t
 	return unix.Statfs(path, &fs) == nil && fs.Type == unix.NSFS_MAGIC
-}
-
-func nsID(path string) ([2]uint64, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return [2]uint64{}, fmt.Errorf("stat %s: %w", path, err)
-	}
-	return [2]uint64{st.Dev, st.Ino}, nil
 }
