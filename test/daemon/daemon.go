@@ -101,8 +101,8 @@ func start(t testing.TB, bin string, l *lab.Lab, discard bool, args ...string) *
 	case <-ready:
 	case <-d.done:
 		t.Fatalf("imdsguard exited before enforcing: %v\nstderr:\n%s", d.exitErr(), d.Stderr())
-	case <-time.After(20 * time.Second):
-		t.Fatalf("imdsguard not enforcing after 20s; stderr:\n%s", d.Stderr())
+	case <-time.After(lab.Patience(20 * time.Second)):
+		t.Fatalf("imdsguard not enforcing after %s; stderr:\n%s", lab.Patience(20*time.Second), d.Stderr())
 	}
 	return d
 }
@@ -196,7 +196,7 @@ func launch(t testing.TB, bin string, l *lab.Lab, discard bool, args ...string) 
 			d.cmd.Process.Signal(syscall.SIGTERM)
 			select {
 			case <-d.done:
-			case <-time.After(10 * time.Second):
+			case <-time.After(lab.Patience(10 * time.Second)):
 				d.cmd.Process.Kill()
 				<-d.done
 			}
@@ -240,14 +240,14 @@ func (d *Daemon) Stop() int {
 	return d.Wait()
 }
 
-// Wait waits up to 15 s for the daemon to exit and returns the exit code
+// Wait waits up to 15 s (times lab.Patience) for the daemon to exit and returns the exit code
 // (-1 when a signal ended it).
 func (d *Daemon) Wait() int {
 	d.t.Helper()
 	select {
 	case <-d.done:
-	case <-time.After(15 * time.Second):
-		d.t.Fatalf("imdsguard did not exit within 15s; stderr:\n%s", d.Stderr())
+	case <-time.After(lab.Patience(15 * time.Second)):
+		d.t.Fatalf("imdsguard did not exit within %s; stderr:\n%s", lab.Patience(15*time.Second), d.Stderr())
 	}
 	var ee *exec.ExitError
 	if err := d.exitErr(); errors.As(err, &ee) {
@@ -258,10 +258,11 @@ func (d *Daemon) Wait() int {
 	return 0
 }
 
-// WaitEvent waits up to 5 s for an event matching match.
+// WaitEvent waits up to 5 s (times lab.Patience) for an event matching match.
 func (d *Daemon) WaitEvent(desc string, match func(Event) bool) Event {
 	d.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	timeout := lab.Patience(5 * time.Second)
+	deadline := time.Now().Add(timeout)
 	for {
 		d.mu.Lock()
 		for _, ev := range d.events {
@@ -274,7 +275,7 @@ func (d *Daemon) WaitEvent(desc string, match func(Event) bool) Event {
 		raw := strings.Join(d.raw, "\n")
 		d.mu.Unlock()
 		if time.Now().After(deadline) {
-			d.t.Fatalf("no event %s within 5s; %d events:\n%s", desc, n, raw)
+			d.t.Fatalf("no event %s within %s; %d events:\n%s", desc, timeout, n, raw)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -300,6 +301,7 @@ func (d *Daemon) Signal(sig os.Signal) error { return d.cmd.Process.Signal(sig) 
 // WaitLog waits for a log line containing msg and returns it.
 func (d *Daemon) WaitLog(msg string, timeout time.Duration) string {
 	d.t.Helper()
+	timeout = lab.Patience(timeout)
 	deadline := time.Now().Add(timeout)
 	for {
 		for _, line := range strings.Split(d.Stderr(), "\n") {

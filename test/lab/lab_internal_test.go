@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseCgroup2Mount(t *testing.T) {
@@ -127,5 +128,17 @@ func TestSkipWithoutKernelFeatureDecision(t *testing.T) {
 				t.Errorf("skip message %q does not start with the prefix the matrix accepts", f.msg)
 			}
 		})
+	}
+}
+
+func TestPatienceScalesByTheFactorInItsVariable(t *testing.T) {
+	for _, c := range []struct {
+		env  string
+		want time.Duration
+	}{{"", 20 * time.Second}, {"3", 60 * time.Second}, {"x", 20 * time.Second}, {"0", 20 * time.Second}, {"21", 20 * time.Second}} {
+		t.Setenv(EnvPatience, c.env)
+		if got := Patience(20 * time.Second); got != c.want {
+			t.Errorf("%s=%q: Patience(20s) = %s, want %s", EnvPatience, c.env, got, c.want)
+		}
 	}
 }
