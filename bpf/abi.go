@@ -1,7 +1,7 @@
 package bpf
 
-// Go names for the values of imdsguard.h. Every value comes from the
-// enums bpf2go generates (imdsguard.h keeps them in the object's BTF), so
+// Go names for the values of abi.h. Every value comes from the
+// enums bpf2go generates (abi.h keeps them in the object's BTF), so
 // C and Go cannot disagree; only the names, and the strings events carry,
 // are written here.
 

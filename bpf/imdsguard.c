@@ -9,8 +9,10 @@
  * connection (including 169.254.170.2 and the EKS Pod Identity agent) passes
  * untouched.
  */
-#include "imdsguard.h"
-#include "http.h"
+#include "abi.h"
+#include "maps.h"
+#include "owner.h"
+#include "http/judge.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -22,6 +24,36 @@ struct tcp_sock {
 } __attribute__((preserve_access_index));
 #define AF_INET6 10
 #define SOCK_STREAM 1
+
+/* Per-socket state, kept across writes (sk_storage). */
+struct sock_state {
+	struct judge_state judge; /* where the judge stands in the socket's stream */
+	__u32 flags;      /* enum sock_flag */
+	__u32 isn;        /* initial sequence number, seen by the egress guard */
+	__u32 pad;
+	__u64 passed;     /* payload bytes the judge let through */
+	struct owner owner; /* who requests are judged by (SOCK_OWNED) */
+};
+
+enum sock_flag {
+	/* Connected to an IMDS endpoint under the guard (set at connect): the
+	 * egress guard checks that every payload byte it sends was judged. */
+	SOCK_GUARDED = 1 << 0,
+	/* The egress guard has seen the SYN and knows the ISN. */
+	SOCK_ISN = 1 << 1,
+	/* An unjudged write was reported already (once per socket). */
+	SOCK_REPORTED = 1 << 2,
+	/* owner holds the task that connected (set at connect), or for a
+	 * socket adopted at start, the first task that wrote to it. */
+	SOCK_OWNED = 1 << 3,
+	/* An adopted connection was reported already (once per socket). */
+	SOCK_ADOPTION_REPORTED = 1 << 4,
+	/* The stream the server reads and the judge's parted (urgent data):
+	 * every later segment is dropped, every later write refused. */
+	SOCK_POISONED = 1 << 5,
+	/* Counted in open_conns (from the active open until the close). */
+	SOCK_COUNTED = 1 << 6,
+};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -226,7 +258,7 @@ int imds_connect6(struct bpf_sock_addr *ctx)
 /*
  * Request-time enforcement: sockops puts every established TCP socket to an
  * IMDS endpoint into imds_socks; the sk_msg program attached to that map
- * judges every HTTP request written to those sockets (http.h).
+ * judges every HTTP request written to those sockets (http/judge.h).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -582,7 +614,7 @@ int imds_msg(struct sk_msg_md *msg)
 	 * can be judged. Enforce mode refuses every write on it (the drop
 	 * verdict sticks to the socket, so later writes fail unjudged); audit
 	 * mode reports it once and judges as well as it can. */
-	if ((st->flags & SOCK_UNSYNCED) && !(st->flags & SOCK_ADOPTION_REPORTED)) {
+	if (st->judge.unsynced && !(st->flags & SOCK_ADOPTION_REPORTED)) {
 		st->flags |= SOCK_ADOPTION_REPORTED;
 		if (report_socket(&ec, REASON_ADOPTED_CONNECTION) == ACTION_DENY) {
 			j->busy = 0;
@@ -596,7 +628,7 @@ int imds_msg(struct sk_msg_md *msg)
 	__u32 rflags = rule ? rule->flags : 0;
 	__u32 clear = (rflags & RULE_ALLOW_V1) ? CONFIG_REQUIRE_TOKEN : 0;
 	struct judgement jm = {.msg_size = size};
-	judge_message(j, len, cfg, st, &jm, forced_reason(cfg, rflags, netns_cookie), clear);
+	judge_message(j, len, cfg, &st->judge, &jm, forced_reason(cfg, rflags, netns_cookie), clear);
 	int ret = apply_judgement(msg, st, &jm, &ec);
 	j->busy = 0;
 	return ret;
@@ -606,7 +638,7 @@ int imds_msg(struct sk_msg_md *msg)
  * Adoption of connections opened before the guard: a socket iterator, run
  * once per network namespace at start, puts every established TCP socket to
  * an IMDS endpoint into imds_socks (as sockops does for new ones) and marks
- * it unsynced (see SOCK_UNSYNCED). Only the fields used are declared; CO-RE
+ * its judge state unsynced (see struct judge_state). Only the fields used are declared; CO-RE
  * finds them in the running kernel's layout.
  */
 struct in6_addr___ig {
@@ -655,7 +687,7 @@ int imds_adopt(struct bpf_iter__tcp *ctx)
 		return 0;
 	struct sock_state *st = bpf_sk_storage_get(&sock_states, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (st)
-		st->flags |= SOCK_UNSYNCED;
+		st->judge.unsynced = 1;
 	__u64 cookie = bpf_get_socket_cookie(skc);
 	long err = bpf_map_update_elem(&imds_socks, &cookie, skc, BPF_NOEXIST);
 	if (err == 0)

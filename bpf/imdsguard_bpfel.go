@@ -248,13 +248,18 @@ type ImdsguardRuleList struct {
 }
 
 type ImdsguardSockState struct {
-	_         structs.HostLayout
-	Skip      uint32
-	RerunFrom uint32
-	Flags     uint32
-	Isn       uint32
-	Passed    uint64
-	Owner     struct {
+	_     structs.HostLayout
+	Judge struct {
+		_         structs.HostLayout
+		Skip      uint32
+		RerunFrom uint32
+		Unsynced  uint32
+	}
+	Flags  uint32
+	Isn    uint32
+	Pad    uint32
+	Passed uint64
+	Owner  struct {
 		_         structs.HostLayout
 		CgroupId  uint64
 		Pid       uint32

@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-// The judge's fast paths (http.h fast_chain) take runs of bytes eight at a
+// The judge's fast paths (http/fast.h fast_chain) take runs of bytes eight at a
 // time or in bounded loops; the byte-by-byte walk through step_byte is the
 // reference. loadJudge's judgeProg runs every judgement both ways and
 // compares the outputs and the parser's whole state (crossCheck), so these
@@ -130,7 +130,7 @@ func TestJudgeFastPathsEveryLength(t *testing.T) {
 		jp.setConfig(t, cfg)
 		for _, s := range streams {
 			for n := range len(s) + 1 {
-				for _, st := range []sockState{{}, {flags: sockUnsynced}, {skip: 3}, {force: ReasonNonHostNetns}} {
+				for _, st := range []sockState{{}, {unsynced: 1}, {skip: 3}, {force: ReasonNonHostNetns}} {
 					jp.run(t, []byte(s[:n]), st)
 				}
 			}

@@ -12,10 +12,10 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 )
 
-// Constants of http.h the harness needs.
+// The judge's sizes, from the generated bindings (enum judge_limit).
 const (
-	judgeBuf = 16384
-	maxReqs  = 8
+	judgeBuf = int(JudgeTestJudgeLimitJUDGE_BUF)
+	maxReqs  = int(JudgeTestJudgeLimitMAX_REQS)
 )
 
 // judgeConfig is the policy side of a judgement.
@@ -28,7 +28,7 @@ type judgeConfig struct {
 
 var defaultPrefixes = []string{"meta-data/iam/security-credentials", "meta-data/identity-credentials", "meta-data/iam/info"}
 
-// judgeProg runs http.h's judge_message through BPF_PROG_TEST_RUN.
+// judgeProg runs the judge's judge_message (http/judge.h) through BPF_PROG_TEST_RUN.
 type judgeProg struct {
 	objs JudgeTestObjects
 	// crossCheck runs every judgement twice, with the judge's fast paths
@@ -96,7 +96,7 @@ func (jp *judgeProg) setConfig(t testing.TB, cfg judgeConfig) {
 		}
 	}
 	c.PrefixCount = uint32(len(prefixes))
-	if err := jp.objs.ConfigMap.Update(uint32(0), &c, ebpf.UpdateAny); err != nil {
+	if err := jp.objs.TestConfig.Update(uint32(0), &c, ebpf.UpdateAny); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -129,7 +129,7 @@ func (jp *judgeProg) runMode(t testing.TB, msg []byte, st sockState, slow bool) 
 	in.MsgSize = uint32(len(msg))
 	in.Skip = st.skip
 	in.RerunFrom = st.rerunFrom
-	in.Flags = st.flags
+	in.Unsynced = st.unsynced
 	in.ForceReason = uint32(st.force)
 	var out JudgeTestJudgeRun
 	ret, err := jp.objs.JudgeTest.Run(&ebpf.RunOptions{Context: in, ContextOut: &out})
@@ -143,16 +143,14 @@ func (jp *judgeProg) runMode(t testing.TB, msg []byte, st sockState, slow bool) 
 	return out
 }
 
-// sockState is the per-socket state kept across writes (struct sock_state),
-// plus force: the reason the sk_msg program imposes on every request
-// (REASON_NON_HOST_NETNS for a socket of another network namespace).
+// sockState is what the judge keeps of a socket across writes (struct
+// judge_state; unsynced is 1 for a socket adopted at start), plus force: the
+// reason the sk_msg program imposes on every request (REASON_NON_HOST_NETNS
+// for a socket of another network namespace).
 type sockState struct {
-	skip, rerunFrom, flags uint32
-	force                  Reason
+	skip, rerunFrom, unsynced uint32
+	force                     Reason
 }
-
-// sockUnsynced marks a socket adopted at start (SOCK_UNSYNCED).
-const sockUnsynced = 1
 
 // request is one judged request as the sk_msg program reports it.
 type request struct {
@@ -180,10 +178,10 @@ func reqFrom(r JudgeTestReqResult) request {
 		Path:       string(p),
 		Action:     Action(r.Action),
 		Reason:     Reason(r.Reason),
-		HasToken:   r.Flags&1 != 0,
-		Credential: r.Flags&2 != 0,
-		Forwarded:  r.Flags&4 != 0,
-		TokenPut:   r.Flags&8 != 0,
+		HasToken:   r.Flags&uint8(JudgeTestReqFlagREQ_HAS_TOKEN) != 0,
+		Credential: r.Flags&uint8(JudgeTestReqFlagREQ_CREDENTIAL) != 0,
+		Forwarded:  r.Flags&uint8(JudgeTestReqFlagREQ_FORWARDED) != 0,
+		TokenPut:   r.Flags&uint8(JudgeTestReqFlagREQ_TOKEN_PUT) != 0,
 	}
 }
 
@@ -229,8 +227,8 @@ func (c *conn) write(t testing.TB, b []byte) (int, error) {
 			t.Fatalf("judge did not converge on %q", msg)
 		}
 		out := c.jp.run(t, msg, c.st)
-		c.st = sockState{out.Skip, out.RerunFrom, out.Flags, c.st.force}
-		for k := out.EmitFrom; k < out.EmitTo && k < maxReqs; k++ {
+		c.st = sockState{out.Skip, out.RerunFrom, out.Unsynced, c.st.force}
+		for k := out.EmitFrom; k < out.EmitTo && k < uint32(maxReqs); k++ {
 			c.judged = append(c.judged, reqFrom(out.Reqs[k]))
 		}
 		if out.Cork > 0 {
@@ -303,10 +301,10 @@ func parserState(r JudgeTestJudgeRun) JudgeTestParser {
 // whatever an earlier request left there).
 func diffRuns(a, b JudgeTestJudgeRun) string {
 	type judgement struct {
-		Skip, RerunFrom, Flags, Verdict, Cork, Apply, EmitFrom, EmitTo, Nreqs uint32
+		Skip, RerunFrom, Unsynced, Verdict, Cork, Apply, EmitFrom, EmitTo, Nreqs uint32
 	}
-	ja := judgement{a.Skip, a.RerunFrom, a.Flags, a.Verdict, a.Cork, a.Apply, a.EmitFrom, a.EmitTo, a.Nreqs}
-	jb := judgement{b.Skip, b.RerunFrom, b.Flags, b.Verdict, b.Cork, b.Apply, b.EmitFrom, b.EmitTo, b.Nreqs}
+	ja := judgement{a.Skip, a.RerunFrom, a.Unsynced, a.Verdict, a.Cork, a.Apply, a.EmitFrom, a.EmitTo, a.Nreqs}
+	jb := judgement{b.Skip, b.RerunFrom, b.Unsynced, b.Verdict, b.Cork, b.Apply, b.EmitFrom, b.EmitTo, b.Nreqs}
 	if ja != jb {
 		return fmt.Sprintf("judgement %+v, byte by byte %+v", ja, jb)
 	}

@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// Table-driven tests of http.h's request judge, replayed through the conn
+// Table-driven tests of the request judge (http/), replayed through the conn
 // model of judge_harness_test.go. Each case is a sequence of write() calls on
 // one socket; it states every request the judge must report (the events), the
 // exact bytes the server must receive, and whether a write fails with EACCES.

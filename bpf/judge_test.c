@@ -2,14 +2,14 @@
 
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
- * Test-only program: runs the sk_msg program's request judge (http.h) on
+ * Test-only program: runs the sk_msg program's request judge (http/) on
  * bytes handed in by BPF_PROG_TEST_RUN, which the kernel cannot do for
  * sk_msg programs themselves. Never loaded by the daemon.
  */
-/* judge_fast_off (http.h): the tests compare the fast paths with the
+/* judge_fast_off (http/credential.h): the tests compare the fast paths with the
  * byte-by-byte walk */
 #define JUDGE_TEST_KNOBS
-#include "http.h"
+#include "http/judge.h"
 #include "uplink_parse.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
@@ -21,6 +21,15 @@ struct {
 	__type(value, struct judge);
 } test_judges SEC(".maps");
 
+/* The policy the judge applies: this object's own, none of the daemon's
+ * maps (the judge's headers include only abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+} test_config SEC(".maps");
+
 /* The test run's context: input bytes by user pointer, state in and out,
  * the judgement and every request's result out. */
 struct judge_run {
@@ -29,11 +38,11 @@ struct judge_run {
 	__u32 msg_size; /* size of the whole message */
 	__u32 force_reason;
 	__u32 clear_flags; /* config flags a rule lifts (allowV1: CONFIG_REQUIRE_TOKEN) */
-	/* struct sock_state, flattened: the verifier refuses loads through a
+	/* struct judge_state, flattened: the verifier refuses loads through a
 	 * context pointer the compiler has offset to reach a nested struct */
 	__u32 skip;
 	__u32 rerun_from;
-	__u32 flags;
+	__u32 unsynced;
 	/* struct judgement */
 	__u32 verdict;
 	__u32 cork;
@@ -48,14 +57,17 @@ struct judge_run {
 	struct parser parser;
 };
 
-/* Keeps struct judge_run in the BTF so bpf2go generates its Go type. */
+/* Keeps struct judge_run and the judge's enums in the BTF so bpf2go
+ * generates their Go types and values. */
 const struct judge_run *unused_judge_run __attribute__((unused));
+const enum judge_limit *unused_judge_limit __attribute__((unused));
+const enum req_flag *unused_req_flag __attribute__((unused));
 
 SEC("syscall")
 int judge_test(struct judge_run *run)
 {
 	__u32 zero = 0;
-	struct config *cfg = get_config();
+	struct config *cfg = bpf_map_lookup_elem(&test_config, &zero);
 	struct judge *j = bpf_map_lookup_elem(&test_judges, &zero);
 	if (!cfg || !j)
 		return -1;
@@ -66,13 +78,13 @@ int judge_test(struct judge_run *run)
 		return -3;
 
 	judge_fast_off = run->fast_off;
-	struct sock_state st = {.skip = run->skip, .rerun_from = run->rerun_from, .flags = run->flags};
+	struct judge_state st = {.skip = run->skip, .rerun_from = run->rerun_from, .unsynced = run->unsynced};
 	struct judgement jm = {.msg_size = run->msg_size};
 	judge_message(j, len, cfg, &st, &jm, run->force_reason, run->clear_flags);
 
 	run->skip = st.skip;
 	run->rerun_from = st.rerun_from;
-	run->flags = st.flags;
+	run->unsynced = st.unsynced;
 	run->verdict = jm.verdict;
 	run->cork = jm.cork;
 	run->apply = jm.apply;

@@ -13,13 +13,6 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type JudgeTestCgroupKey struct {
-	_        structs.HostLayout
-	CgroupId uint64
-	Gen      uint32
-	Subtree  uint32
-}
-
 type JudgeTestConfig struct {
 	_               structs.HostLayout
 	HostNetnsCookie uint64
@@ -37,24 +30,23 @@ type JudgeTestConfig struct {
 	}
 }
 
-type JudgeTestEndpointKey struct {
-	_    structs.HostLayout
-	Addr [16]uint8
-	Port uint16
-	Gen  uint16
-}
-
-type JudgeTestEndpointValue struct {
-	_  structs.HostLayout
-	Id uint32
-}
-
 type JudgeTestJudge struct {
 	_    structs.HostLayout
 	Buf  [16384]uint8
 	P    JudgeTestParser
 	Busy uint32
 }
+
+type JudgeTestJudgeLimit uint32
+
+const (
+	JudgeTestJudgeLimitJUDGE_BUF  JudgeTestJudgeLimit = 16384
+	JudgeTestJudgeLimitHDR_MAX    JudgeTestJudgeLimit = 8192
+	JudgeTestJudgeLimitMAX_REQS   JudgeTestJudgeLimit = 8
+	JudgeTestJudgeLimitNORM_MAX   JudgeTestJudgeLimit = 256
+	JudgeTestJudgeLimitSEG_MAX    JudgeTestJudgeLimit = 32
+	JudgeTestJudgeLimitMETHOD_MAX JudgeTestJudgeLimit = 16
+)
 
 type JudgeTestJudgeRun struct {
 	_           structs.HostLayout
@@ -65,7 +57,7 @@ type JudgeTestJudgeRun struct {
 	ClearFlags  uint32
 	Skip        uint32
 	RerunFrom   uint32
-	Flags       uint32
+	Unsynced    uint32
 	Verdict     uint32
 	Cork        uint32
 	Apply       uint32
@@ -119,6 +111,15 @@ type JudgeTestParser struct {
 	Reqs         [8]JudgeTestReqResult
 }
 
+type JudgeTestReqFlag uint32
+
+const (
+	JudgeTestReqFlagREQ_HAS_TOKEN  JudgeTestReqFlag = 1
+	JudgeTestReqFlagREQ_CREDENTIAL JudgeTestReqFlag = 2
+	JudgeTestReqFlagREQ_FORWARDED  JudgeTestReqFlag = 4
+	JudgeTestReqFlagREQ_TOKEN_PUT  JudgeTestReqFlag = 8
+)
+
 type JudgeTestReqResult struct {
 	_             structs.HostLayout
 	Start         uint32
@@ -134,22 +135,14 @@ type JudgeTestReqResult struct {
 	Path          [128]int8
 }
 
-type JudgeTestRule struct {
-	_     structs.HostLayout
-	Flags uint32
-	Uid   uint32
-	Comm  [2]uint64
-}
-
-type JudgeTestRuleList struct {
-	_   structs.HostLayout
-	N   uint32
-	Idx [16]uint16
-}
-
 type JudgeTestUplinkPkt struct {
-	_             structs.HostLayout
-	Key           JudgeTestEndpointKey
+	_   structs.HostLayout
+	Key struct {
+		_    structs.HostLayout
+		Addr [16]uint8
+		Port uint16
+		Gen  uint16
+	}
 	L3            uint32
 	L4            uint32
 	IpEnd         uint32
@@ -162,14 +155,7 @@ type JudgeTestUplinkPkt struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	JudgeTestMapCgroupRules        = "cgroup_rules"
-	JudgeTestMapConfigMap          = "config_map"
-	JudgeTestMapCounters           = "counters"
-	JudgeTestMapEndpoints          = "endpoints"
-	JudgeTestMapEvents             = "events"
-	JudgeTestMapPolicyGen          = "policy_gen"
-	JudgeTestMapPortSkip           = "port_skip"
-	JudgeTestMapRules              = "rules"
+	JudgeTestMapTestConfig         = "test_config"
 	JudgeTestMapTestJudges         = "test_judges"
 	JudgeTestMapUplinkSeen         = "uplink_seen"
 	JudgeTestProgJudgeTest         = "judge_test"
@@ -180,11 +166,13 @@ const (
 	JudgeTestVarUnusedCounterExtra = "unused_counter_extra"
 	JudgeTestVarUnusedEvent        = "unused_event"
 	JudgeTestVarUnusedEventFlag    = "unused_event_flag"
+	JudgeTestVarUnusedJudgeLimit   = "unused_judge_limit"
 	JudgeTestVarUnusedJudgeRun     = "unused_judge_run"
 	JudgeTestVarUnusedKind         = "unused_kind"
 	JudgeTestVarUnusedLimit        = "unused_limit"
 	JudgeTestVarUnusedMode         = "unused_mode"
 	JudgeTestVarUnusedReason       = "unused_reason"
+	JudgeTestVarUnusedReqFlag      = "unused_req_flag"
 	JudgeTestVarUnusedRuleFlag     = "unused_rule_flag"
 )
 
@@ -238,16 +226,9 @@ type JudgeTestProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type JudgeTestMapSpecs struct {
-	CgroupRules *ebpf.MapSpec `ebpf:"cgroup_rules"`
-	ConfigMap   *ebpf.MapSpec `ebpf:"config_map"`
-	Counters    *ebpf.MapSpec `ebpf:"counters"`
-	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	PolicyGen   *ebpf.MapSpec `ebpf:"policy_gen"`
-	PortSkip    *ebpf.MapSpec `ebpf:"port_skip"`
-	Rules       *ebpf.MapSpec `ebpf:"rules"`
-	TestJudges  *ebpf.MapSpec `ebpf:"test_judges"`
-	UplinkSeen  *ebpf.MapSpec `ebpf:"uplink_seen"`
+	TestConfig *ebpf.MapSpec `ebpf:"test_config"`
+	TestJudges *ebpf.MapSpec `ebpf:"test_judges"`
+	UplinkSeen *ebpf.MapSpec `ebpf:"uplink_seen"`
 }
 
 // JudgeTestVariableSpecs contains global variables before they are loaded into the kernel.
@@ -260,11 +241,13 @@ type JudgeTestVariableSpecs struct {
 	UnusedCounterExtra *ebpf.VariableSpec `ebpf:"unused_counter_extra"`
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedEventFlag    *ebpf.VariableSpec `ebpf:"unused_event_flag"`
+	UnusedJudgeLimit   *ebpf.VariableSpec `ebpf:"unused_judge_limit"`
 	UnusedJudgeRun     *ebpf.VariableSpec `ebpf:"unused_judge_run"`
 	UnusedKind         *ebpf.VariableSpec `ebpf:"unused_kind"`
 	UnusedLimit        *ebpf.VariableSpec `ebpf:"unused_limit"`
 	UnusedMode         *ebpf.VariableSpec `ebpf:"unused_mode"`
 	UnusedReason       *ebpf.VariableSpec `ebpf:"unused_reason"`
+	UnusedReqFlag      *ebpf.VariableSpec `ebpf:"unused_req_flag"`
 	UnusedRuleFlag     *ebpf.VariableSpec `ebpf:"unused_rule_flag"`
 }
 
@@ -288,28 +271,14 @@ func (o *JudgeTestObjects) Close() error {
 //
 // It can be passed to LoadJudgeTestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type JudgeTestMaps struct {
-	CgroupRules *ebpf.Map `ebpf:"cgroup_rules"`
-	ConfigMap   *ebpf.Map `ebpf:"config_map"`
-	Counters    *ebpf.Map `ebpf:"counters"`
-	Endpoints   *ebpf.Map `ebpf:"endpoints"`
-	Events      *ebpf.Map `ebpf:"events"`
-	PolicyGen   *ebpf.Map `ebpf:"policy_gen"`
-	PortSkip    *ebpf.Map `ebpf:"port_skip"`
-	Rules       *ebpf.Map `ebpf:"rules"`
-	TestJudges  *ebpf.Map `ebpf:"test_judges"`
-	UplinkSeen  *ebpf.Map `ebpf:"uplink_seen"`
+	TestConfig *ebpf.Map `ebpf:"test_config"`
+	TestJudges *ebpf.Map `ebpf:"test_judges"`
+	UplinkSeen *ebpf.Map `ebpf:"uplink_seen"`
 }
 
 func (m *JudgeTestMaps) Close() error {
 	return _JudgeTestClose(
-		m.CgroupRules,
-		m.ConfigMap,
-		m.Counters,
-		m.Endpoints,
-		m.Events,
-		m.PolicyGen,
-		m.PortSkip,
-		m.Rules,
+		m.TestConfig,
 		m.TestJudges,
 		m.UplinkSeen,
 	)
@@ -325,11 +294,13 @@ type JudgeTestVariables struct {
 	UnusedCounterExtra *ebpf.Variable `ebpf:"unused_counter_extra"`
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
 	UnusedEventFlag    *ebpf.Variable `ebpf:"unused_event_flag"`
+	UnusedJudgeLimit   *ebpf.Variable `ebpf:"unused_judge_limit"`
 	UnusedJudgeRun     *ebpf.Variable `ebpf:"unused_judge_run"`
 	UnusedKind         *ebpf.Variable `ebpf:"unused_kind"`
 	UnusedLimit        *ebpf.Variable `ebpf:"unused_limit"`
 	UnusedMode         *ebpf.Variable `ebpf:"unused_mode"`
 	UnusedReason       *ebpf.Variable `ebpf:"unused_reason"`
+	UnusedReqFlag      *ebpf.Variable `ebpf:"unused_req_flag"`
 	UnusedRuleFlag     *ebpf.Variable `ebpf:"unused_rule_flag"`
 }
 

@@ -486,7 +486,7 @@ func benchSkMsg(b *testing.B, msg []byte, gap time.Duration) {
 	b.ReportMetric(float64(ns1-ns0)/float64(runs1-runs0), "ns/judged-req")
 }
 
-// BenchmarkJudgeAlone runs http.h's judge_message on the same request
+// BenchmarkJudgeAlone runs the judge's judge_message (http/judge.h) on the same request
 // through the judge test program (BPF_PROG_TEST_RUN), the parser's share of
 // the sk_msg program (plus one bpf_copy_from_user).
 func BenchmarkJudgeAlone(b *testing.B) {
@@ -506,7 +506,7 @@ func benchJudgeAlone(b *testing.B, msg []byte) {
 	}
 	defer objs.Close()
 	c := compiledDefault(b)
-	if err := objs.ConfigMap.Update(uint32(0), &c.Config, ebpf.UpdateAny); err != nil {
+	if err := objs.TestConfig.Update(uint32(0), &c.Config, ebpf.UpdateAny); err != nil {
 		b.Fatal(err)
 	}
 	enableStats(b)

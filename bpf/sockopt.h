@@ -7,7 +7,7 @@
 #ifndef IMDSGUARD_SOCKOPT_H
 #define IMDSGUARD_SOCKOPT_H
 
-#include "imdsguard.h"
+#include "maps.h"
 
 #define SOL_PACKET 263
 #define PACKET_QDISC_BYPASS 20

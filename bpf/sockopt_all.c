@@ -14,7 +14,8 @@
  * tracing altogether (lockdown, an LSM): it is its own object, loaded
  * where the kernel allows, so that the rest loads everywhere.
  */
-#include "imdsguard.h"
+#include "abi.h"
+#include "maps.h"
 #include "sockopt.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";

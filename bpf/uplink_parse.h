@@ -9,7 +9,7 @@
 #ifndef IMDSGUARD_UPLINK_PARSE_H
 #define IMDSGUARD_UPLINK_PARSE_H
 
-#include "imdsguard.h"
+#include "abi.h"
 
 #define ETH_HLEN 14
 #define ETH_P_IP 0x0800
