@@ -44,6 +44,7 @@ const (
 	ReasonConnectionLimit  = Reason(ImdsguardReasonREASON_CONNECTION_LIMIT)
 	ReasonRawPacket        = Reason(ImdsguardReasonREASON_RAW_PACKET)
 	ReasonEgressBypass     = Reason(ImdsguardReasonREASON_EGRESS_BYPASS)
+	ReasonTokenTTLOverCap  = Reason(ImdsguardReasonREASON_TOKEN_TTL_OVER_CAP)
 	// ReasonMax bounds the reasons: counter slots are laid out by it.
 	ReasonMax = uint32(ImdsguardReasonREASON_MAX)
 )
@@ -76,6 +77,8 @@ func (r Reason) String() string {
 		return "raw_packet"
 	case ReasonEgressBypass:
 		return "egress_bypass"
+	case ReasonTokenTTLOverCap:
+		return "token_ttl_over_cap"
 	}
 	return "unknown"
 }
@@ -127,6 +130,11 @@ const (
 	MaxCgroupLevel = int(ImdsguardLimitMAX_CGROUP_LEVEL)
 	// MaxEndpoints is the size of the endpoints map (both generations).
 	MaxEndpoints = int(ImdsguardLimitMAX_ENDPOINTS)
+	// HdrNameMax is the longest header name a profile may name (its proof
+	// and its token TTL header).
+	HdrNameMax = int(ImdsguardLimitHDR_NAME_MAX)
+	// TokenPathMax is the longest token PUT path a profile may name.
+	TokenPathMax = int(ImdsguardLimitTOKEN_PATH_MAX)
 )
 
 // Bits of rule.flags (enum rule_flag).

@@ -41,6 +41,7 @@ enum reason {
 	REASON_CONNECTION_LIMIT = 10, /* the owner's cgroup or uid holds its share of connections */
 	REASON_RAW_PACKET = 11, /* a packet to an endpoint that no judged socket sent (uplink guard) */
 	REASON_EGRESS_BYPASS = 12, /* PACKET_QDISC_BYPASS or AF_XDP: sends past every egress hook */
+	REASON_TOKEN_TTL_OVER_CAP = 13, /* a token PUT asking for a longer life than the policy's cap */
 	REASON_MAX = 16,
 };
 
@@ -77,6 +78,12 @@ enum limit {
 	MAX_CGROUP_LEVEL = 64,
 	/* endpoints of both policy generations */
 	MAX_ENDPOINTS = 64,
+	/* a profile's header names (lower case) and its token path; names are
+	 * kept in buffers HDR_NAME_BUF long so that eight bytes can be read
+	 * from any offset below HDR_NAME_MAX + 16 */
+	HDR_NAME_MAX = 48,
+	HDR_NAME_BUF = 72,
+	TOKEN_PATH_MAX = 31,
 };
 
 /* event.flags */
@@ -120,6 +127,23 @@ struct cred_prefix {
 	char s[PREFIX_MAX];
 };
 
+/*
+ * The cloud's metadata service (internal/cloud): the header that proves a
+ * legitimate client (a token, or a fixed value such as GCP's
+ * Metadata-Flavor), and where there is a token flow, the PUT path issuing
+ * tokens and the header asking for their lifetime.
+ */
+struct profile {
+	__u8 proof_len;      /* 0: the service asks for no proof */
+	__u8 ttl_len;        /* 0: no token flow */
+	__u8 token_path_len; /* 0: no token flow */
+	__u8 pad;
+	__u32 max_ttl;       /* longest token life (seconds) a PUT may ask for; 0: no cap */
+	char proof[HDR_NAME_BUF];
+	char ttl[HDR_NAME_BUF];
+	char token_path[TOKEN_PATH_MAX + 1];
+};
+
 struct config {
 	__u64 host_netns_cookie;
 	__u32 mode;
@@ -134,6 +158,12 @@ struct config {
 	__u32 scope_level;
 	__u64 scope_cgroup_id;
 	struct cred_prefix prefixes[MAX_PREFIXES];
+	struct profile prof;
+	/* path prefixes of the service's legacy, proof-less interface (OCI's
+	 * /opc/v1), whole paths: refused like a request without the proof */
+	__u32 legacy_count;
+	__u32 pad1;
+	struct cred_prefix legacy[MAX_PREFIXES];
 };
 
 struct event {

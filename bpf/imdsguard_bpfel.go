@@ -44,6 +44,14 @@ type ImdsguardConfig struct {
 		Len uint32
 		S   [64]int8
 	}
+	Prof        ImdsguardProfile
+	LegacyCount uint32
+	Pad1        uint32
+	Legacy      [8]struct {
+		_   structs.HostLayout
+		Len uint32
+		S   [64]int8
+	}
 }
 
 type ImdsguardConfigFlag uint32
@@ -152,6 +160,9 @@ type ImdsguardJudge struct {
 		TokenHeaders uint32
 		Flags        uint32
 		Te           uint32
+		Ttl          uint32
+		TtlHeaders   uint32
+		TtlBad       uint32
 		Nlen         uint32
 		SegStart     uint32
 		SegLen       uint32
@@ -161,6 +172,7 @@ type ImdsguardJudge struct {
 		Segs         [32]uint32
 		Norm         [256]int8
 		Method       [8]int8
+		Prof         ImdsguardProfile
 		Reqs         [8]struct {
 			_             structs.HostLayout
 			Start         uint32
@@ -196,6 +208,9 @@ const (
 	ImdsguardLimitRULES_PER_CGROUP ImdsguardLimit = 16
 	ImdsguardLimitMAX_CGROUP_LEVEL ImdsguardLimit = 64
 	ImdsguardLimitMAX_ENDPOINTS    ImdsguardLimit = 64
+	ImdsguardLimitHDR_NAME_MAX     ImdsguardLimit = 48
+	ImdsguardLimitHDR_NAME_BUF     ImdsguardLimit = 72
+	ImdsguardLimitTOKEN_PATH_MAX   ImdsguardLimit = 31
 )
 
 type ImdsguardMode uint32
@@ -204,6 +219,18 @@ const (
 	ImdsguardModeMODE_ENFORCE ImdsguardMode = 0
 	ImdsguardModeMODE_AUDIT   ImdsguardMode = 1
 )
+
+type ImdsguardProfile struct {
+	_            structs.HostLayout
+	ProofLen     uint8
+	TtlLen       uint8
+	TokenPathLen uint8
+	Pad          uint8
+	MaxTtl       uint32
+	Proof        [72]int8
+	Ttl          [72]int8
+	TokenPath    [32]int8
+}
 
 type ImdsguardReason uint32
 
@@ -221,6 +248,7 @@ const (
 	ImdsguardReasonREASON_CONNECTION_LIMIT     ImdsguardReason = 10
 	ImdsguardReasonREASON_RAW_PACKET           ImdsguardReason = 11
 	ImdsguardReasonREASON_EGRESS_BYPASS        ImdsguardReason = 12
+	ImdsguardReasonREASON_TOKEN_TTL_OVER_CAP   ImdsguardReason = 13
 	ImdsguardReasonREASON_MAX                  ImdsguardReason = 16
 )
 

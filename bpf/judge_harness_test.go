@@ -23,8 +23,19 @@ type judgeConfig struct {
 	audit           bool
 	noRequireToken  bool
 	noRefuseForward bool
-	prefixes        []string // kernel form: "meta-data/iam/info"
+	prefixes        []string      // kernel form: "meta-data/iam/info"
+	profile         *judgeProfile // nil: awsProfile
 }
+
+// judgeProfile is a cloud's metadata service as struct profile holds it
+// (internal/cloud has the real ones; the policy package compiles them).
+type judgeProfile struct {
+	proof, ttl, tokenPath string
+	maxTTL                uint32
+	legacy                []string // whole path prefixes: "/opc/v1"
+}
+
+var awsProfile = judgeProfile{proof: "x-aws-ec2-metadata-token", ttl: "x-aws-ec2-metadata-token-ttl-seconds", tokenPath: "/latest/api/token"}
 
 var defaultPrefixes = []string{"meta-data/iam/security-credentials", "meta-data/identity-credentials", "meta-data/iam/info"}
 
@@ -96,8 +107,33 @@ func (jp *judgeProg) setConfig(t testing.TB, cfg judgeConfig) {
 		}
 	}
 	c.PrefixCount = uint32(len(prefixes))
+	prof := cfg.profile
+	if prof == nil {
+		prof = &awsProfile
+	}
+	prof.put(&c)
 	if err := jp.objs.TestConfig.Update(uint32(0), &c, ebpf.UpdateAny); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func (jp *judgeProfile) put(c *ImdsguardConfig) {
+	p := &c.Prof
+	p.ProofLen, p.TtlLen, p.TokenPathLen = uint8(len(jp.proof)), uint8(len(jp.ttl)), uint8(len(jp.tokenPath))
+	p.MaxTtl = jp.maxTTL
+	putChars(p.Proof[:], jp.proof)
+	putChars(p.Ttl[:], jp.ttl)
+	putChars(p.TokenPath[:], jp.tokenPath)
+	for i, l := range jp.legacy {
+		c.Legacy[i].Len = uint32(len(l))
+		putChars(c.Legacy[i].S[:], l)
+	}
+	c.LegacyCount = uint32(len(jp.legacy))
+}
+
+func putChars(dst []int8, s string) {
+	for i := range len(s) {
+		dst[i] = int8(s[i])
 	}
 }
 

@@ -28,6 +28,24 @@ type JudgeTestConfig struct {
 		Len uint32
 		S   [64]int8
 	}
+	Prof struct {
+		_            structs.HostLayout
+		ProofLen     uint8
+		TtlLen       uint8
+		TokenPathLen uint8
+		Pad          uint8
+		MaxTtl       uint32
+		Proof        [72]int8
+		Ttl          [72]int8
+		TokenPath    [32]int8
+	}
+	LegacyCount uint32
+	Pad1        uint32
+	Legacy      [8]struct {
+		_   structs.HostLayout
+		Len uint32
+		S   [64]int8
+	}
 }
 
 type JudgeTestJudge struct {
@@ -67,6 +85,7 @@ type JudgeTestJudgeRun struct {
 	FastOff     uint32
 	Reqs        [8]JudgeTestReqResult
 	Parser      JudgeTestParser
+	_           [4]byte
 }
 
 type JudgeTestParser struct {
@@ -99,6 +118,9 @@ type JudgeTestParser struct {
 	TokenHeaders uint32
 	Flags        uint32
 	Te           uint32
+	Ttl          uint32
+	TtlHeaders   uint32
+	TtlBad       uint32
 	Nlen         uint32
 	SegStart     uint32
 	SegLen       uint32
@@ -108,7 +130,18 @@ type JudgeTestParser struct {
 	Segs         [32]uint32
 	Norm         [256]int8
 	Method       [8]int8
-	Reqs         [8]JudgeTestReqResult
+	Prof         struct {
+		_            structs.HostLayout
+		ProofLen     uint8
+		TtlLen       uint8
+		TokenPathLen uint8
+		Pad          uint8
+		MaxTtl       uint32
+		Proof        [72]int8
+		Ttl          [72]int8
+		TokenPath    [32]int8
+	}
+	Reqs [8]JudgeTestReqResult
 }
 
 type JudgeTestReqFlag uint32

@@ -20,6 +20,7 @@ package bpf_test
 import (
 	"errors"
 	"fmt"
+	"github.com/imdsguard/imdsguard/internal/cloud"
 	"io"
 	"net"
 	"os"
@@ -65,7 +66,7 @@ type skMsgLab struct {
 
 func compiledDefault(tb testing.TB) *policy.Compiled {
 	tb.Helper()
-	pol, err := policy.Default()
+	pol, err := policy.Default(cloud.AWS)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -35,6 +35,24 @@ type SockoptAllConfig struct {
 		Len uint32
 		S   [64]int8
 	}
+	Prof struct {
+		_            structs.HostLayout
+		ProofLen     uint8
+		TtlLen       uint8
+		TokenPathLen uint8
+		Pad          uint8
+		MaxTtl       uint32
+		Proof        [72]int8
+		Ttl          [72]int8
+		TokenPath    [32]int8
+	}
+	LegacyCount uint32
+	Pad1        uint32
+	Legacy      [8]struct {
+		_   structs.HostLayout
+		Len uint32
+		S   [64]int8
+	}
 }
 
 type SockoptAllEndpointKey struct {

@@ -8,15 +8,18 @@
 
 #include "types.h"
 
-/* Header names, lower case, matched byte by byte as they arrive. */
-static const char hdr_token[] = "x-aws-ec2-metadata-token";
-static const char hdr_xff[] = "x-forwarded-for";
-static const char hdr_cl[] = "content-length";
-static const char hdr_te[] = "transfer-encoding";
-#define HDR_TOKEN_LEN (sizeof(hdr_token) - 1)
-#define HDR_XFF_LEN (sizeof(hdr_xff) - 1)
-#define HDR_CL_LEN (sizeof(hdr_cl) - 1)
-#define HDR_TE_LEN (sizeof(hdr_te) - 1)
+/* HTTP's own header names the judge tracks, lower case, zero-padded so
+ * that eight bytes can be read from any offset below HDR_NAME_MAX + 16 (the
+ * fast paths compare eight at a time). The proof's and the TTL's names are
+ * the profile's (p->prof), padded the same way. */
+static const char hdr_names[H_COUNT][HDR_NAME_BUF] = {
+	[H_XFF] = "x-forwarded-for",
+	[H_CL] = "content-length",
+	[H_TE] = "transfer-encoding",
+};
+#define HDR_XFF_LEN 15
+#define HDR_CL_LEN 14
+#define HDR_TE_LEN 17
 
 static __always_inline int is_tchar(__u8 c)
 {
@@ -45,26 +48,29 @@ static __always_inline int hexval(__u8 c)
 	return -1;
 }
 
-static __always_inline int name_char_matches(__u32 h, __u32 i, __u8 c)
+/* The tracked name h: the profile's for the proof and the TTL. */
+static __always_inline const char *tracked_name(const struct parser *p, __u32 h)
 {
 	switch (h) {
 	case H_TOKEN:
-		return i < HDR_TOKEN_LEN && hdr_token[MASKED(i, 31)] == c;
+		return p->prof.proof;
+	case H_TTL:
+		return p->prof.ttl;
 	case H_XFF:
-		return i < HDR_XFF_LEN && hdr_xff[MASKED(i, 15)] == c;
+		return hdr_names[H_XFF];
 	case H_CL:
-		return i < HDR_CL_LEN && hdr_cl[MASKED(i, 15)] == c;
-	case H_TE:
-		return i < HDR_TE_LEN && hdr_te[MASKED(i, 31)] == c;
+		return hdr_names[H_CL];
 	}
-	return 0;
+	return hdr_names[H_TE];
 }
 
-static __always_inline __u32 header_len(__u32 h)
+static __always_inline __u32 header_len(const struct parser *p, __u32 h)
 {
 	switch (h) {
 	case H_TOKEN:
-		return HDR_TOKEN_LEN;
+		return p->prof.proof_len;
+	case H_TTL:
+		return p->prof.ttl_len;
 	case H_XFF:
 		return HDR_XFF_LEN;
 	case H_CL:
@@ -73,6 +79,11 @@ static __always_inline __u32 header_len(__u32 h)
 		return HDR_TE_LEN;
 	}
 	return 0;
+}
+
+static __always_inline int name_char_matches(const struct parser *p, __u32 h, __u32 i, __u8 c)
+{
+	return i < header_len(p, h) && tracked_name(p, h)[MASKED(i, 63)] == c;
 }
 /* Eight bytes at a time (SWAR): the high bit of each byte of x below n
  * (1 <= n <= 0x80), or equal to b; exact, no carry crosses bytes. */

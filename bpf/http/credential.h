@@ -11,8 +11,9 @@
 
 struct cred_ctx {
 	const struct parser *p;
-	const struct config *cfg;
-	__u32 rest; /* offset in norm where the path after the version starts */
+	const struct cred_prefix *list; /* MAX_PREFIXES long */
+	__u32 count;
+	__u32 rest; /* offset in norm the prefixes are compared at */
 	__u32 match;
 };
 
@@ -20,12 +21,11 @@ struct cred_ctx {
 static long cred_step(__u32 k, void *ctx)
 {
 	struct cred_ctx *cc = ctx;
-	const struct config *cfg = cc->cfg;
 	const struct parser *p = cc->p;
 
-	if (k >= cfg->prefix_count || k >= MAX_PREFIXES)
+	if (k >= cc->count || k >= MAX_PREFIXES)
 		return 1;
-	const struct cred_prefix *cp = &cfg->prefixes[MASKED(k, MAX_PREFIXES - 1)];
+	const struct cred_prefix *cp = &cc->list[MASKED(k, MAX_PREFIXES - 1)];
 	__u32 plen = cp->len;
 	if (plen == 0 || plen > PREFIX_MAX)
 		return 0;
@@ -66,7 +66,8 @@ static long cred_step(__u32 k, void *ctx)
  * per step), kept in the test program so that the tests can compare. */
 struct cred_bytes_ctx {
 	const struct parser *p;
-	const struct config *cfg;
+	const struct cred_prefix *list;
+	__u32 count;
 	__u32 rest;
 	__u32 k;
 	__u32 i;
@@ -76,13 +77,12 @@ struct cred_bytes_ctx {
 static long cred_step_bytes(__u32 unused, void *ctx)
 {
 	struct cred_bytes_ctx *cc = ctx;
-	const struct config *cfg = cc->cfg;
 	const struct parser *p = cc->p;
 	__u32 k = cc->k;
 
-	if (k >= cfg->prefix_count || k >= MAX_PREFIXES)
+	if (k >= cc->count || k >= MAX_PREFIXES)
 		return 1;
-	const struct cred_prefix *cp = &cfg->prefixes[MASKED(k, MAX_PREFIXES - 1)];
+	const struct cred_prefix *cp = &cc->list[MASKED(k, MAX_PREFIXES - 1)];
 	__u32 plen = cp->len;
 	__u32 i = cc->i;
 	if (plen == 0 || plen > PREFIX_MAX) {
@@ -114,6 +114,23 @@ static long cred_step_bytes(__u32 unused, void *ctx)
 __u32 judge_fast_off;
 #endif
 
+/* Whether norm from offset rest starts with one of the count prefixes of
+ * list, at a segment boundary, case-insensitively. */
+static __always_inline int prefix_match(const struct parser *p, const struct cred_prefix *list, __u32 count,
+					__u32 rest)
+{
+#ifdef JUDGE_TEST_KNOBS
+	if (judge_fast_off) {
+		struct cred_bytes_ctx cb = {.p = p, .list = list, .count = count, .rest = rest};
+		bpf_loop(MAX_PREFIXES * (PREFIX_MAX + 1), cred_step_bytes, &cb, 0);
+		return cb.match;
+	}
+#endif
+	struct cred_ctx cc = {.p = p, .list = list, .count = count, .rest = rest};
+	bpf_loop(MAX_PREFIXES, cred_step, &cc, 0);
+	return cc.match;
+}
+
 /* Matches the normalised path against the policy's credential prefixes,
  * which are stored without their version segment ("meta-data/iam/info"):
  * every version ("latest", "2021-07-15", "1.0", …) counts. A prefix matches
@@ -128,16 +145,16 @@ static __always_inline int credential_path(const struct parser *p, const struct 
 		rest = p->seg_start;
 	else
 		return 0;
-#ifdef JUDGE_TEST_KNOBS
-	if (judge_fast_off) {
-		struct cred_bytes_ctx cb = {.p = p, .cfg = cfg, .rest = rest};
-		bpf_loop(MAX_PREFIXES * (PREFIX_MAX + 1), cred_step_bytes, &cb, 0);
-		return cb.match;
-	}
-#endif
-	struct cred_ctx cc = {.p = p, .cfg = cfg, .rest = rest};
-	bpf_loop(MAX_PREFIXES, cred_step, &cc, 0);
-	return cc.match;
+	return prefix_match(p, cfg->prefixes, cfg->prefix_count, rest);
+}
+
+/* Whether the normalised path, whole, is under one of the profile's legacy
+ * interface prefixes ("/opc/v1"). */
+static __always_inline int legacy_path(const struct parser *p, const struct config *cfg)
+{
+	if (p->nlen == 0)
+		return 0;
+	return prefix_match(p, cfg->legacy, cfg->legacy_count, 0);
 }
 
 #endif

@@ -404,15 +404,6 @@ static __always_inline __u64 bytes_not_tchar(__u64 x)
 	       bytes_equal(x, '{') | bytes_equal(x, '}');
 }
 
-/* The tracked names, lower case, zero-padded so that eight bytes can be
- * read from any offset below 32. */
-static const char hdr_names[H_COUNT][40] = {
-	[H_TOKEN] = "x-aws-ec2-metadata-token",
-	[H_XFF] = "x-forwarded-for",
-	[H_CL] = "content-length",
-	[H_TE] = "transfer-encoding",
-};
-
 /* P_LINE_START: a token character begins a name. P_NAME: token characters
  * (the tracked names still matching narrow), then the ":". */
 static __always_inline void fast_name(struct judge *j, __u32 lim)
@@ -469,11 +460,12 @@ counted:
 	for (__u32 h = 0; h < H_COUNT; h++) {
 		if (!(alive & (1 << h)))
 			continue;
-		if (nl + t > header_len(h)) {
+		if (nl + t > header_len(p, h)) {
 			alive &= ~(1 << h); /* longer than the name */
 			continue;
 		}
-		for (__u32 i = 0; i < 32; i += 8) {
+		const char *name = tracked_name(p, h);
+		for (__u32 i = 0; i < HDR_NAME_MAX; i += 8) {
 			FAST_BOUND(i);
 			if (i >= t)
 				break;
@@ -482,7 +474,7 @@ counted:
 			 * characters, none becomes a letter, digit or "-" either
 			 * way: against the names' bytes it compares as lower() */
 			__u64 x = word_at(j, pos + i) | (ONES * 0x20);
-			__u64 diff = x ^ load64(&hdr_names[h][MASKED(nl + i, 31)]);
+			__u64 diff = x ^ load64(&name[MASKED(nl + i, HDR_NAME_MAX + 15)]);
 			if (t - i < 8)
 				diff &= low_bytes(t - i);
 			if (diff) {
@@ -500,13 +492,14 @@ counted:
 }
 
 
-/* P_VALUE_OWS, P_VALUE of any header but Content-Length: blanks and value
- * bytes, then the CR; P_HDR_LF: the LF. */
+/* P_VALUE_OWS, P_VALUE of any header but Content-Length and the TTL (whose
+ * digits the byte walk reads): blanks and value bytes, then the CR;
+ * P_HDR_LF: the LF. */
 static __always_inline void fast_value(struct judge *j, __u32 lim)
 {
 	struct parser *p = &j->p;
 	__u32 state = FRESH(p->state);
-	if ((state != P_VALUE_OWS && state != P_VALUE) || p->header == H_CL)
+	if ((state != P_VALUE_OWS && state != P_VALUE) || p->header == H_CL || p->header == H_TTL)
 		return;
 	__u32 pos = FRESH(p->pos);
 	if (pos >= lim)

@@ -97,6 +97,7 @@ static __always_inline void judge_message(struct judge *j, __u32 len, const stru
 	__u32 rerun_from = st->rerun_from;
 
 	p->cfg_flags = cfg->flags & ~clear_flags;
+	p->prof = cfg->prof;
 	p->unsynced = st->unsynced;
 	p->force_reason = force_reason;
 	p->pos = 0;

@@ -30,6 +30,9 @@ static __always_inline void start_request(struct parser *p)
 	p->token_headers = 0;
 	p->flags = 0;
 	p->te = 0;
+	p->ttl = 0;
+	p->ttl_headers = 0;
+	p->ttl_bad = 0;
 	p->nlen = 0;
 	p->seg_start = 0;
 	p->seg_len = 0;
@@ -38,26 +41,50 @@ static __always_inline void start_request(struct parser *p)
 	p->nseg = 0;
 }
 
-static const char token_path[] = "/latest/api/token";
-#define TOKEN_PATH_LEN (sizeof(token_path) - 1)
-
-/* The token PUT is the exact raw path /latest/api/token, optionally with a
- * query: not a path that only resolves to it (/latest/x/../api/token,
- * //latest/api/token, %2F, a "#" fragment), which a proxy or server in
- * between could read otherwise. */
+/* The token PUT is the exact raw path of the profile's token flow
+ * (/latest/api/token), optionally with a query: not a path that only
+ * resolves to it (/latest/x/../api/token, //latest/api/token, %2F, a "#"
+ * fragment), which a proxy or server in between could read otherwise. */
 static __always_inline int is_token_put(const struct parser *p)
 {
 	if (p->method_len != 3 || p->method[0] != 'P' || p->method[1] != 'U' || p->method[2] != 'T')
 		return 0;
+	__u32 tl = p->prof.token_path_len;
+	if (tl == 0 || tl > TOKEN_PATH_MAX)
+		return 0;
 	__u32 n = p->raw_path_len;
 	const char *raw = p->reqs[MASKED(p->nreqs, MAX_REQS - 1)].path;
-	if (n < TOKEN_PATH_LEN || (n > TOKEN_PATH_LEN && raw[TOKEN_PATH_LEN] != '?'))
+	if (n < tl || (n > tl && raw[MASKED(tl, PATH_LEN - 1)] != '?'))
 		return 0;
-	for (__u32 i = 0; i < TOKEN_PATH_LEN; i++) {
-		if (raw[i] != token_path[MASKED(i, 31)])
+	for (__u32 i = 0; i < TOKEN_PATH_MAX; i++) {
+		if (i >= tl)
+			break;
+		if (raw[i] != p->prof.token_path[MASKED(i, 31)])
 			return 0;
 	}
 	return 1;
+}
+
+/* A digit of the TTL header's value; anything else makes it unreadable
+ * (the server refuses such a PUT, the judge refuses it first when the
+ * profile caps the TTL). */
+static __always_inline void ttl_byte(struct parser *p, __u8 c)
+{
+	if (c < '0' || c > '9' || p->value_ws) {
+		p->ttl_bad = 1;
+		return;
+	}
+	__u32 d = c - '0';
+	p->ttl = p->ttl > (0xffffffffU - d) / 10 ? 0xffffffffU : p->ttl * 10 + d;
+}
+
+/* Whether a token PUT asks for no longer a life than the profile's cap. A
+ * PUT without the TTL header is the server's to refuse. */
+static __always_inline int ttl_within_cap(const struct parser *p)
+{
+	if (p->prof.max_ttl == 0 || p->ttl_headers == 0)
+		return 1;
+	return !p->ttl_bad && p->ttl <= p->prof.max_ttl;
 }
 
 /* Whether the method may carry a body. IMDS clients send none but on the
@@ -73,6 +100,22 @@ static __always_inline int body_allowed(const struct parser *p)
 	if (p->method_len == 5)
 		return m[0] == 'P' && m[1] == 'A' && m[2] == 'T' && m[3] == 'C' && m[4] == 'H';
 	return 0;
+}
+
+/* What the request's proof (or its lack) makes of it: a token PUT (within
+ * the TTL cap), a request on the service's legacy proof-less interface, one
+ * without the proof, or none of these (REASON_NONE). */
+static __always_inline __u8 proof_reason(const struct parser *p, const struct config *cfg, __u8 *flags)
+{
+	if (is_token_put(p)) {
+		*flags |= REQ_TOKEN_PUT;
+		return ttl_within_cap(p) ? REASON_NONE : REASON_TOKEN_TTL_OVER_CAP;
+	}
+	if (!(p->cfg_flags & CONFIG_REQUIRE_TOKEN))
+		return REASON_NONE;
+	if (!(*flags & REQ_HAS_TOKEN) || (cfg->legacy_count && legacy_path(p, cfg)))
+		return REASON_IMDSV1_NO_TOKEN;
+	return REASON_NONE;
 }
 
 /* Records the request ending at p->pos (exclusive) with a reason, and says
@@ -92,14 +135,12 @@ static __always_inline long finish_request(struct parser *p, const struct config
 			reason = REASON_PARSE_ERROR; /* chunked bodies cannot be followed */
 		else if (p->cl && !body_allowed(p))
 			reason = REASON_PARSE_ERROR; /* a body on GET, HEAD, ... */
-		else if (p->token_headers > 1)
+		else if (p->token_headers > 1 || p->ttl_headers > 1)
 			reason = REASON_PARSE_ERROR; /* which one the server reads is unknown */
 		else if ((flags & REQ_FORWARDED) && (p->cfg_flags & CONFIG_REFUSE_FORWARDED))
 			reason = REASON_FORWARDED_REQUEST;
-		else if (is_token_put(p))
-			flags |= REQ_TOKEN_PUT;
-		else if (!(flags & REQ_HAS_TOKEN) && (p->cfg_flags & CONFIG_REQUIRE_TOKEN))
-			reason = REASON_IMDSV1_NO_TOKEN;
+		else
+			reason = proof_reason(p, cfg, &flags);
 	}
 	if (p->nlen > 0 && credential_path(p, cfg))
 		flags |= REQ_CREDENTIAL;
@@ -157,11 +198,15 @@ static __always_inline void name_end(struct parser *p)
 {
 	p->header = H_NONE;
 	for (__u32 h = 0; h < H_COUNT; h++) {
-		if ((p->name_alive & (1 << h)) && p->name_len == header_len(h))
+		if ((p->name_alive & (1 << h)) && p->name_len == header_len(p, h))
 			p->header = h;
 	}
 	if (p->header == H_TOKEN)
 		p->token_headers++;
+	if (p->header == H_TTL) {
+		p->ttl_headers++;
+		p->ttl = 0;
+	}
 	if (p->header == H_XFF)
 		p->flags |= REQ_FORWARDED;
 	if (p->header == H_TE)
@@ -180,6 +225,8 @@ static __always_inline int line_end(struct parser *p)
 {
 	if (p->header == H_TOKEN && p->value_len > 0)
 		p->flags |= REQ_HAS_TOKEN;
+	if (p->header == H_TTL && p->value_len == 0)
+		p->ttl_bad = 1;
 	if (p->header == H_CL) {
 		if (p->cl_digits == 0)
 			return -1;

@@ -202,7 +202,7 @@ static __always_inline int st_name(struct parser *p, __u8 c)
 	__u8 lc_ = lower(c);
 	__u32 alive = p->name_alive;
 	for (__u32 h = 0; h < H_COUNT; h++) {
-		if ((alive & (1 << h)) && !name_char_matches(h, p->name_len, lc_))
+		if ((alive & (1 << h)) && !name_char_matches(p, h, p->name_len, lc_))
 			alive &= ~(1 << h);
 	}
 	p->name_alive = alive;
@@ -242,6 +242,8 @@ static __always_inline int st_value(struct parser *p, __u8 c)
 		p->cl = p->cl * 10 + (c - '0');
 		p->cl_digits++;
 	}
+	if (p->header == H_TTL)
+		ttl_byte(p, c);
 	p->value_len++;
 	return STEP_NEXT;
 }

@@ -98,13 +98,15 @@ enum pstate {
 	P_END_LF,
 };
 
-/* Headers the judge recognises, by index. */
+/* Headers the judge recognises, by index. The proof and TTL headers' names
+ * come from the policy's profile (struct profile), the others are HTTP's. */
 enum header {
-	H_TOKEN = 0,   /* x-aws-ec2-metadata-token */
+	H_TOKEN = 0,   /* the profile's proof: x-aws-ec2-metadata-token, metadata-flavor, ... */
 	H_XFF = 1,     /* x-forwarded-for */
 	H_CL = 2,      /* content-length */
 	H_TE = 3,      /* transfer-encoding */
-	H_COUNT = 4,
+	H_TTL = 4,     /* the profile's token TTL: x-aws-ec2-metadata-token-ttl-seconds, ... */
+	H_COUNT = 5,
 	H_NONE = 255,
 };
 
@@ -139,6 +141,9 @@ struct parser {
 	__u32 token_headers; /* token headers seen: more than one is ambiguous */
 	__u32 flags; /* enum req_flag */
 	__u32 te;
+	__u32 ttl;         /* the TTL header's value, saturated at 0xffffffff */
+	__u32 ttl_headers; /* TTL headers seen: more than one is ambiguous */
+	__u32 ttl_bad;     /* the TTL value is not all digits */
 
 	/* normalised path: "/" segments with ".", ".." and "//" resolved */
 	__u32 nlen;      /* logical length (may exceed NORM_MAX) */
@@ -150,6 +155,11 @@ struct parser {
 	__u32 segs[SEG_MAX];
 	char norm[NORM_MAX];
 	char method[METHOD_LEN];
+
+	/* the policy's profile, copied at the start of each judgement: the
+	 * header names are compared at offsets the walk computes, and the
+	 * judge reaches them through the parser it has at hand */
+	struct profile prof;
 
 	struct req_result reqs[MAX_REQS];
 };

@@ -14,13 +14,16 @@ import (
 	"github.com/imdsguard/imdsguard/internal/cri"
 	"github.com/imdsguard/imdsguard/internal/enforcer"
 	"github.com/imdsguard/imdsguard/internal/eventreader"
+	"github.com/imdsguard/imdsguard/internal/events"
 	"github.com/imdsguard/imdsguard/internal/instance"
 	"github.com/imdsguard/imdsguard/internal/loader"
 	"github.com/imdsguard/imdsguard/internal/nflog"
 	"github.com/imdsguard/imdsguard/internal/nft"
+	"github.com/imdsguard/imdsguard/internal/nftlayer"
 	"github.com/imdsguard/imdsguard/internal/nodetaint"
 	"github.com/imdsguard/imdsguard/internal/ocsf"
 	"github.com/imdsguard/imdsguard/internal/output"
+	"github.com/imdsguard/imdsguard/internal/pindir"
 	"github.com/imdsguard/imdsguard/internal/policy"
 	"github.com/imdsguard/imdsguard/internal/uplink"
 )
@@ -47,6 +50,7 @@ type daemon struct {
 	adopted uint64
 	cgroups *eventreader.CgroupResolver // nil when cgroup paths cannot be read
 	sink    *output.Pipeline
+	table   *nftlayer.Table
 	enf     *enforcer.Enforcer
 	uplinks *uplink.Guard
 	folder  *eventreader.Folder
@@ -160,9 +164,10 @@ func (d *daemon) loadGuard(ctx context.Context) error {
 		CgroupRules:     d.plan.Cgroups,
 		PinDir:          cfg.pinDir,
 		LockWait:        30 * time.Second,
-		Meta: loader.Meta{
+		Meta: pindir.Meta{
 			Version:      version,
 			Mode:         cfg.pol.Mode,
+			Cloud:        cfg.pol.Profile.Name,
 			PolicyHash:   d.plan.Hash,
 			PolicySource: cfg.policySource(),
 			HostNetns:    cfg.hostNetns,
@@ -222,25 +227,49 @@ func (d *daemon) startOutputs(stdout io.Writer) error {
 	return nil
 }
 
-// startEnforcer puts the policy controller and the nftables layer in
-// place; allowed pods get the uplink guard on their devices.
+// startEnforcer puts the nftables layer, then the policy controller that
+// tells it what the policy asks of the table, in place; allowed pods get
+// the uplink guard on their devices.
 func (d *daemon) startEnforcer() error {
 	pods, err := uplink.NewPods(d.guard.UplinkProgram())
 	if err != nil {
 		return fmt.Errorf("uplink guard for pods: %w", err)
 	}
+	if err := d.startTable(pods); err != nil {
+		return err
+	}
 	d.enf = enforcer.New(d.guard, d.plan, enforcer.Options{
 		PolicyPath:   d.cfg.policy,
 		ModeOverride: d.cfg.mode,
+		Cloud:        d.cfg.detected.Cloud,
 		CgroupMount:  d.cgroupMount,
 		Rescan:       500 * time.Millisecond,
-		Pods:         pods,
+		Table:        d.table,
 	}, d.sink, d.log)
-	if err := d.enf.StartTable(d.cfg.hostNetns); err != nil {
+	if err := d.enf.SyncTable(); err != nil {
 		return fmt.Errorf("nftables layer: %w", err)
 	}
+	return nil
+}
+
+// startTable opens the nftables layer in the host's namespace; each
+// restore of the table is reported as an event. At exit the table stays,
+// or goes with --on-exit detach.
+func (d *daemon) startTable(pods *uplink.Pods) error {
+	table, err := nftlayer.Start(nftlayer.Options{
+		HostNetns:   d.cfg.hostNetns,
+		CgroupMount: d.cgroupMount,
+		Pods:        pods,
+		Restored: func(name string, at time.Time) {
+			d.sink.EmitTable(&events.TableEvent{Time: at, Result: "restored", Table: name})
+		},
+	}, d.log)
+	if err != nil {
+		return fmt.Errorf("nftables layer: %w", err)
+	}
+	d.table = table
 	d.onClose(func() {
-		if err := d.enf.StopTable(d.cfg.detach()); err != nil {
+		if err := table.Stop(d.cfg.detach()); err != nil {
 			d.log.Error("removing the nftables table", zap.Error(err))
 		}
 	})
@@ -274,7 +303,7 @@ func (d *daemon) startUplinks() error {
 // startTableLog reports what the table stops too (in the host's
 // namespace); the reader ends when its socket closes.
 func (d *daemon) startTableLog() {
-	tableLog, err := nflog.Open(enforcer.NftLogGroup, d.cfg.hostNetns)
+	tableLog, err := nflog.Open(nftlayer.LogGroup, d.cfg.hostNetns)
 	if err != nil {
 		d.log.Warn("not reading the nftables log: packets the table stops are counted but not reported", zap.Error(err))
 		return
@@ -286,7 +315,8 @@ func (d *daemon) startTableLog() {
 // startReader makes the event reader, with what enriches events: the
 // instance id, pod and container names.
 func (d *daemon) startReader(ctx context.Context) error {
-	ropts := eventreader.ReaderOptions{Cgroups: d.cgroups, Rules: d.enf.RuleName, Hostname: d.hostname, InstanceID: d.instanceID(ctx), Names: d.podNames()}
+	ropts := eventreader.ReaderOptions{Cgroups: d.cgroups, Rules: d.enf.RuleName, Hostname: d.hostname, InstanceID: d.instanceID(ctx), Names: d.podNames(),
+		Cloud: func() string { return d.enf.Plan().Policy.Profile.Name }}
 	d.folder = eventreader.NewFolder(d.sink, d.cfg.fold)
 	reader, err := eventreader.NewReader(d.guard.Events(), ropts, d.folder, d.log)
 	if err != nil {

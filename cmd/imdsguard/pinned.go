@@ -15,8 +15,10 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/imdsguard/imdsguard/internal/counters"
 	"github.com/imdsguard/imdsguard/internal/loader"
 	"github.com/imdsguard/imdsguard/internal/nft"
+	"github.com/imdsguard/imdsguard/internal/pindir"
 	"github.com/imdsguard/imdsguard/internal/uplink"
 )
 
@@ -46,7 +48,7 @@ type statusReport struct {
 
 func statusCommand(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	pinDir := fs.String("pin-dir", loader.DefaultPinDir, "pin directory the daemon was run with")
+	pinDir := fs.String("pin-dir", pindir.Default, "pin directory the daemon was run with")
 	asJSON := fs.Bool("json", false, "print one JSON object (for scripts)")
 	hostNetns := fs.String("host-netns", "", "network namespace holding the nftables table (default: the one the daemon recorded, else this process's)")
 	if err := parseFlags(fs, args, stderr); err != nil {
@@ -93,7 +95,7 @@ func statusCommand(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func tableNetns(flagValue string, meta *loader.Meta) string {
+func tableNetns(flagValue string, meta *pindir.Meta) string {
 	if flagValue != "" {
 		return flagValue
 	}
@@ -165,6 +167,9 @@ func printEnforcement(line statusLine, r *statusReport) {
 	}
 	line("version", "%s (layout %s)", m.Version, m.Layout)
 	line("mode", "%s", m.Mode)
+	if m.Cloud != "" {
+		line("cloud", "%s (the policy's profile: docs/clouds.md)", m.Cloud)
+	}
 	line("policy", "%s from %s, loaded %s (generation %d)", m.PolicyHash, m.PolicySource, m.PolicyLoadedAt.Format(time.RFC3339), m.Generation)
 	if r.LastRescanAgeSeconds != nil {
 		line("cgroup rescan", "%.1fs ago (new cgroups get their rules at each rescan)", *r.LastRescanAgeSeconds)
@@ -213,7 +218,7 @@ func printDevices(line statusLine, key string, devices []string, problem, none s
 	}
 }
 
-func printCounters(tw io.Writer, line statusLine, c *loader.CounterView) {
+func printCounters(tw io.Writer, line statusLine, c *counters.View) {
 	keys := make([]string, 0, len(c.Verdicts))
 	for k := range c.Verdicts {
 		keys = append(keys, k)
@@ -232,7 +237,7 @@ func printCounters(tw io.Writer, line statusLine, c *loader.CounterView) {
 
 func detachCommand(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("detach", flag.ContinueOnError)
-	pinDir := fs.String("pin-dir", loader.DefaultPinDir, "pin directory the daemon was run with")
+	pinDir := fs.String("pin-dir", pindir.Default, "pin directory the daemon was run with")
 	hostNetns := fs.String("host-netns", "", "network namespace holding the nftables table (default: the one the daemon recorded, else this process's)")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err

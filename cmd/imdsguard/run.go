@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/imdsguard/imdsguard/internal/counters"
 	"github.com/imdsguard/imdsguard/internal/enforcer"
 	"github.com/imdsguard/imdsguard/internal/loader"
 	"github.com/imdsguard/imdsguard/internal/metrics"
@@ -30,7 +31,7 @@ type daemonState struct {
 	ready atomic.Bool
 }
 
-func (d *daemonState) Counters() (loader.Counters, error) { return d.guard.Counters() }
+func (d *daemonState) Counters() (counters.Totals, error) { return d.guard.Counters() }
 func (d *daemonState) Hooks() []string {
 	if !d.ready.Load() {
 		return nil
@@ -63,6 +64,8 @@ func runCommand(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// After the start, so that a start that fails prints one line: why.
+	logCloud(cfg, log)
 	defer d.close()
 	return d.run(ctx, notifier)
 }
@@ -90,6 +93,7 @@ func (d *daemon) run(ctx context.Context, notifier *sdnotify.Notifier) error {
 		d.enf.Run(ctx, policyHup)
 	}()
 	wg.Go(func() { d.uplinks.Run(ctx) })
+	wg.Go(func() { d.table.Run(ctx) })
 	wg.Go(func() { d.flushFolds(ctx) })
 	if ctx.Err() == nil { // not signalled during start-up
 		d.logEnforcing()
@@ -201,7 +205,7 @@ func (d *daemon) shutdown(stopReader, readerDone chan struct{}) {
 		fields = append(fields, zap.Object("totals", totals(c)), zap.Uint64("events_lost", c.EventsLost()))
 	}
 	fields = append(fields, zap.Uint64("output_dropped", d.sink.Dropped()))
-	fields = append(fields, zap.Any("policy_reloads", d.enf.Reloads()), zap.Uint64("nftables_restores", d.enf.TableRestores()))
+	fields = append(fields, zap.Any("policy_reloads", d.enf.Reloads()), zap.Uint64("nftables_restores", d.table.Restores()))
 	if detach {
 		d.log.Info("detached; exiting", fields...)
 	} else {
@@ -270,10 +274,10 @@ func watchLostEvents(ctx context.Context, guard *loader.Guard, log *zap.Logger) 
 }
 
 // totals renders the non-zero verdict counters as "kind_action_reason": n.
-type totals loader.Counters
+type totals counters.Totals
 
 func (t totals) MarshalLogObject(enc zapcore.ObjectEncoder) error {
-	for _, v := range loader.Counters(t).Verdicts() {
+	for _, v := range counters.Totals(t).Verdicts() {
 		enc.AddUint64(v.Name(), v.Count)
 	}
 	return nil

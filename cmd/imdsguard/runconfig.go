@@ -9,10 +9,12 @@ import (
 	"strings"
 	"time"
 
+	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/imdsguard/imdsguard/internal/loader"
+	"github.com/imdsguard/imdsguard/internal/cloud"
 	"github.com/imdsguard/imdsguard/internal/nodetaint"
+	"github.com/imdsguard/imdsguard/internal/pindir"
 	"github.com/imdsguard/imdsguard/internal/policy"
 	"github.com/imdsguard/imdsguard/internal/target"
 )
@@ -37,10 +39,14 @@ type runConfig struct {
 	pinDir    string
 	onExit    string
 	taint     string
+	dmiDir    string
 
 	level zapcore.Level
-	given map[string]bool // flags on the command line override the policy's output section
-	pol   *policy.Policy
+	// detected is the cloud the firmware's DMI strings name: what the
+	// policy's cloud: auto resolves to, at start and at every reload.
+	detected cloud.Detection
+	given    map[string]bool // flags on the command line override the policy's output section
+	pol      *policy.Policy
 }
 
 const (
@@ -95,9 +101,10 @@ func (c *runConfig) flagSet() *flag.FlagSet {
 	fs.IntVar(&c.queue, "output-queue", 10000, "events each network output holds while its collector is down; beyond that they are counted as dropped")
 	fs.DurationVar(&c.fold, "fold-window", 10*time.Second, "fold repeats of the same event from the same workload within this window into one event with a count (0: report every event)")
 	fs.StringVar(&c.metrics, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9464); off when empty")
-	fs.StringVar(&c.pinDir, "pin-dir", loader.DefaultPinDir, "BPF filesystem directory where the programs, links and maps are pinned, so enforcement outlives the daemon and the next one takes it over")
+	fs.StringVar(&c.pinDir, "pin-dir", pindir.Default, "BPF filesystem directory where the programs, links and maps are pinned, so enforcement outlives the daemon and the next one takes it over")
 	fs.StringVar(&c.onExit, "on-exit", onExitKeep, "on SIGTERM/SIGINT: keep (enforcement stays pinned until the next daemon or `imdsguard detach`) or detach (remove every hook, pin and table)")
 	fs.StringVar(&c.taint, "startup-taint", "", "Kubernetes: remove this taint (KEY or KEY:EFFECT) from the node (NODE_NAME) once enforcing, so pods are scheduled only then; off when empty")
+	fs.StringVar(&c.dmiDir, "dmi-dir", cloud.DMIDir, "directory of the firmware's DMI strings, from which the policy's cloud: auto detects the cloud")
 	return fs
 }
 
@@ -139,7 +146,15 @@ func (c *runConfig) check() error {
 // loadPolicy reads the policy and takes from its output section what the
 // command line left unsaid.
 func (c *runConfig) loadPolicy() error {
-	pol, err := policy.LoadOrDefault(c.policy, c.mode)
+	det, derr := cloud.Detect(c.dmiDir)
+	if derr != nil {
+		det = cloud.Detection{Why: derr.Error()}
+	}
+	c.detected = det
+	pol, err := policy.LoadOrDefault(c.policy, c.mode, det.Cloud)
+	if err != nil && derr != nil {
+		return fmt.Errorf("%w (detecting the cloud: %w)", err, derr)
+	}
 	if err != nil {
 		return err
 	}
@@ -173,4 +188,19 @@ func (c *runConfig) policySource() string {
 		return abs
 	}
 	return c.policy
+}
+
+// cloudWhy says how the policy's cloud profile was chosen.
+func (c *runConfig) cloudWhy() string {
+	if c.pol.Cloud == cloud.Auto {
+		return "detected: " + c.detected.Why
+	}
+	return "named by the policy"
+}
+
+// logCloud says which cloud's profile guards the node, and why: named by
+// the policy, or detected (and from which DMI string).
+func logCloud(c *runConfig, log *zap.Logger) {
+	log.Info("cloud", zap.String("cloud", c.pol.Profile.Name), zap.String("why", c.cloudWhy()),
+		zap.Bool("proof_required", *c.pol.RequireToken), zap.Strings("endpoints", c.pol.Endpoints))
 }

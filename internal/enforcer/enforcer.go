@@ -2,7 +2,9 @@
 // file and the cgroup tree: it compiles a policy against the cgroups that
 // exist, puts it in force atomically, reloads it on SIGHUP or when the file
 // changes (also a Kubernetes ConfigMap's symlink swap), and gives cgroups
-// created later their rules within one rescan interval.
+// created later their rules within one rescan interval. It tells the
+// nftables layer (internal/nftlayer) what the policy asks of the table,
+// through the Table interface, and leaves the table itself to it.
 package enforcer
 
 import (
@@ -18,14 +20,12 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
-	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
 
 	"github.com/imdsguard/imdsguard/internal/cgroupfs"
 	"github.com/imdsguard/imdsguard/internal/events"
 	"github.com/imdsguard/imdsguard/internal/ktables"
 	"github.com/imdsguard/imdsguard/internal/loader"
-	"github.com/imdsguard/imdsguard/internal/nft"
 	"github.com/imdsguard/imdsguard/internal/policy"
 )
 
@@ -93,27 +93,16 @@ func (p *Plan) addCgroup(id uint64, path string, set loader.CgroupRules) error {
 type Options struct {
 	PolicyPath   string        // "" for the embedded default (nothing to watch)
 	ModeOverride string        // --mode: applied to every policy loaded
+	Cloud        string        // what the policy's cloud: auto resolves to (detected at start)
 	CgroupMount  string        // the cgroup v2 mount, for cgroup paths
 	Rescan       time.Duration // how often new cgroups are looked for
-	// Pods guards the devices of allowed pods (nil: their addresses are
-	// let through the nftables table without).
-	Pods PodGuard
+	// Table is the nftables layer (nil: none, the eBPF layer alone).
+	Table Table
 }
 
-// PodGuard guards the devices of the network namespace of a pod that an
-// allowNonHostNetns rule lets reach IMDS (internal/uplink.Pods): the
-// table lets the pod's packets through by their source address, so the
-// pod's hand-made TCP must be stopped inside its namespace. A pod's
-// addresses are let through only once Guard has succeeded there; pod
-// false says the namespace is none the node routes for (none are).
-type PodGuard interface {
-	Guard(h *netlink.Handle) (pod bool, err error)
-}
-
-// PolicySink receives reload results and nftables table events.
+// PolicySink receives reload results.
 type PolicySink interface {
 	EmitPolicy(*events.PolicyEvent)
-	EmitTable(*events.TableEvent)
 }
 
 // Enforcer owns the policy in force.
@@ -128,16 +117,6 @@ type Enforcer struct {
 	names   [2][]string // rule names by generation, for events
 	reloads map[string]uint64
 
-	// the nftables layer (nftables.go); nil table when off or unsupported
-	table     *nft.Table
-	netnsFd   int
-	hostNetns [2]uint64
-	selfNetns [2]uint64 // the daemon's own (the host's unless --host-netns)
-	nftCfg    nft.Config
-	nftOn     bool
-	restores  uint64
-	podErrs   map[[2]uint64]string // the last error guarding each allowed pod, logged once
-
 	// when the cgroup tree was last scanned successfully (unix ns), read
 	// without the lock by /readyz
 	lastRescan atomic.Int64
@@ -146,7 +125,7 @@ type Enforcer struct {
 
 // New takes over a guard loaded with plan.
 func New(guard *loader.Guard, plan *Plan, opts Options, sink PolicySink, log *zap.Logger) *Enforcer {
-	e := &Enforcer{guard: guard, opts: opts, log: log, sink: sink, plan: plan, reloads: map[string]uint64{}, podErrs: map[[2]uint64]string{}, netnsFd: -1}
+	e := &Enforcer{guard: guard, opts: opts, log: log, sink: sink, plan: plan, reloads: map[string]uint64{}}
 	e.names[guard.Generation()&1] = ruleNames(plan.Compiled)
 	e.lastRescan.Store(time.Now().UnixNano()) // MakePlan scanned the tree
 	// Watched from here, before the daemon says it enforces, so that no
@@ -245,7 +224,7 @@ func (e *Enforcer) Reload(trigger string) error {
 
 // readPlan reads the policy file and compiles it for the cgroup tree.
 func (e *Enforcer) readPlan() (*Plan, error) {
-	pol, err := policy.LoadOrDefault(e.opts.PolicyPath, e.opts.ModeOverride)
+	pol, err := policy.LoadOrDefault(e.opts.PolicyPath, e.opts.ModeOverride, e.opts.Cloud)
 	if err != nil {
 		return nil, err
 	}
@@ -268,7 +247,7 @@ func (e *Enforcer) reloadLocked(pe *events.PolicyEvent, plan *Plan, err error) (
 	}
 	e.names[e.guard.Generation()&1] = ruleNames(plan.Compiled)
 	e.plan = plan
-	if err := e.guard.RecordPolicy(plan.Hash, plan.Policy.Mode); err != nil {
+	if err := e.guard.RecordPolicy(plan.Hash, plan.Policy.Mode, plan.Policy.Profile.Name); err != nil {
 		e.log.Warn("recording the policy in the pinned meta (imdsguard status shows the previous one)", zap.Error(err))
 	}
 	if err := e.syncTableLocked(); err != nil {
@@ -342,9 +321,7 @@ func (e *Enforcer) rescanLocked() error {
 	if len(set)+len(remove) > 0 {
 		e.log.Debug("cgroup rules updated", zap.Int("added", len(set)), zap.Int("removed", len(remove)))
 	}
-	if e.nftOn {
-		e.updateAllowedLocked()
-	}
+	e.followPodsLocked()
 	return nil
 }
 
@@ -387,10 +364,6 @@ func (e *Enforcer) Run(ctx context.Context, hup <-chan os.Signal) {
 			cw.sync(e.knownTree())
 		}
 	}
-	// Someone may delete or flush the table (an admin, a tool that flushes
-	// the whole ruleset): put it back.
-	watchdog := time.NewTicker(2 * time.Second)
-	defer watchdog.Stop()
 	// Changes come in bursts (write, chmod, rename): act once they settle.
 	var settle <-chan time.Time
 	for {
@@ -418,8 +391,13 @@ func (e *Enforcer) Run(ctx context.Context, hup <-chan os.Signal) {
 			scan()
 		case <-rescan.C:
 			scan()
-		case <-watchdog.C:
-			e.checkTable()
 		}
 	}
+}
+
+// Audit reports whether the policy in force is in audit mode.
+func (e *Enforcer) Audit() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.plan.Policy.Mode == policy.ModeAudit
 }

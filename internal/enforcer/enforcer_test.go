@@ -5,6 +5,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/imdsguard/imdsguard/internal/cloud"
 	"github.com/imdsguard/imdsguard/internal/ktables"
 	"github.com/imdsguard/imdsguard/internal/policy"
 )
@@ -21,7 +22,7 @@ func TestPlanOfTheDefaultPolicyAndItsTable(t *testing.T) {
 		{"audit", "", true, false},
 		{"enforce", policy.NftablesReject, false, true},
 	} {
-		pol, err := policy.LoadOrDefault("", tc.mode)
+		pol, err := policy.LoadOrDefault("", tc.mode, cloud.AWS)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -35,13 +36,11 @@ func TestPlanOfTheDefaultPolicyAndItsTable(t *testing.T) {
 		if len(plan.Cgroups) != 1 || plan.Hash == "" {
 			t.Errorf("plan %+v: want only the default rule list, and a hash", plan)
 		}
-		cfg, err := nftConfig(plan, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		// (the table's NFLOG group is nftlayer's: TestWantBecomesTheTableConfig)
+		got := syncedWant(t, plan)
 		want := []netip.AddrPort{netip.MustParseAddrPort("169.254.169.254:80"), netip.MustParseAddrPort("[fd00:ec2::254]:80")}
-		if !slices.Equal(cfg.Endpoints, want) || cfg.Audit != tc.audit || cfg.Reject != tc.reject || cfg.LogGroup != NftLogGroup {
-			t.Errorf("mode %s action %q: table %+v, want endpoints %v audit %v reject %v", tc.mode, tc.action, cfg, want, tc.audit, tc.reject)
+		if !got.On || !slices.Equal(got.Endpoints, want) || got.Audit != tc.audit || got.Reject != tc.reject || got.AllowedCgroups != nil {
+			t.Errorf("mode %s action %q: table %+v, want endpoints %v audit %v reject %v", tc.mode, tc.action, got, want, tc.audit, tc.reject)
 		}
 	}
 }

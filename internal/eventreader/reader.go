@@ -44,6 +44,7 @@ type ReaderOptions struct {
 	Names      func(containerID string) (pod, namespace, container string, ok bool) // CRI
 	Hostname   string
 	InstanceID string
+	Cloud      func() string // the cloud profile of the policy in force
 }
 
 // MaxCmdline bounds the command line copied into an event.
@@ -124,6 +125,9 @@ func (r *Reader) enrich(ev *events.Event) {
 		}
 	}
 	ev.Hostname, ev.InstanceID = r.opts.Hostname, r.opts.InstanceID
+	if r.opts.Cloud != nil {
+		ev.Cloud = r.opts.Cloud()
+	}
 	if ev.RuleIndex > 0 && r.opts.Rules != nil {
 		ev.Rule = r.opts.Rules(ev.Gen, ev.RuleIndex-1)
 	}

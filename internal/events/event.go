@@ -43,6 +43,7 @@ type Event struct {
 	Cmdline          string // truncated to MaxCmdline bytes
 	Hostname         string
 	InstanceID       string
+	Cloud            string // the policy's cloud profile (aws, gcp, ..., generic)
 	Count            uint64 // 1, or the number of repeats a folded event stands for
 	NetnsCookie      uint64
 	HostNetns        bool
@@ -105,6 +106,7 @@ func (e *Event) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddString("cmdline", e.Cmdline)
 	enc.AddString("hostname", e.Hostname)
 	enc.AddString("instance_id", e.InstanceID)
+	enc.AddString("cloud", e.Cloud)
 	count := e.Count
 	if count == 0 {
 		count = 1

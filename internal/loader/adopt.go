@@ -12,7 +12,6 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
-	"github.com/imdsguard/imdsguard/bpf"
 	"github.com/imdsguard/imdsguard/internal/cgroupfs"
 	"github.com/imdsguard/imdsguard/internal/netnsexec"
 )
@@ -57,7 +56,7 @@ func (g *Guard) AdoptConnections() (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	adopted := after.slots[bpf.CounterAdopted] - before.slots[bpf.CounterAdopted]
+	adopted := after.Adopted() - before.Adopted()
 	if unguarded := after.Unguarded() - before.Unguarded(); unguarded > 0 {
 		// Another sk_msg user (a second guard, a CNI's socket acceleration)
 		// already owns them; they were opened before the guard and stay

@@ -7,6 +7,11 @@
 // is undone before the error is returned, so a failed start never leaves
 // the host half-protected, and never loses the enforcement an earlier
 // daemon left pinned.
+//
+// The pin directory's files, lock and meta record are internal/pindir's;
+// reading the kernel's counters is internal/counters'. What stays here
+// needs the loaded objects or the hook table (cgroupHooks), which drives
+// attach, pin, takeover, detach and status alike.
 package loader
 
 import (
@@ -24,7 +29,9 @@ import (
 
 	"github.com/imdsguard/imdsguard/bpf"
 	"github.com/imdsguard/imdsguard/internal/cgroupfs"
+	"github.com/imdsguard/imdsguard/internal/counters"
 	"github.com/imdsguard/imdsguard/internal/ktables"
+	"github.com/imdsguard/imdsguard/internal/pindir"
 )
 
 // Options says where and how to attach.
@@ -48,7 +55,7 @@ type Options struct {
 	LockWait time.Duration
 	// Meta is recorded with the pins for `imdsguard status`: the caller
 	// fills Version, Mode, PolicyHash, PolicySource and HostNetns.
-	Meta Meta
+	Meta pindir.Meta
 }
 
 // Takeover says how a Load found the pin directory.
@@ -76,10 +83,10 @@ type Guard struct {
 	gen        uint32 // generation in force
 
 	pinDir   string
-	lock     *pinLock
+	lock     *pindir.Lock
 	released bool
 	detached bool
-	meta     Meta
+	meta     pindir.Meta
 	takeover Takeover
 }
 
@@ -139,14 +146,14 @@ func newGuard(opts Options, log *zap.Logger) (*Guard, *ebpf.CollectionSpec, erro
 // loadPinned takes the pin directory's lock and starts fresh, adopts the
 // pins of this layout, or replaces those of another.
 func (g *Guard) loadPinned(ctx context.Context, spec *ebpf.CollectionSpec, pol *ktables.Tables, opts Options) error {
-	if err := ensureBPFFS(opts.PinDir); err != nil {
+	if err := pindir.EnsureBPFFS(opts.PinDir); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
 		return fmt.Errorf("creating pin directory: %w", err)
 	}
 	var err error
-	g.lock, err = lockPinDir(ctx, opts.PinDir, opts.LockWait, func(holder int) {
+	g.lock, err = pindir.TakeLock(ctx, opts.PinDir, opts.LockWait, func(holder int) {
 		g.log.Info("waiting for the imdsguard that holds the pin directory to exit", zap.String("pin_dir", opts.PinDir), zap.Int("pid", holder))
 	})
 	if err != nil {
@@ -154,7 +161,7 @@ func (g *Guard) loadPinned(ctx context.Context, spec *ebpf.CollectionSpec, pol *
 	}
 	old, err := openPinned(opts.PinDir)
 	if err != nil {
-		g.lock.release()
+		g.lock.Release()
 		return fmt.Errorf("reading what is pinned in %s (run `imdsguard detach` to clear it): %w", opts.PinDir, err)
 	}
 	defer old.close()
@@ -166,7 +173,7 @@ func (g *Guard) loadPinned(ctx context.Context, spec *ebpf.CollectionSpec, pol *
 		}
 		if err != nil {
 			g.closeAll(true)
-			removePins(opts.PinDir)
+			pindir.RemovePins(opts.PinDir)
 		}
 	case g.compatible(old, spec):
 		g.takeover = TakeoverAdopted
@@ -176,7 +183,7 @@ func (g *Guard) loadPinned(ctx context.Context, spec *ebpf.CollectionSpec, pol *
 		err = g.replace(spec, pol, opts.CgroupRules, old)
 	}
 	if err != nil {
-		g.lock.release()
+		g.lock.Release()
 	}
 	return err
 }
@@ -306,16 +313,16 @@ func (g *Guard) writeFirstPolicy(pol *ktables.Tables, cg CgroupRules) error {
 // marks the set complete.
 func (g *Guard) pinAll() error {
 	for name, m := range g.mapsByName() {
-		if err := pinObject(filepath.Join(g.pinDir, pinMaps, name), m.Pin); err != nil {
+		if err := pindir.Pin(filepath.Join(g.pinDir, pindir.MapsDir, name), m.Pin); err != nil {
 			return err
 		}
 	}
 	for name, l := range g.links {
-		if err := pinObject(filepath.Join(g.pinDir, pinLinks, name), l.Pin); err != nil {
+		if err := pindir.Pin(filepath.Join(g.pinDir, pindir.LinksDir, name), l.Pin); err != nil {
 			return err
 		}
 	}
-	if err := pinObject(filepath.Join(g.pinDir, pinSkMsg), g.objs.ImdsMsg.Pin); err != nil {
+	if err := pindir.Pin(filepath.Join(g.pinDir, pindir.SkMsgPin), g.objs.ImdsMsg.Pin); err != nil {
 		return err
 	}
 	return g.writeMeta()
@@ -323,7 +330,7 @@ func (g *Guard) pinAll() error {
 
 func (g *Guard) writeMeta() error {
 	g.meta.Generation = g.gen
-	return writeMeta(g.pinDir, &g.meta)
+	return pindir.WriteMeta(g.pinDir, &g.meta)
 }
 
 // mapsByName lists every map of the loaded objects by its name in the
@@ -366,12 +373,13 @@ func (g *Guard) Hooks() []string {
 func (g *Guard) Events() *ebpf.Map { return g.objs.Events }
 
 // Counters reads the per-verdict counters.
-func (g *Guard) Counters() (Counters, error) { return ReadCounters(g.objs.Counters) }
+func (g *Guard) Counters() (counters.Totals, error) { return counters.Read(g.objs.Counters) }
 
 // RecordPolicy notes a policy put in force in the pinned meta.
-func (g *Guard) RecordPolicy(hash, mode string) error {
+func (g *Guard) RecordPolicy(hash, mode, cloud string) error {
 	g.meta.PolicyHash = hash
 	g.meta.Mode = mode
+	g.meta.Cloud = cloud
 	g.meta.PolicyLoadedAt = time.Now().UTC()
 	if g.pinDir == "" {
 		return nil
@@ -399,7 +407,7 @@ func (g *Guard) Release() error {
 	}
 	g.released = true
 	err := g.closeAll(g.pinDir == "")
-	g.lock.release()
+	g.lock.Release()
 	return err
 }
 

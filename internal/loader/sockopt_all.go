@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/imdsguard/imdsguard/bpf"
+	"github.com/imdsguard/imdsguard/internal/pindir"
 )
 
 // hookSetsockoptAll names the optional setsockopt guard on the LSM hook
@@ -39,7 +40,7 @@ func (g *Guard) attachSetsockoptAll(pin bool) {
 	if !pin || g.pinDir == "" {
 		return
 	}
-	if err := pinObject(filepath.Join(g.pinDir, pinLinks, hookSetsockoptAll), l.Pin); err != nil {
+	if err := pindir.Pin(filepath.Join(g.pinDir, pindir.LinksDir, hookSetsockoptAll), l.Pin); err != nil {
 		g.log.Warn("the setsockopt guard for compat calls lasts only as long as this daemon", zap.Error(err))
 	}
 }

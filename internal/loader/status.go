@@ -9,9 +9,15 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/imdsguard/imdsguard/bpf"
+	"github.com/imdsguard/imdsguard/internal/counters"
+	"github.com/imdsguard/imdsguard/internal/pindir"
 )
 
-// Status is what is pinned in a pin directory, read without the daemon.
+// Status is what is pinned in a pin directory, read without the daemon
+// (`imdsguard status` and `detach`). It is read here, not in pindir,
+// because the hooks it lists come from the same table (cgroupHooks) that
+// attach, pin and takeover use: a hook added there is shown without anyone
+// listing it twice.
 type Status struct {
 	PinDir string `json:"pin_dir"`
 	// Pinned is false when the directory holds no enforcement at all.
@@ -24,9 +30,9 @@ type Status struct {
 		Running bool `json:"running"`
 		PID     int  `json:"pid,omitempty"`
 	} `json:"daemon"`
-	Meta     *Meta        `json:"meta,omitempty"`
-	Hooks    []HookStatus `json:"hooks"`
-	Counters *CounterView `json:"counters,omitempty"`
+	Meta     *pindir.Meta   `json:"meta,omitempty"`
+	Hooks    []HookStatus   `json:"hooks"`
+	Counters *counters.View `json:"counters,omitempty"`
 	// RetiredSocketMaps are socket maps of an earlier layout still judging
 	// connections opened before a takeover.
 	RetiredSocketMaps int `json:"retired_socket_maps"`
@@ -43,30 +49,6 @@ type HookStatus struct {
 	// zero unless kernel.bpf_stats_enabled is on.
 	RunCount  uint64 `json:"run_count,omitempty"`
 	RunTimeNs uint64 `json:"run_time_ns,omitempty"`
-}
-
-// CounterView renders the counters for people and scripts.
-type CounterView struct {
-	Verdicts         map[string]uint64 `json:"verdicts"`
-	CredentialAccess map[string]uint64 `json:"credential_access"`
-	EventsLost       uint64            `json:"events_lost"`
-	Unguarded        uint64            `json:"unguarded_connections"`
-	Adopted          uint64            `json:"adopted_connections"`
-}
-
-// View renders the non-zero counters by name ("request_deny_imdsv1_no_token").
-func (c Counters) View() *CounterView {
-	v := &CounterView{Verdicts: map[string]uint64{}, CredentialAccess: map[string]uint64{},
-		EventsLost: c.EventsLost(), Unguarded: c.Unguarded(), Adopted: c.Adopted()}
-	for _, vd := range c.Verdicts() {
-		v.Verdicts[vd.Name()] = vd.Count
-	}
-	for a := bpf.ActionAllow; a <= bpf.ActionAudit; a++ {
-		if n := c.CredentialAccess(a); n > 0 {
-			v.CredentialAccess[a.String()] = n
-		}
-	}
-	return v
 }
 
 // PinnedMapIDs are the ids of the maps pinned at dir (Guard.MapIDs of the
@@ -92,7 +74,7 @@ func ReadStatus(dir string) (*Status, error) {
 	} else if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", dir, err)
 	}
-	running, err := daemonHolds(dir)
+	running, err := pindir.DaemonHolds(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -140,11 +122,11 @@ func ReadStatus(dir string) (*Status, error) {
 		st.Hooks = append(st.Hooks, hs)
 	}
 	if m := pinned.maps[bpf.ImdsguardMapCounters]; m != nil {
-		if c, err := ReadCounters(m); err == nil {
+		if c, err := counters.Read(m); err == nil {
 			st.Counters = c.View()
 		}
 	}
-	retired, _ := filepath.Glob(filepath.Join(dir, pinRetired, "*"))
+	retired, _ := filepath.Glob(filepath.Join(dir, pindir.RetiredDir, "*"))
 	st.RetiredSocketMaps = len(retired)
 	st.Complete = complete
 	return st, nil

@@ -16,6 +16,7 @@ import (
 
 	"github.com/imdsguard/imdsguard/bpf"
 	"github.com/imdsguard/imdsguard/internal/ktables"
+	"github.com/imdsguard/imdsguard/internal/pindir"
 )
 
 // takeOverPins takes over pins of the same layout: the new programs share the
@@ -70,7 +71,7 @@ func (g *Guard) takeOverPins(spec *ebpf.CollectionSpec, pol *ktables.Tables, cg 
 	}
 	// From here the new programs and policy are in force; the pins only
 	// have to say so.
-	if err := pinObject(filepath.Join(g.pinDir, pinSkMsg), g.objs.ImdsMsg.Pin); err != nil {
+	if err := pindir.Pin(filepath.Join(g.pinDir, pindir.SkMsgPin), g.objs.ImdsMsg.Pin); err != nil {
 		g.log.Warn("pinning sk_msg", zap.Error(err))
 	}
 	if err := g.writeMeta(); err != nil {
@@ -168,7 +169,7 @@ func (g *Guard) replace(spec *ebpf.CollectionSpec, pol *ktables.Tables, cg Cgrou
 		return err
 	}
 	// From the first change on, the directory is not a complete set.
-	if err := os.Remove(filepath.Join(g.pinDir, pinMeta)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(filepath.Join(g.pinDir, pindir.MetaPin)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		g.closeAll(false)
 		return fmt.Errorf("removing pinned meta: %w", err)
 	}
@@ -181,7 +182,7 @@ func (g *Guard) replace(spec *ebpf.CollectionSpec, pol *ktables.Tables, cg Cgrou
 		t.undo()
 		g.closeAll(true)
 		if old.meta != nil {
-			if merr := writeMeta(g.pinDir, old.meta); merr != nil {
+			if merr := pindir.WriteMeta(g.pinDir, old.meta); merr != nil {
 				g.log.Warn("restoring pinned meta", zap.Error(merr))
 			}
 		}
@@ -245,14 +246,14 @@ func (g *Guard) removeOld(old *pinnedState) {
 		if err := detachLink(l); err != nil {
 			g.log.Warn("detaching an old link", zap.String("link", name), zap.Error(err))
 		}
-		if err := os.Remove(filepath.Join(g.pinDir, pinLinks, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.Remove(filepath.Join(g.pinDir, pindir.LinksDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			g.log.Warn("removing an old link pin", zap.String("link", name), zap.Error(err))
 		}
 	}
 	if err := g.retireSocketMap(old); err != nil {
 		g.log.Warn("keeping the old socket map", zap.Error(err))
 	}
-	for _, stale := range []string{pinMaps, pinSkMsg} {
+	for _, stale := range []string{pindir.MapsDir, pindir.SkMsgPin} {
 		if err := os.RemoveAll(filepath.Join(g.pinDir, stale)); err != nil {
 			g.log.Warn("removing old pins", zap.String("path", stale), zap.Error(err))
 		}
@@ -266,16 +267,16 @@ func (g *Guard) pinReplacement(reused map[string]bool) {
 		if reused[name] {
 			continue
 		}
-		if err := pinObject(filepath.Join(g.pinDir, pinLinks, name), l.Pin); err != nil {
+		if err := pindir.Pin(filepath.Join(g.pinDir, pindir.LinksDir, name), l.Pin); err != nil {
 			g.log.Error("pinning a new link: it will not outlive this daemon", zap.String("link", name), zap.Error(err))
 		}
 	}
 	for name, m := range g.mapsByName() {
-		if err := pinObject(filepath.Join(g.pinDir, pinMaps, name), m.Pin); err != nil {
+		if err := pindir.Pin(filepath.Join(g.pinDir, pindir.MapsDir, name), m.Pin); err != nil {
 			g.log.Error("pinning a new map", zap.String("map", name), zap.Error(err))
 		}
 	}
-	if err := pinObject(filepath.Join(g.pinDir, pinSkMsg), g.objs.ImdsMsg.Pin); err != nil {
+	if err := pindir.Pin(filepath.Join(g.pinDir, pindir.SkMsgPin), g.objs.ImdsMsg.Pin); err != nil {
 		g.log.Error("pinning sk_msg", zap.Error(err))
 	}
 	if err := g.writeMeta(); err != nil {
@@ -294,7 +295,7 @@ func (g *Guard) retireSocketMap(old *pinnedState) error {
 	if empty, err := mapEmpty(socks); err == nil && empty {
 		return nil
 	}
-	dir := filepath.Join(g.pinDir, pinRetired, strconv.FormatInt(time.Now().UnixNano(), 10))
+	dir := filepath.Join(g.pinDir, pindir.RetiredDir, strconv.FormatInt(time.Now().UnixNano(), 10))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("creating %s: %w", dir, err)
 	}
@@ -325,7 +326,7 @@ func (g *Guard) DrainRetired() int {
 	if g.pinDir == "" {
 		return 0
 	}
-	dirs, _ := filepath.Glob(filepath.Join(g.pinDir, pinRetired, "*"))
+	dirs, _ := filepath.Glob(filepath.Join(g.pinDir, pindir.RetiredDir, "*"))
 	left := 0
 	for _, dir := range dirs {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, bpf.ImdsguardMapImdsSocks), nil)
@@ -349,7 +350,7 @@ func (g *Guard) DrainRetired() int {
 		g.log.Info("the last connection judged by the previous programs has closed", zap.String("retired", dir))
 	}
 	if left == 0 {
-		os.Remove(filepath.Join(g.pinDir, pinRetired))
+		os.Remove(filepath.Join(g.pinDir, pindir.RetiredDir))
 	}
 	return left
 }
@@ -362,11 +363,11 @@ func RemovePinned(dir string, log *zap.Logger) ([]string, error) {
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
-	lock, err := lockPinDir(context.Background(), dir, 0, nil)
+	lock, err := pindir.TakeLock(context.Background(), dir, 0, nil)
 	if err != nil {
 		return nil, err
 	}
-	defer lock.release()
+	defer lock.Release()
 	return removePinned(dir, log)
 }
 
@@ -406,7 +407,7 @@ func removePinned(dir string, log *zap.Logger) ([]string, error) {
 			removed = append(removed, "sk_msg")
 		}
 	}
-	retired, _ := filepath.Glob(filepath.Join(dir, pinRetired, "*"))
+	retired, _ := filepath.Glob(filepath.Join(dir, pindir.RetiredDir, "*"))
 	for _, r := range retired {
 		m, merr := ebpf.LoadPinnedMap(filepath.Join(r, bpf.ImdsguardMapImdsSocks), nil)
 		p, perr := ebpf.LoadPinnedProgram(filepath.Join(r, "sk_msg"), nil)
@@ -449,11 +450,4 @@ func isHook(name string) bool {
 		}
 	}
 	return false
-}
-
-// removePins removes the pins a failed fresh start made.
-func removePins(dir string) {
-	for _, p := range []string{pinMeta, pinMaps, pinLinks, "progs"} {
-		os.RemoveAll(filepath.Join(dir, p))
-	}
 }

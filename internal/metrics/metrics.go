@@ -16,12 +16,12 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/imdsguard/imdsguard/bpf"
-	"github.com/imdsguard/imdsguard/internal/loader"
+	"github.com/imdsguard/imdsguard/internal/counters"
 )
 
 // Source is what the metrics read from the running daemon.
 type Source interface {
-	Counters() (loader.Counters, error)
+	Counters() (counters.Totals, error)
 	Hooks() []string
 	Reloads() map[string]uint64
 	Ready() bool // programs attached and a policy loaded
@@ -57,8 +57,8 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	if counters, err := c.src.Counters(); err == nil {
-		for _, v := range counters.Verdicts() {
+	if totals, err := c.src.Counters(); err == nil {
+		for _, v := range totals.Verdicts() {
 			desc := c.requests
 			if v.Kind == bpf.KindConnect {
 				desc = c.connections
@@ -66,9 +66,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v.Count), v.Action.String(), v.Reason.String())
 		}
 		for _, a := range []bpf.Action{bpf.ActionAllow, bpf.ActionDeny, bpf.ActionAudit} {
-			ch <- prometheus.MustNewConstMetric(c.credential, prometheus.CounterValue, float64(counters.CredentialAccess(a)), a.String())
+			ch <- prometheus.MustNewConstMetric(c.credential, prometheus.CounterValue, float64(totals.CredentialAccess(a)), a.String())
 		}
-		ch <- prometheus.MustNewConstMetric(c.lost, prometheus.CounterValue, float64(counters.EventsLost()))
+		ch <- prometheus.MustNewConstMetric(c.lost, prometheus.CounterValue, float64(totals.EventsLost()))
 	}
 	for result, n := range c.src.Reloads() {
 		ch <- prometheus.MustNewConstMetric(c.reloads, prometheus.CounterValue, float64(n), result)

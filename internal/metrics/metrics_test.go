@@ -9,18 +9,18 @@ import (
 	"time"
 
 	"github.com/imdsguard/imdsguard/bpf"
-	"github.com/imdsguard/imdsguard/internal/loader"
+	"github.com/imdsguard/imdsguard/internal/counters"
 )
 
 // source is a daemon as the metrics see it, without a kernel.
 type source struct {
-	counters   loader.Counters
+	totals     counters.Totals
 	hooks      []string
 	ready      bool
 	lastRescan time.Time
 }
 
-func (s *source) Counters() (loader.Counters, error) { return s.counters, nil }
+func (s *source) Counters() (counters.Totals, error) { return s.totals, nil }
 func (s *source) Hooks() []string                    { return s.hooks }
 func (s *source) Reloads() map[string]uint64         { return map[string]uint64{"loaded": 2, "rejected": 1} }
 func (s *source) Ready() bool                        { return s.ready }
@@ -38,7 +38,7 @@ func get(t *testing.T, h http.Handler, path string) (int, string) {
 // hooks, reloads, lost and dropped events.
 func TestMetricsReportTheKernelCounters(t *testing.T) {
 	src := &source{
-		counters: loader.CountersFrom(map[uint32]uint64{
+		totals: counters.From(map[uint32]uint64{
 			bpf.CounterSlot(bpf.KindRequest, bpf.ActionDeny, bpf.ReasonIMDSv1NoToken): 3,
 			bpf.CounterSlot(bpf.KindConnect, bpf.ActionDeny, bpf.ReasonNonHostNetns):  2,
 			bpf.CounterEventsLost: 5,

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"github.com/imdsguard/imdsguard/internal/cloud"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,7 +30,7 @@ func TestLoadRefusesWhatIsNotABoundedRegularFile(t *testing.T) {
 		{filepath.Join(dir, "missing.yaml"), "no such file"},
 	} {
 		done := make(chan error, 1)
-		go func() { _, err := Load(tt.path); done <- err }()
+		go func() { _, err := Load(tt.path, cloud.AWS); done <- err }()
 		select {
 		case err := <-done:
 			if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.HasPrefix(err.Error(), "reading policy: ") {

@@ -17,6 +17,7 @@ import (
 	"syscall"
 
 	"github.com/imdsguard/imdsguard/bpf"
+	"github.com/imdsguard/imdsguard/internal/cloud"
 	"github.com/imdsguard/imdsguard/internal/ktables"
 	"github.com/imdsguard/imdsguard/internal/target"
 )
@@ -50,16 +51,6 @@ type Output struct {
 	FoldWindow string   `json:"foldWindow,omitempty"` // default 10s; 0s reports every event
 }
 
-// DefaultCredentialPaths returns the IMDS paths that hand out credentials
-// (and the role's name). Any version segment counts, not only "latest".
-func DefaultCredentialPaths() []string {
-	return []string{
-		"/latest/meta-data/iam/security-credentials/",
-		"/latest/meta-data/identity-credentials/",
-		"/latest/meta-data/iam/info",
-	}
-}
-
 // Defaults of the connection bounds: far above what an IMDS client holds
 // (one or two), far below the socket map's 65536.
 const (
@@ -69,8 +60,9 @@ const (
 	MaxConnections = 65536
 )
 
-// DefaultEndpoints returns the AWS IMDS addresses (IPv4 and the Nitro IPv6 one).
-func DefaultEndpoints() []string { return []string{"169.254.169.254:80", "[fd00:ec2::254]:80"} }
+// MaxTokenTTL is the longest token life any profile's service grants
+// (AWS's and Alibaba's: six hours); maxTokenTTL may lower it.
+const MaxTokenTTL = 21600
 
 //go:embed default.yaml
 var defaultYAML []byte
@@ -82,9 +74,17 @@ var defaultYAML []byte
 // a policy that asks for protection the daemon cannot give must fail to
 // load rather than run with less.
 type Policy struct {
-	APIVersion        string `json:"apiVersion"`
-	Kind              string `json:"kind"`
-	Mode              string `json:"mode"`
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Mode       string `json:"mode"`
+	// Cloud names the metadata service's profile (internal/cloud), or
+	// auto: the cloud detected at start.
+	Cloud string `json:"cloud"`
+	// Profile is the profile Cloud resolves to; its endpoints, credential
+	// paths and proof are the defaults of the keys below.
+	Profile cloud.Profile `json:"-"`
+	// RequireToken refuses requests without the profile's proof (AWS's
+	// token, GCP's Metadata-Flavor header, ...).
 	RequireToken      *bool  `json:"requireToken,omitempty"`
 	BlockNonHostNetns *bool  `json:"blockNonHostNetns,omitempty"`
 	RefuseForwarded   *bool  `json:"refuseForwarded,omitempty"`
@@ -93,11 +93,14 @@ type Policy struct {
 	// MaxConnectionsPerCgroup and MaxConnectionsPerUser bound the IMDS
 	// connections one cgroup, and one non-root uid, may hold open, so that
 	// no workload can fill the kernel's socket map for the others.
-	MaxConnectionsPerCgroup int      `json:"maxConnectionsPerCgroup,omitempty"`
-	MaxConnectionsPerUser   int      `json:"maxConnectionsPerUser,omitempty"`
-	Endpoints               []string `json:"endpoints"`
-	CredentialPaths         []string `json:"credentialPaths"`
-	Output                  Output   `json:"output"`
+	MaxConnectionsPerCgroup int `json:"maxConnectionsPerCgroup,omitempty"`
+	MaxConnectionsPerUser   int `json:"maxConnectionsPerUser,omitempty"`
+	// MaxTokenTTL caps the life (seconds) a token PUT may ask for, where
+	// the profile has tokens; 0 leaves the service's own cap.
+	MaxTokenTTL     int      `json:"maxTokenTTL,omitempty"`
+	Endpoints       []string `json:"endpoints"`
+	CredentialPaths []string `json:"credentialPaths"`
+	Output          Output   `json:"output"`
 	// Rules are exceptions to the settings above, for the processes they
 	// match; the first matching rule wins. Never nil after Parse.
 	Rules []Rule `json:"rules"`
@@ -123,9 +126,10 @@ type Match struct {
 	UID    *uint32 `json:"uid,omitempty"`
 }
 
-// Default returns the embedded default policy.
-func Default() (*Policy, error) {
-	p, err := Parse(defaultYAML, "<embedded default>")
+// Default returns the embedded default policy, cloud auto resolving to
+// detected (a cloud.Detect result's Cloud).
+func Default(detected string) (*Policy, error) {
+	p, err := ParseIn(defaultYAML, "<embedded default>", detected)
 	if err != nil {
 		return nil, fmt.Errorf("embedded default policy: %w", err)
 	}
@@ -135,13 +139,13 @@ func Default() (*Policy, error) {
 // DefaultYAML returns the embedded default policy file.
 func DefaultYAML() []byte { return append([]byte(nil), defaultYAML...) }
 
-// Load reads and parses a policy file.
-func Load(path string) (*Policy, error) {
+// Load reads and parses a policy file, cloud auto resolving to detected.
+func Load(path, detected string) (*Policy, error) {
 	data, err := readRegular(path, MaxFileBytes)
 	if err != nil {
 		return nil, fmt.Errorf("reading policy: %w", err)
 	}
-	return Parse(data, path)
+	return ParseIn(data, path, detected)
 }
 
 // MaxFileBytes bounds a policy file; real ones are a few KiB.
@@ -180,14 +184,24 @@ func readRegular(path string, max int64) ([]byte, error) {
 // Parse decodes a policy strictly, fills in defaults and validates it.
 // source names the file in messages. Every problem is reported at once:
 // the error joins one *ParseError per problem, each naming the file, line
-// and key ("policy.yaml:7: rules[1].match.cgroup: …").
+// and key ("policy.yaml:7: rules[1].match.cgroup: …"). cloud auto resolves
+// to aws, as on an EC2 instance: Parse is for tools and tests that have no
+// node; the daemon parses with ParseIn and the cloud it detected.
 func Parse(data []byte, source string) (*Policy, error) {
+	return ParseIn(data, source, cloud.AWS)
+}
+
+// ParseIn is Parse with cloud auto resolving to detected.
+func ParseIn(data []byte, source, detected string) (*Policy, error) {
 	d := newDecoder(source)
 	var p Policy
 	if root := d.document(data); root != nil {
 		d.policy(root, &p)
 	}
+	requireTokenSet := p.RequireToken != nil
+	p.resolveProfile(detected)
 	p.fillDefaults()
+	d.validateCloud(&p, requireTokenSet)
 	d.validate(&p)
 	if err := d.err(); err != nil {
 		return nil, err
@@ -226,17 +240,21 @@ func (p *Policy) fillDefaults() {
 	if p.Output.FoldWindow == "" {
 		p.Output.FoldWindow = "10s"
 	}
-	for _, b := range []**bool{&p.RequireToken, &p.BlockNonHostNetns, &p.RefuseForwarded, &p.Nftables} {
+	if p.RequireToken == nil {
+		proof := p.Profile.HasProof()
+		p.RequireToken = &proof
+	}
+	for _, b := range []**bool{&p.BlockNonHostNetns, &p.RefuseForwarded, &p.Nftables} {
 		if *b == nil {
 			t := true
 			*b = &t
 		}
 	}
 	if p.CredentialPaths == nil {
-		p.CredentialPaths = DefaultCredentialPaths()
+		p.CredentialPaths = slices.Clone(p.Profile.CredentialPaths)
 	}
 	if p.Endpoints == nil {
-		p.Endpoints = DefaultEndpoints()
+		p.Endpoints = slices.Clone(p.Profile.Endpoints)
 	}
 	if p.Rules == nil {
 		p.Rules = []Rule{}
@@ -304,13 +322,13 @@ func ParseEndpoint(s string) (netip.AddrPort, error) {
 
 // LoadOrDefault reads and validates the policy file at path, or takes the
 // embedded default for "", then applies modeOverride (--mode) if set.
-func LoadOrDefault(path, modeOverride string) (*Policy, error) {
+func LoadOrDefault(path, modeOverride, detected string) (*Policy, error) {
 	var pol *Policy
 	var err error
 	if path == "" {
-		pol, err = Default()
+		pol, err = Default(detected)
 	} else {
-		pol, err = Load(path)
+		pol, err = Load(path, detected)
 	}
 	if err != nil {
 		return nil, err
@@ -381,13 +399,13 @@ func (p *Policy) Compile() (*Compiled, error) {
 		if err != nil {
 			return nil, fmt.Errorf("compiling credentialPaths[%d]: %w", i, err)
 		}
-		pf := &c.Config.Prefixes[i]
-		pf.Len = uint32(len(rest))
-		for k := range len(rest) {
-			pf.S[k] = int8(rest[k])
-		}
+		c.Config.Prefixes[i].Len = uint32(len(rest))
+		putChars(c.Config.Prefixes[i].S[:], rest)
 	}
 	c.Config.PrefixCount = uint32(len(p.CredentialPaths))
+	if err := p.compileProfile(&c.Config); err != nil {
+		return nil, err
+	}
 	rules, err := compileRules(p.Rules)
 	if err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"github.com/imdsguard/imdsguard/internal/cloud"
 	"strings"
 	"testing"
 
@@ -10,7 +11,7 @@ import (
 )
 
 func TestDefaultPolicy(t *testing.T) {
-	p, err := Default()
+	p, err := Default(cloud.AWS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +36,7 @@ func TestEmptyFileMeansDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, _ := Default()
+	d, _ := Default(cloud.AWS)
 	got, _ := p.YAML()
 	want, _ := d.YAML()
 	if string(got) != string(want) {

@@ -8,8 +8,8 @@ import (
 )
 
 // render writes the policy as YAML with its keys in schema order: apiVersion,
-// kind, mode, requireToken, blockNonHostNetns, refuseForwarded, nftables,
-// nftablesAction, maxConnectionsPerCgroup, maxConnectionsPerUser, endpoints,
+// kind, mode, cloud, requireToken, blockNonHostNetns, refuseForwarded, nftables,
+// nftablesAction, maxConnectionsPerCgroup, maxConnectionsPerUser, maxTokenTTL, endpoints,
 // credentialPaths, rules. Each rule is name, match (one flow mapping), then
 // what it grants. Keys with no value (nil pointers) are left out.
 func (p *Policy) render() ([]byte, error) {
@@ -17,6 +17,7 @@ func (p *Policy) render() ([]byte, error) {
 	addKey(root, "apiVersion", strNode(p.APIVersion))
 	addKey(root, "kind", strNode(p.Kind))
 	addKey(root, "mode", strNode(p.Mode))
+	addKey(root, "cloud", strNode(p.Cloud))
 	p.renderSwitches(root)
 	addKey(root, "endpoints", strListNode(p.Endpoints))
 	addKey(root, "credentialPaths", strListNode(p.CredentialPaths))
@@ -63,7 +64,7 @@ func (p *Policy) renderSwitches(root *yaml.Node) {
 	for _, n := range []struct {
 		key string
 		v   int
-	}{{"maxConnectionsPerCgroup", p.MaxConnectionsPerCgroup}, {"maxConnectionsPerUser", p.MaxConnectionsPerUser}} {
+	}{{"maxConnectionsPerCgroup", p.MaxConnectionsPerCgroup}, {"maxConnectionsPerUser", p.MaxConnectionsPerUser}, {"maxTokenTTL", p.MaxTokenTTL}} {
 		if n.v != 0 {
 			addKey(root, n.key, intNode(uint64(n.v)))
 		}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imdsguard/imdsguard/internal/counters"
 	"github.com/imdsguard/imdsguard/internal/loader"
 	"github.com/imdsguard/imdsguard/test/lab"
 )
@@ -84,16 +85,16 @@ func BenchmarkCompare(b *testing.B) {
 			addr := imds
 			var g *guardDaemon
 			var undo func()
-			// counters reads the verdict counters of imdsguard in force.
-			var counters func() (loader.Counters, error)
+			// readCounters reads the verdict counters of imdsguard in force.
+			var readCounters func() (counters.Totals, error)
 			switch cfg {
 			case cfgGuard:
 				g = startGuard(b, l)
-				counters = func() (loader.Counters, error) { return daemonCounters(g.pid) }
+				readCounters = func() (counters.Totals, error) { return daemonCounters(g.pid) }
 			case cfgKernel:
 				var guard *loader.Guard
 				undo, guard = loadPrograms(b, l)
-				counters = guard.Counters
+				readCounters = guard.Counters
 			case cfgNft:
 				undo = addPodBlock(b, l, false)
 			case cfgProxy:
@@ -110,10 +111,10 @@ func BenchmarkCompare(b *testing.B) {
 			}
 			for _, w := range latencyWorkloads {
 				srv.Reset() // keeps the server's logs small
-				var before loader.Counters
-				if counters != nil {
+				var before counters.Totals
+				if readCounters != nil {
 					var err error
-					if before, err = counters(); err != nil {
+					if before, err = readCounters(); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -123,8 +124,8 @@ func BenchmarkCompare(b *testing.B) {
 				for k, v := range res.Outcomes {
 					failed[cfg][w.name+": client: "+k] += v
 				}
-				if counters != nil {
-					after, err := counters()
+				if readCounters != nil {
+					after, err := readCounters()
 					if err != nil {
 						b.Fatal(err)
 					}

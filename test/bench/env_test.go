@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/imdsguard/imdsguard/internal/cloud"
 	"io"
 	"net"
 	"os"
@@ -26,6 +27,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/imdsguard/imdsguard/bpf"
+	"github.com/imdsguard/imdsguard/internal/counters"
 	"github.com/imdsguard/imdsguard/internal/enforcer"
 	"github.com/imdsguard/imdsguard/internal/loader"
 	"github.com/imdsguard/imdsguard/internal/policy"
@@ -149,7 +151,7 @@ func (g *guardDaemon) stop(b *testing.B) {
 // a function that detaches everything and the guard, for its counters.
 func loadPrograms(b *testing.B, l *lab.Lab) (func(), *loader.Guard) {
 	b.Helper()
-	pol, err := policy.LoadOrDefault("", "")
+	pol, err := policy.LoadOrDefault("", "", cloud.AWS)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -197,7 +199,7 @@ func loadPrograms(b *testing.B, l *lab.Lab) (func(), *loader.Guard) {
 
 // refusals lists the request verdicts other than allow, by reason, that a
 // guard's counters gained between two readings.
-func refusals(before, after loader.Counters) map[string]int {
+func refusals(before, after counters.Totals) map[string]int {
 	out := map[string]int{}
 	for _, v := range after.Verdicts() {
 		if v.Kind != bpf.KindRequest || v.Action == bpf.ActionAllow {
@@ -358,10 +360,10 @@ func statsDelta(before, after map[string]progStat) map[string]progStat {
 
 // daemonCounters reads the daemon's verdict counters map (found through
 // its fds, so it is this daemon's, not another test's).
-func daemonCounters(pid int) (loader.Counters, error) {
+func daemonCounters(pid int) (counters.Totals, error) {
 	_, maps, err := bpfObjects(pid)
 	if err != nil {
-		return loader.Counters{}, err
+		return counters.Totals{}, err
 	}
 	for id := range maps {
 		m, err := ebpf.NewMapFromID(ebpf.MapID(id))
@@ -373,11 +375,11 @@ func daemonCounters(pid int) (loader.Counters, error) {
 			m.Close()
 			continue
 		}
-		c, err := loader.ReadCounters(m)
+		c, err := counters.Read(m)
 		m.Close()
 		return c, err
 	}
-	return loader.Counters{}, errors.New("the daemon's counters map not found")
+	return counters.Totals{}, errors.New("the daemon's counters map not found")
 }
 
 // mapMemory lists the daemon's maps with the memory the kernel charges

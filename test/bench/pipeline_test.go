@@ -11,11 +11,11 @@ import (
 	"time"
 
 	"github.com/imdsguard/imdsguard/bpf"
-	"github.com/imdsguard/imdsguard/internal/loader"
+	"github.com/imdsguard/imdsguard/internal/counters"
 	"github.com/imdsguard/imdsguard/test/lab"
 )
 
-func judged(c loader.Counters) uint64 {
+func judged(c counters.Totals) uint64 {
 	var n uint64
 	for _, v := range c.Verdicts() {
 		if v.Kind == bpf.KindRequest {

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"github.com/imdsguard/imdsguard/internal/cloud"
 	"math"
 	"net"
 	"runtime"
@@ -64,7 +65,7 @@ func judgeAlone(b *testing.B, n int) float64 {
 		b.Fatalf("loading the judge test program: %v", err)
 	}
 	defer objs.Close()
-	pol, err := policy.Default()
+	pol, err := policy.Default(cloud.AWS)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -72,7 +73,7 @@ func judgeAlone(b *testing.B, n int) float64 {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := objs.ConfigMap.Update(uint32(0), &compiled.Config, ebpf.UpdateAny); err != nil {
+	if err := objs.TestConfig.Update(uint32(0), &compiled.Config, ebpf.UpdateAny); err != nil {
 		b.Fatal(err)
 	}
 	// benchclient's request, with a token of the length IMDS hands out.

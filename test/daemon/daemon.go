@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -50,6 +51,7 @@ type Event struct {
 	Exe              string `json:"exe"`
 	Cmdline          string `json:"cmdline"`
 	InstanceID       string `json:"instance_id"`
+	Cloud            string `json:"cloud"`
 	Count            int    `json:"count"`
 	// policy, nftables and packet events
 	Result      string `json:"result"`
@@ -118,8 +120,10 @@ func launch(t testing.TB, bin string, l *lab.Lab, discard bool, args ...string) 
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The node is an EC2 instance unless a test says otherwise (a later
+	// --dmi-dir wins): its firmware strings are what cloud: auto reads.
 	argv := append([]string{"run", "--cgroup", l.Cgroup, "--host-netns", l.NetnsPath(lab.Node), "--fold-window", "0",
-		"--pin-dir", pinDir, "--on-exit", "detach"}, args...)
+		"--pin-dir", pinDir, "--on-exit", "detach", "--dmi-dir", FakeDMI(t, "Amazon EC2")}, args...)
 	d := &Daemon{t: t, cmd: exec.Command(bin, argv...), done: make(chan struct{})}
 	var stdout io.Reader = strings.NewReader("")
 	if discard {
@@ -314,4 +318,19 @@ func (d *Daemon) WaitLog(msg string, timeout time.Duration) string {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// FakeDMI writes a DMI directory whose sys_vendor is vendor (what cloud:
+// auto reads to name the cloud: "Amazon EC2", "Google", "Alibaba Cloud",
+// ...) and returns its path.
+func FakeDMI(t testing.TB, vendor string, more ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	files := append([]string{"sys_vendor", vendor}, more...)
+	for i := 0; i+1 < len(files); i += 2 {
+		if err := os.WriteFile(filepath.Join(dir, files[i]), []byte(files[i+1]+"\n"), 0o444); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }

@@ -203,7 +203,9 @@ while not os.path.exists(sys.argv[1]):
     s.close()
 print(ok, refused)
 `
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	// A safety net only: the client stops when the reloads are done, and
+	// 100 reloads take 90 s on an emulated kernel sharing its cores.
+	ctx, cancel := context.WithTimeout(context.Background(), lab.Patience(3*time.Minute))
 	defer cancel()
 	cmd := l.Command(ctx, lab.Node, "/usr/bin/python3", "-c", script, stop)
 	var out safeBuffer
@@ -231,7 +233,7 @@ print(ok, refused)
 		// than the 30 ms between writes), so nearly every invalid file is
 		// seen. Best effort: a reload that finds the policy in force
 		// unchanged (SIGHUP and the file watch racing) reports nothing.
-		for deadline := time.Now().Add(3 * time.Second); policyEvents(d) == seen && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(lab.Patience(3 * time.Second)); policyEvents(d) == seen && time.Now().Before(deadline); {
 			time.Sleep(5 * time.Millisecond)
 		}
 		time.Sleep(30 * time.Millisecond)

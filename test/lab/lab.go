@@ -11,6 +11,9 @@
 //	                              addresses via imds                             169.254.170.23/32
 //	                                                                             fd00:ec2::254/128
 //	                                                                             fd00:ec2::23/128
+//	                                                                             100.100.100.200/32
+//	                                                                             fd20:ce::254/128
+//	                                                                             fd00:c1::a9fe:a9fe/128
 //	                                                                        default via node
 //
 // plus a child cgroup <cgroup2 mount>/imdsguard-lab-<id> into which the lab's
@@ -55,6 +58,11 @@ const (
 	ECSv4         = "169.254.170.2"   // ECS task credentials endpoint
 	PodIdentityV4 = "169.254.170.23"  // EKS Pod Identity agent, IPv4
 	PodIdentityV6 = "fd00:ec2::23"    // EKS Pod Identity agent, IPv6
+	// The other clouds' metadata addresses (internal/cloud): Alibaba's,
+	// GCP's IPv6 one and OCI's IPv6 one (the IPv4 ones are IMDSv4's).
+	AlibabaV4 = "100.100.100.200"
+	GCPv6     = "fd20:ce::254"
+	OCIv6     = "fd00:c1::a9fe:a9fe"
 )
 
 // Link addresses.
@@ -351,7 +359,8 @@ func (l *Lab) setup() error {
 	if err != nil {
 		return err
 	}
-	for _, a := range []string{IMDSv4 + "/32", ECSv4 + "/32", PodIdentityV4 + "/32", IMDSv6 + "/128", PodIdentityV6 + "/128"} {
+	for _, a := range []string{IMDSv4 + "/32", ECSv4 + "/32", PodIdentityV4 + "/32", IMDSv6 + "/128", PodIdentityV6 + "/128",
+		AlibabaV4 + "/32", GCPv6 + "/128", OCIv6 + "/128"} {
 		if err := addAddr(imds, imdsLo, a); err != nil {
 			return fmt.Errorf("imds lo: %w", err)
 		}
@@ -371,6 +380,9 @@ func (l *Lab) setup() error {
 		{node, nodeIMDS, PodIdentityV4 + "/32", IMDSLinkV4},
 		{node, nodeIMDS, IMDSv6 + "/128", IMDSLinkV6},
 		{node, nodeIMDS, PodIdentityV6 + "/128", IMDSLinkV6},
+		{node, nodeIMDS, AlibabaV4 + "/32", IMDSLinkV4},
+		{node, nodeIMDS, GCPv6 + "/128", IMDSLinkV6},
+		{node, nodeIMDS, OCIv6 + "/128", IMDSLinkV6},
 		{imds, imdsLink, "0.0.0.0/0", NodeIMDSLinkV4},
 		{imds, imdsLink, "::/0", NodeIMDSLinkV6},
 		{pod, podLink, "0.0.0.0/0", NodeV4},

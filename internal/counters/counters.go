@@ -1,4 +1,11 @@
-package loader
+// Package counters reads the kernel's per-verdict counters (the counters
+// map every program adds to) and renders them by name.
+//
+// It is separate from the loader so that what only reads counters (the
+// metrics, `imdsguard status`, the daemon's lost-event watch, benchmarks)
+// needs neither the loaded programs nor the code that attaches them, and
+// can be tested with counters made up in Go.
+package counters
 
 import (
 	"fmt"
@@ -8,19 +15,20 @@ import (
 	"github.com/imdsguard/imdsguard/bpf"
 )
 
-// Counters are the kernel's exact totals, summed over CPUs. They stay exact
+// Totals are the kernel's exact totals, summed over CPUs. They stay exact
 // when the ring buffer overflows and events are lost.
-type Counters struct {
+type Totals struct {
 	slots [bpf.CounterSlots]uint64
 }
 
-// ReadCounters sums the per-CPU counters map.
-func ReadCounters(m *ebpf.Map) (Counters, error) {
-	var c Counters
+// Read sums the per-CPU counters map (the guard's own, or one opened from
+// its pin).
+func Read(m *ebpf.Map) (Totals, error) {
+	var c Totals
 	var perCPU []uint64
 	for slot := range uint32(bpf.CounterSlots) {
 		if err := m.Lookup(slot, &perCPU); err != nil {
-			return Counters{}, fmt.Errorf("reading counter %d: %w", slot, err)
+			return Totals{}, fmt.Errorf("reading counter %d: %w", slot, err)
 		}
 		for _, v := range perCPU {
 			c.slots[slot] += v
@@ -29,11 +37,11 @@ func ReadCounters(m *ebpf.Map) (Counters, error) {
 	return c, nil
 }
 
-// CountersFrom makes Counters of slot values (bpf.CounterSlot and the
-// bookkeeping slots), as ReadCounters sums them from the kernel: for what
-// reads counters, tested without a kernel.
-func CountersFrom(slots map[uint32]uint64) Counters {
-	var c Counters
+// From makes Totals of slot values (bpf.CounterSlot and the bookkeeping
+// slots), as Read sums them from the kernel: for what reads counters,
+// tested without a kernel.
+func From(slots map[uint32]uint64) Totals {
+	var c Totals
 	for k, v := range slots {
 		c.slots[k] = v
 	}
@@ -41,22 +49,22 @@ func CountersFrom(slots map[uint32]uint64) Counters {
 }
 
 // Get returns the count for one verdict.
-func (c Counters) Get(k bpf.Kind, a bpf.Action, r bpf.Reason) uint64 {
+func (c Totals) Get(k bpf.Kind, a bpf.Action, r bpf.Reason) uint64 {
 	return c.slots[bpf.CounterSlot(k, a, r)]
 }
 
 // EventsLost is how many events the ring buffer could not take.
-func (c Counters) EventsLost() uint64 { return c.slots[bpf.CounterEventsLost] }
+func (c Totals) EventsLost() uint64 { return c.slots[bpf.CounterEventsLost] }
 
 // Unguarded is how many IMDS sockets could not be put under the request
 // judge (the socket map was full).
-func (c Counters) Unguarded() uint64 { return c.slots[bpf.CounterUnguarded] }
+func (c Totals) Unguarded() uint64 { return c.slots[bpf.CounterUnguarded] }
 
 // Adopted is how many connections opened before the guard were adopted.
-func (c Counters) Adopted() uint64 { return c.slots[bpf.CounterAdopted] }
+func (c Totals) Adopted() uint64 { return c.slots[bpf.CounterAdopted] }
 
 // CredentialAccess is how many credential-path requests got action a.
-func (c Counters) CredentialAccess(a bpf.Action) uint64 {
+func (c Totals) CredentialAccess(a bpf.Action) uint64 {
 	return c.slots[bpf.CounterCredential+uint32(a)]
 }
 
@@ -79,7 +87,7 @@ func (v Verdict) Name() string {
 }
 
 // Verdicts lists the non-zero verdict counters.
-func (c Counters) Verdicts() []Verdict {
+func (c Totals) Verdicts() []Verdict {
 	var out []Verdict
 	for k := bpf.KindConnect; k <= bpf.KindRequest; k++ {
 		for a := bpf.ActionAllow; a <= bpf.ActionAudit; a++ {
