@@ -45,6 +45,7 @@ const (
 	ReasonRawPacket        = Reason(ImdsguardReasonREASON_RAW_PACKET)
 	ReasonEgressBypass     = Reason(ImdsguardReasonREASON_EGRESS_BYPASS)
 	ReasonTokenTTLOverCap  = Reason(ImdsguardReasonREASON_TOKEN_TTL_OVER_CAP)
+	ReasonCredentialLimit  = Reason(ImdsguardReasonREASON_CREDENTIAL_READ_LIMIT)
 	// ReasonMax bounds the reasons: counter slots are laid out by it.
 	ReasonMax = uint32(ImdsguardReasonREASON_MAX)
 )
@@ -79,6 +80,8 @@ func (r Reason) String() string {
 		return "egress_bypass"
 	case ReasonTokenTTLOverCap:
 		return "token_ttl_over_cap"
+	case ReasonCredentialLimit:
+		return "credential_read_limit"
 	}
 	return "unknown"
 }

@@ -42,6 +42,7 @@ enum reason {
 	REASON_RAW_PACKET = 11, /* a packet to an endpoint that no judged socket sent (uplink guard) */
 	REASON_EGRESS_BYPASS = 12, /* PACKET_QDISC_BYPASS or AF_XDP: sends past every egress hook */
 	REASON_TOKEN_TTL_OVER_CAP = 13, /* a token PUT asking for a longer life than the policy's cap */
+	REASON_CREDENTIAL_READ_LIMIT = 14, /* the owner's cgroup read credentials more often than the policy allows */
 	REASON_MAX = 16,
 };
 
@@ -157,6 +158,9 @@ struct config {
 	 * which is no cgroup hook, judges only sockets below it */
 	__u32 scope_level;
 	__u64 scope_cgroup_id;
+	/* credential reads one cgroup may make per minute; 0: no limit */
+	__u32 cred_reads_per_min;
+	__u32 pad2;
 	struct cred_prefix prefixes[MAX_PREFIXES];
 	struct profile prof;
 	/* path prefixes of the service's legacy, proof-less interface (OCI's

@@ -94,6 +94,51 @@ struct {
 	__type(value, __s64);
 } open_conns SEC(".maps");
 
+/* Credential reads by cgroup, in windows of a minute from a cgroup's first
+ * read (credentialReadsPerMinute). LRU: a cgroup gone, or one that stopped
+ * reading, gives its entry up first. */
+struct cred_window {
+	__u64 start_ns;
+	__u32 count;
+	__u32 pad;
+};
+
+#define CRED_WINDOW_NS (60ULL * 1000 * 1000 * 1000)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct cred_window);
+} cred_reads SEC(".maps");
+
+/* How many credential reads o's cgroup may still make this minute. */
+static __always_inline __u32 cred_budget(const struct config *cfg, const struct owner *o)
+{
+	__u32 limit = cfg->cred_reads_per_min;
+	if (limit == 0)
+		return CRED_UNLIMITED;
+	struct cred_window *w = bpf_map_lookup_elem(&cred_reads, &o->cgroup_id);
+	if (!w || bpf_ktime_get_ns() - w->start_ns >= CRED_WINDOW_NS)
+		return limit;
+	return w->count >= limit ? 0 : limit - w->count;
+}
+
+/* Counts n credential reads o's cgroup made (they reached the server). */
+static __always_inline void spend_cred_reads(const struct config *cfg, const struct owner *o, __u32 n)
+{
+	if (n == 0 || cfg->cred_reads_per_min == 0)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	struct cred_window *w = bpf_map_lookup_elem(&cred_reads, &o->cgroup_id);
+	if (w && now - w->start_ns < CRED_WINDOW_NS) {
+		__sync_fetch_and_add(&w->count, n);
+		return;
+	}
+	struct cred_window fresh = {.start_ns = now, .count = n};
+	bpf_map_update_elem(&cred_reads, &o->cgroup_id, &fresh, BPF_ANY);
+}
+
 /* The counts a connection of o is in, in the order they are checked: the
  * node's, its cgroup's and, unless o is root, its uid's. Returns how many. */
 static __always_inline __u32 conn_keys(const struct owner *o, struct conn_key k[3])
@@ -368,7 +413,7 @@ struct emit_ctx {
 	__u32 gen;
 	__u16 port; /* host byte order */
 	__u16 rule;
-	__u32 pad;
+	__u32 cred_served; /* credential reads reported allowed (they reach the server) */
 };
 
 static __always_inline void msg_endpoint(struct sk_msg_md *msg, struct emit_ctx *c)
@@ -418,7 +463,10 @@ static long emit_one(__u32 i, void *arg)
 	__u32 k = c->from + i;
 	if (k >= MAX_REQS)
 		return 1;
-	emit_request(c, &c->j->p.reqs[k]);
+	const struct req_result *r = &c->j->p.reqs[k];
+	emit_request(c, r);
+	if ((r->flags & REQ_CREDENTIAL) && r->reason == REASON_NONE)
+		c->cred_served++;
 	return 0;
 }
 
@@ -627,9 +675,10 @@ int imds_msg(struct sk_msg_md *msg)
 	}
 	__u32 rflags = rule ? rule->flags : 0;
 	__u32 clear = (rflags & RULE_ALLOW_V1) ? CONFIG_REQUIRE_TOKEN : 0;
-	struct judgement jm = {.msg_size = size};
+	struct judgement jm = {.msg_size = size, .cred_budget = cred_budget(cfg, &st->owner)};
 	judge_message(j, len, cfg, &st->judge, &jm, forced_reason(cfg, rflags, netns_cookie), clear);
 	int ret = apply_judgement(msg, st, &jm, &ec);
+	spend_cred_reads(cfg, &st->owner, ec.cred_served);
 	j->busy = 0;
 	return ret;
 }

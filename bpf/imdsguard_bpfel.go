@@ -39,6 +39,8 @@ type ImdsguardConfig struct {
 	MaxConnsUid     uint32
 	ScopeLevel      uint32
 	ScopeCgroupId   uint64
+	CredReadsPerMin uint32
+	Pad2            uint32
 	Prefixes        [8]struct {
 		_   structs.HostLayout
 		Len uint32
@@ -78,6 +80,13 @@ const (
 	ImdsguardCounterExtraCOUNTER_CREDENTIAL  ImdsguardCounterExtra = 99
 	ImdsguardCounterExtraCOUNTER_MAX         ImdsguardCounterExtra = 128
 )
+
+type ImdsguardCredWindow struct {
+	_       structs.HostLayout
+	StartNs uint64
+	Count   uint32
+	Pad     uint32
+}
 
 type ImdsguardEndpointKey struct {
 	_    structs.HostLayout
@@ -142,6 +151,7 @@ type ImdsguardJudge struct {
 		Boundary     uint32
 		Unsynced     uint32
 		ForceReason  uint32
+		CredBudget   uint32
 		CfgFlags     uint32
 		MethodLen    uint32
 		SchemePos    uint32
@@ -235,21 +245,22 @@ type ImdsguardProfile struct {
 type ImdsguardReason uint32
 
 const (
-	ImdsguardReasonREASON_NONE                 ImdsguardReason = 0
-	ImdsguardReasonREASON_NON_HOST_NETNS       ImdsguardReason = 1
-	ImdsguardReasonREASON_IMDSV1NO_TOKEN       ImdsguardReason = 2
-	ImdsguardReasonREASON_PARSE_ERROR          ImdsguardReason = 3
-	ImdsguardReasonREASON_FORWARDED_REQUEST    ImdsguardReason = 4
-	ImdsguardReasonREASON_POLICY_RULE          ImdsguardReason = 5
-	ImdsguardReasonREASON_UNJUDGED_WRITE       ImdsguardReason = 6
-	ImdsguardReasonREASON_UNSUPPORTED_PROTOCOL ImdsguardReason = 7
-	ImdsguardReasonREASON_ADOPTED_CONNECTION   ImdsguardReason = 8
-	ImdsguardReasonREASON_URGENT_DATA          ImdsguardReason = 9
-	ImdsguardReasonREASON_CONNECTION_LIMIT     ImdsguardReason = 10
-	ImdsguardReasonREASON_RAW_PACKET           ImdsguardReason = 11
-	ImdsguardReasonREASON_EGRESS_BYPASS        ImdsguardReason = 12
-	ImdsguardReasonREASON_TOKEN_TTL_OVER_CAP   ImdsguardReason = 13
-	ImdsguardReasonREASON_MAX                  ImdsguardReason = 16
+	ImdsguardReasonREASON_NONE                  ImdsguardReason = 0
+	ImdsguardReasonREASON_NON_HOST_NETNS        ImdsguardReason = 1
+	ImdsguardReasonREASON_IMDSV1NO_TOKEN        ImdsguardReason = 2
+	ImdsguardReasonREASON_PARSE_ERROR           ImdsguardReason = 3
+	ImdsguardReasonREASON_FORWARDED_REQUEST     ImdsguardReason = 4
+	ImdsguardReasonREASON_POLICY_RULE           ImdsguardReason = 5
+	ImdsguardReasonREASON_UNJUDGED_WRITE        ImdsguardReason = 6
+	ImdsguardReasonREASON_UNSUPPORTED_PROTOCOL  ImdsguardReason = 7
+	ImdsguardReasonREASON_ADOPTED_CONNECTION    ImdsguardReason = 8
+	ImdsguardReasonREASON_URGENT_DATA           ImdsguardReason = 9
+	ImdsguardReasonREASON_CONNECTION_LIMIT      ImdsguardReason = 10
+	ImdsguardReasonREASON_RAW_PACKET            ImdsguardReason = 11
+	ImdsguardReasonREASON_EGRESS_BYPASS         ImdsguardReason = 12
+	ImdsguardReasonREASON_TOKEN_TTL_OVER_CAP    ImdsguardReason = 13
+	ImdsguardReasonREASON_CREDENTIAL_READ_LIMIT ImdsguardReason = 14
+	ImdsguardReasonREASON_MAX                   ImdsguardReason = 16
 )
 
 type ImdsguardRule struct {
@@ -308,6 +319,7 @@ const (
 	ImdsguardMapCgroupRules        = "cgroup_rules"
 	ImdsguardMapConfigMap          = "config_map"
 	ImdsguardMapCounters           = "counters"
+	ImdsguardMapCredReads          = "cred_reads"
 	ImdsguardMapEndpoints          = "endpoints"
 	ImdsguardMapEvents             = "events"
 	ImdsguardMapImdsSocks          = "imds_socks"
@@ -397,6 +409,7 @@ type ImdsguardMapSpecs struct {
 	CgroupRules *ebpf.MapSpec `ebpf:"cgroup_rules"`
 	ConfigMap   *ebpf.MapSpec `ebpf:"config_map"`
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	CredReads   *ebpf.MapSpec `ebpf:"cred_reads"`
 	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	ImdsSocks   *ebpf.MapSpec `ebpf:"imds_socks"`
@@ -448,6 +461,7 @@ type ImdsguardMaps struct {
 	CgroupRules *ebpf.Map `ebpf:"cgroup_rules"`
 	ConfigMap   *ebpf.Map `ebpf:"config_map"`
 	Counters    *ebpf.Map `ebpf:"counters"`
+	CredReads   *ebpf.Map `ebpf:"cred_reads"`
 	Endpoints   *ebpf.Map `ebpf:"endpoints"`
 	Events      *ebpf.Map `ebpf:"events"`
 	ImdsSocks   *ebpf.Map `ebpf:"imds_socks"`
@@ -465,6 +479,7 @@ func (m *ImdsguardMaps) Close() error {
 		m.CgroupRules,
 		m.ConfigMap,
 		m.Counters,
+		m.CredReads,
 		m.Endpoints,
 		m.Events,
 		m.ImdsSocks,

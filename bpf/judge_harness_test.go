@@ -25,6 +25,9 @@ type judgeConfig struct {
 	noRefuseForward bool
 	prefixes        []string      // kernel form: "meta-data/iam/info"
 	profile         *judgeProfile // nil: awsProfile
+	// credBudget is the credential reads each message may make (the
+	// daemon's count per cgroup decides it); nil: no limit
+	credBudget *uint32
 }
 
 // judgeProfile is a cloud's metadata service as struct profile holds it
@@ -42,6 +45,8 @@ var defaultPrefixes = []string{"meta-data/iam/security-credentials", "meta-data/
 // judgeProg runs the judge's judge_message (http/judge.h) through BPF_PROG_TEST_RUN.
 type judgeProg struct {
 	objs JudgeTestObjects
+	// credBudget is the judgement's cred_budget (setConfig sets it)
+	credBudget uint32
 	// crossCheck runs every judgement twice, with the judge's fast paths
 	// and without (byte by byte through its state machine only), and fails
 	// the test unless both decide exactly the same.
@@ -112,6 +117,10 @@ func (jp *judgeProg) setConfig(t testing.TB, cfg judgeConfig) {
 		prof = &awsProfile
 	}
 	prof.put(&c)
+	jp.credBudget = ^uint32(0)
+	if cfg.credBudget != nil {
+		jp.credBudget = *cfg.credBudget
+	}
 	if err := jp.objs.TestConfig.Update(uint32(0), &c, ebpf.UpdateAny); err != nil {
 		t.Fatal(err)
 	}
@@ -167,6 +176,7 @@ func (jp *judgeProg) runMode(t testing.TB, msg []byte, st sockState, slow bool) 
 	in.RerunFrom = st.rerunFrom
 	in.Unsynced = st.unsynced
 	in.ForceReason = uint32(st.force)
+	in.CredBudget = jp.credBudget
 	var out JudgeTestJudgeRun
 	ret, err := jp.objs.JudgeTest.Run(&ebpf.RunOptions{Context: in, ContextOut: &out})
 	runtimeKeepAlive(buf)
@@ -265,7 +275,13 @@ func (c *conn) write(t testing.TB, b []byte) (int, error) {
 		out := c.jp.run(t, msg, c.st)
 		c.st = sockState{out.Skip, out.RerunFrom, out.Unsynced, c.st.force}
 		for k := out.EmitFrom; k < out.EmitTo && k < uint32(maxReqs); k++ {
-			c.judged = append(c.judged, reqFrom(out.Reqs[k]))
+			r := reqFrom(out.Reqs[k])
+			c.judged = append(c.judged, r)
+			// the daemon counts the credential reads that reach the
+			// server, and the next run's budget is what is left
+			if r.Credential && r.Reason == ReasonNone && c.jp.credBudget != ^uint32(0) && c.jp.credBudget > 0 {
+				c.jp.credBudget--
+			}
 		}
 		if out.Cork > 0 {
 			if out.Verdict != 0 || out.Apply != 0 || out.EmitTo != out.EmitFrom {

@@ -102,6 +102,31 @@ func profileCases() []judgeCase {
 	}
 }
 
+// A budget of credential reads (what the daemon's per-cgroup count leaves
+// this minute) is spent request by request within one message.
+func credBudgetCases() []judgeCase {
+	const cred = "/latest/meta-data/iam/security-credentials/role"
+	one, none := uint32(1), uint32(0)
+	two := tokGet(cred) + tokGet(cred)
+	return []judgeCase{
+		{name: "budget 1: the first read passes, the second is refused", cfg: judgeConfig{credBudget: &one}, writes: []string{two},
+			want: []request{ok("GET", cred).tok().cred(), refused("GET", cred, ReasonCredentialLimit).tok().cred()},
+			sent: tokGet(cred)}, // the write is short: its first request was sent
+		{name: "budget 0: refused", cfg: judgeConfig{credBudget: &none}, writes: []string{tokGet(cred)},
+			want: []request{refused("GET", cred, ReasonCredentialLimit).tok().cred()}, eacces: true},
+		{name: "budget 0: other paths pass", cfg: judgeConfig{credBudget: &none}, writes: []string{tokGet("/latest/meta-data/instance-id")},
+			want: []request{ok("GET", "/latest/meta-data/instance-id").tok()}, sent: tokGet("/latest/meta-data/instance-id")},
+		{name: "budget 0 in audit mode: reported, passed", cfg: judgeConfig{credBudget: &none, audit: true}, writes: []string{tokGet(cred)},
+			want: []request{refused("GET", cred, ReasonCredentialLimit).tok().cred().audited()}, sent: tokGet(cred)},
+		{name: "a token-less read is refused for its token, not counted", cfg: judgeConfig{credBudget: &one}, writes: []string{bareGet(cred)},
+			want: []request{noTok(cred).cred()}, eacces: true},
+	}
+}
+
+func TestJudgeCredentialBudget(t *testing.T) {
+	runJudgeCases(t, credBudgetCases())
+}
+
 func TestJudgeProfiles(t *testing.T) {
 	runJudgeCases(t, profileCases())
 }

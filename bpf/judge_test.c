@@ -51,6 +51,7 @@ struct judge_run {
 	__u32 emit_to;
 	__u32 nreqs;
 	__u32 fast_off; /* 1: the judge walks byte by byte, without its fast paths */
+	__u32 cred_budget; /* judgement.cred_budget */
 	struct req_result reqs[MAX_REQS];
 	/* the parser's state after the walk: the tests check the fast paths
 	 * leave it as the byte-by-byte walk does (its requests are in reqs) */
@@ -79,7 +80,7 @@ int judge_test(struct judge_run *run)
 
 	judge_fast_off = run->fast_off;
 	struct judge_state st = {.skip = run->skip, .rerun_from = run->rerun_from, .unsynced = run->unsynced};
-	struct judgement jm = {.msg_size = run->msg_size};
+	struct judgement jm = {.msg_size = run->msg_size, .cred_budget = run->cred_budget};
 	judge_message(j, len, cfg, &st, &jm, run->force_reason, run->clear_flags);
 
 	run->skip = st.skip;

@@ -23,6 +23,8 @@ type JudgeTestConfig struct {
 	MaxConnsUid     uint32
 	ScopeLevel      uint32
 	ScopeCgroupId   uint64
+	CredReadsPerMin uint32
+	Pad2            uint32
 	Prefixes        [8]struct {
 		_   structs.HostLayout
 		Len uint32
@@ -83,6 +85,7 @@ type JudgeTestJudgeRun struct {
 	EmitTo      uint32
 	Nreqs       uint32
 	FastOff     uint32
+	CredBudget  uint32
 	Reqs        [8]JudgeTestReqResult
 	Parser      JudgeTestParser
 	_           [4]byte
@@ -100,6 +103,7 @@ type JudgeTestParser struct {
 	Boundary     uint32
 	Unsynced     uint32
 	ForceReason  uint32
+	CredBudget   uint32
 	CfgFlags     uint32
 	MethodLen    uint32
 	SchemePos    uint32

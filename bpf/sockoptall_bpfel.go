@@ -30,6 +30,8 @@ type SockoptAllConfig struct {
 	MaxConnsUid     uint32
 	ScopeLevel      uint32
 	ScopeCgroupId   uint64
+	CredReadsPerMin uint32
+	Pad2            uint32
 	Prefixes        [8]struct {
 		_   structs.HostLayout
 		Len uint32

@@ -98,6 +98,7 @@ static __always_inline void judge_message(struct judge *j, __u32 len, const stru
 
 	p->cfg_flags = cfg->flags & ~clear_flags;
 	p->prof = cfg->prof;
+	p->cred_budget = jm->cred_budget;
 	p->unsynced = st->unsynced;
 	p->force_reason = force_reason;
 	p->pos = 0;

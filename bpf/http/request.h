@@ -118,6 +118,19 @@ static __always_inline __u8 proof_reason(const struct parser *p, const struct co
 	return REASON_NONE;
 }
 
+/* A credential read the writer's budget allows (it is spent), or the
+ * reason it is refused. The daemon counts the reads that reached the
+ * server; the judge only spends within one message. */
+static __always_inline __u8 spend_cred_read(struct parser *p)
+{
+	if (p->cred_budget == CRED_UNLIMITED)
+		return REASON_NONE;
+	if (p->cred_budget == 0)
+		return REASON_CREDENTIAL_READ_LIMIT;
+	p->cred_budget--;
+	return REASON_NONE;
+}
+
 /* Records the request ending at p->pos (exclusive) with a reason, and says
  * whether the walk goes on. */
 static __always_inline long finish_request(struct parser *p, const struct config *cfg, __u8 reason)
@@ -144,6 +157,8 @@ static __always_inline long finish_request(struct parser *p, const struct config
 	}
 	if (p->nlen > 0 && credential_path(p, cfg))
 		flags |= REQ_CREDENTIAL;
+	if ((flags & REQ_CREDENTIAL) && reason == REASON_NONE)
+		reason = spend_cred_read(p);
 
 	r->start = p->req_start;
 	r->end = p->pos;

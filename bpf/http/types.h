@@ -33,6 +33,9 @@ enum verdict {
 	VERDICT_DROP = 1,
 };
 
+/* judgement.cred_budget when the policy sets no credential read limit */
+#define CRED_UNLIMITED 0xffffffffU
+
 /* Why the judge stopped walking the message. */
 enum stop {
 	STOP_END = 0,        /* all bytes consumed, at a request boundary or in a body */
@@ -121,6 +124,7 @@ struct parser {
 	__u32 boundary; /* offset of the first byte not covered by a final verdict */
 	__u32 unsynced; /* judge_state.unsynced: no leading blanks before the first request */
 	__u32 force_reason; /* refuse every parsed request for this reason (e.g. non-host netns) */
+	__u32 cred_budget;  /* credential reads the writer may still make (CRED_UNLIMITED: no limit) */
 	__u32 cfg_flags;    /* config flags in force for this writer (a rule may lift some) */
 
 	/* current request */
@@ -175,6 +179,7 @@ struct judge {
 /* Inputs and outputs of judge_message. */
 struct judgement {
 	__u32 msg_size;     /* whole message, may exceed what is in buf */
+	__u32 cred_budget;  /* credential reads the writer may still make (CRED_UNLIMITED: no limit) */
 	__u32 verdict;      /* enum verdict */
 	__u32 cork;         /* hold bytes back until the message has this many */
 	__u32 apply;        /* verdict covers only this many bytes, then re-run */

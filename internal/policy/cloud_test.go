@@ -104,3 +104,29 @@ func chars(s []int8) string {
 	}
 	return string(b)
 }
+
+func TestCredentialReadsPerMinuteReachesTheKernel(t *testing.T) {
+	p, err := Parse([]byte("credentialReadsPerMinute: 30\n"), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := p.Compile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Config.CredReadsPerMin != 30 {
+		t.Errorf("config bound %d, want 30", c.Config.CredReadsPerMin)
+	}
+	if d, _ := Default(cloud.AWS); d.CredentialReadsPerMinute != 0 {
+		t.Errorf("default bound %d, want none", d.CredentialReadsPerMinute)
+	}
+	for doc, want := range map[string]string{
+		"credentialReadsPerMinute: 0\n":       "p.yaml:1: credentialReadsPerMinute: want an integer from 1 to 1000000, got the number 0",
+		"credentialReadsPerMinute: lots\n":    `got the string "lots"`,
+		"credentialReadsPerMinute: 1000001\n": "want an integer from 1 to 1000000",
+	} {
+		if _, err := Parse([]byte(doc), "p.yaml"); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want one containing %q", doc, err, want)
+		}
+	}
+}

@@ -22,7 +22,7 @@ import (
 
 // The keys of each mapping, in schema order.
 var (
-	policyKeys = []string{"apiVersion", "kind", "mode", "cloud", "requireToken", "blockNonHostNetns", "refuseForwarded", "nftables", "nftablesAction", "maxConnectionsPerCgroup", "maxConnectionsPerUser", "maxTokenTTL", "endpoints", "credentialPaths", "output", "rules"}
+	policyKeys = []string{"apiVersion", "kind", "mode", "cloud", "requireToken", "blockNonHostNetns", "refuseForwarded", "nftables", "nftablesAction", "maxConnectionsPerCgroup", "maxConnectionsPerUser", "maxTokenTTL", "credentialReadsPerMinute", "endpoints", "credentialPaths", "output", "rules"}
 	ruleKeys   = []string{"name", "match", "allowV1", "allowNonHostNetns", "deny"}
 	matchKeys  = []string{"cgroup", "comm", "uid"}
 	outputKeys = []string{"format", "targets", "syslogCA", "queue", "foldWindow"}
@@ -416,6 +416,8 @@ func (d *decoder) policy(root *yaml.Node, p *Policy) {
 			}
 		case "maxTokenTTL":
 			p.MaxTokenTTL = d.boundedInt(v, path, 1, MaxTokenTTL)
+		case "credentialReadsPerMinute":
+			p.CredentialReadsPerMinute = d.boundedInt(v, path, 1, MaxCredentialReadsPerMinute)
 		case "requireToken":
 			p.RequireToken = d.boolPtr(v, path)
 		case "blockNonHostNetns":

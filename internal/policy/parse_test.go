@@ -103,7 +103,7 @@ func TestParseErrorsWithLines(t *testing.T) {
 		// Keys.
 		{"unknown key, suggestion", "mode: audit\nrequireTokens: true\n", []wantErr{{2, "requireTokens", `unknown key "requireTokens" (did you mean "requireToken"?)`}}},
 		{"unknown key, wrong case", "Mode: audit\n", []wantErr{{1, "Mode", `unknown key "Mode" (did you mean "mode"?)`}}},
-		{"unknown key, no suggestion", "mode: audit\nallowlist: []\n", []wantErr{{2, "allowlist", `unknown key "allowlist" (known keys: apiVersion, kind, mode, cloud, requireToken, blockNonHostNetns, refuseForwarded, nftables, nftablesAction, maxConnectionsPerCgroup, maxConnectionsPerUser, maxTokenTTL, endpoints, credentialPaths, output, rules)`}}},
+		{"unknown key, no suggestion", "mode: audit\nallowlist: []\n", []wantErr{{2, "allowlist", `unknown key "allowlist" (known keys: apiVersion, kind, mode, cloud, requireToken, blockNonHostNetns, refuseForwarded, nftables, nftablesAction, maxConnectionsPerCgroup, maxConnectionsPerUser, maxTokenTTL, credentialReadsPerMinute, endpoints, credentialPaths, output, rules)`}}},
 		{"duplicate key", "mode: audit\nkind: Policy\nmode: enforce\n", []wantErr{{3, "mode", "duplicate key (first at line 1)"}}},
 		{"key not a string", "mode: audit\n1: x\n", []wantErr{{2, "", "keys must be plain strings, got the number 1"}}},
 		{"complex key", "? [a]\n: 1\n", []wantErr{{1, "", "keys must be plain strings, got a list"}}},

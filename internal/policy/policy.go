@@ -64,6 +64,9 @@ const (
 // (AWS's and Alibaba's: six hours); maxTokenTTL may lower it.
 const MaxTokenTTL = 21600
 
+// MaxCredentialReadsPerMinute is the largest credentialReadsPerMinute.
+const MaxCredentialReadsPerMinute = 1000000
+
 //go:embed default.yaml
 var defaultYAML []byte
 
@@ -97,10 +100,14 @@ type Policy struct {
 	MaxConnectionsPerUser   int `json:"maxConnectionsPerUser,omitempty"`
 	// MaxTokenTTL caps the life (seconds) a token PUT may ask for, where
 	// the profile has tokens; 0 leaves the service's own cap.
-	MaxTokenTTL     int      `json:"maxTokenTTL,omitempty"`
-	Endpoints       []string `json:"endpoints"`
-	CredentialPaths []string `json:"credentialPaths"`
-	Output          Output   `json:"output"`
+	MaxTokenTTL int `json:"maxTokenTTL,omitempty"`
+	// CredentialReadsPerMinute bounds the credential reads one cgroup may
+	// make in a minute; 0: no bound. SDKs read credentials a few times an
+	// hour; a loop reading them is someone taking them.
+	CredentialReadsPerMinute int      `json:"credentialReadsPerMinute,omitempty"`
+	Endpoints                []string `json:"endpoints"`
+	CredentialPaths          []string `json:"credentialPaths"`
+	Output                   Output   `json:"output"`
 	// Rules are exceptions to the settings above, for the processes they
 	// match; the first matching rule wins. Never nil after Parse.
 	Rules []Rule `json:"rules"`
@@ -379,6 +386,7 @@ func (p *Policy) Compile() (*Compiled, error) {
 	c.Config.Mode = bpf.ModeEnforce
 	c.Config.MaxConnsCgroup = uint32(p.MaxConnectionsPerCgroup)
 	c.Config.MaxConnsUid = uint32(p.MaxConnectionsPerUser)
+	c.Config.CredReadsPerMin = uint32(p.CredentialReadsPerMinute)
 	if p.Mode == ModeAudit {
 		c.Config.Mode = bpf.ModeAudit
 	}

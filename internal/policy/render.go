@@ -9,8 +9,8 @@ import (
 
 // render writes the policy as YAML with its keys in schema order: apiVersion,
 // kind, mode, cloud, requireToken, blockNonHostNetns, refuseForwarded, nftables,
-// nftablesAction, maxConnectionsPerCgroup, maxConnectionsPerUser, maxTokenTTL, endpoints,
-// credentialPaths, rules. Each rule is name, match (one flow mapping), then
+// nftablesAction, maxConnectionsPerCgroup, maxConnectionsPerUser, maxTokenTTL,
+// credentialReadsPerMinute, endpoints, credentialPaths, rules. Each rule is name, match (one flow mapping), then
 // what it grants. Keys with no value (nil pointers) are left out.
 func (p *Policy) render() ([]byte, error) {
 	root := mappingNode()
@@ -64,7 +64,7 @@ func (p *Policy) renderSwitches(root *yaml.Node) {
 	for _, n := range []struct {
 		key string
 		v   int
-	}{{"maxConnectionsPerCgroup", p.MaxConnectionsPerCgroup}, {"maxConnectionsPerUser", p.MaxConnectionsPerUser}, {"maxTokenTTL", p.MaxTokenTTL}} {
+	}{{"maxConnectionsPerCgroup", p.MaxConnectionsPerCgroup}, {"maxConnectionsPerUser", p.MaxConnectionsPerUser}, {"maxTokenTTL", p.MaxTokenTTL}, {"credentialReadsPerMinute", p.CredentialReadsPerMinute}} {
 		if n.v != 0 {
 			addKey(root, n.key, intNode(uint64(n.v)))
 		}

@@ -200,3 +200,29 @@ func firstLine(req string) string {
 	line, _, _ := strings.Cut(req, "\r\n")
 	return line
 }
+
+// Past credentialReadsPerMinute a cgroup's credential read fails with
+// EACCES before the server sees it; its other reads, and another cgroup's
+// credential reads, still pass.
+func TestCredentialReadsPastTheBoundAreRefused(t *testing.T) {
+	l := lab.New(t)
+	srv := startIMDS(t, l, imdsserver.Options{})
+	other, _ := l.NewSubCgroup(t, "other")
+	d := startDaemon(t, l, "--policy", writePolicy(t, t.TempDir(), "policy.yaml", "credentialReadsPerMinute: 3\n"))
+	addr := net.JoinHostPort(lab.IMDSv4, "80")
+	cred := "GET " + credPath + " HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token: t\r\n\r\n"
+	for range 3 {
+		checkPasses(t, l, srv, addr, cred)
+	}
+	checkRefused(t, l, srv, addr, cred)
+	checkPasses(t, l, srv, addr, "GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token: t\r\n\r\n")
+	before := srv.ReceivedBytes()
+	r := runClient(t, l, lab.Node, other, "-mode", "raw", "-addr", addr, "-write", cred)
+	if len(r.Writes) != 1 || r.Writes[0].Errno != "" || srv.ReceivedBytes()-before != len(cred) {
+		t.Errorf("another cgroup's credential read: writes %+v, server read %d bytes; want it served", r.Writes, srv.ReceivedBytes()-before)
+	}
+	ev := d.WaitEvent("refused credential read", func(e event) bool { return e.Reason == "credential_read_limit" })
+	if ev.Action != "deny" || !ev.CredentialAccess || ev.Cgroup != l.CgroupRel {
+		t.Errorf("event %+v, want deny with credential_access in the lab's cgroup", ev)
+	}
+}
