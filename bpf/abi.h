@@ -223,6 +223,10 @@ struct rule {
 	__u32 flags;
 	__u32 uid;
 	__u64 comm[TASK_COMM_WORDS]; /* NUL-padded, compared as two words */
+	/* credential reads per minute for the processes it matches, in place
+	 * of config.cred_reads_per_min; 0: the policy's */
+	__u32 cred_reads_per_min;
+	__u32 pad;
 };
 
 /*

@@ -112,10 +112,15 @@ struct {
 	__type(value, struct cred_window);
 } cred_reads SEC(".maps");
 
-/* How many credential reads o's cgroup may still make this minute. */
-static __always_inline __u32 cred_budget(const struct config *cfg, const struct owner *o)
+/* The credential read bound of a process the rule (or none) matches. */
+static __always_inline __u32 cred_limit(const struct config *cfg, const struct rule *r)
 {
-	__u32 limit = cfg->cred_reads_per_min;
+	return r && r->cred_reads_per_min ? r->cred_reads_per_min : cfg->cred_reads_per_min;
+}
+
+/* How many credential reads o's cgroup may still make this minute. */
+static __always_inline __u32 cred_budget(__u32 limit, const struct owner *o)
+{
 	if (limit == 0)
 		return CRED_UNLIMITED;
 	struct cred_window *w = bpf_map_lookup_elem(&cred_reads, &o->cgroup_id);
@@ -125,9 +130,9 @@ static __always_inline __u32 cred_budget(const struct config *cfg, const struct 
 }
 
 /* Counts n credential reads o's cgroup made (they reached the server). */
-static __always_inline void spend_cred_reads(const struct config *cfg, const struct owner *o, __u32 n)
+static __always_inline void spend_cred_reads(__u32 limit, const struct owner *o, __u32 n)
 {
-	if (n == 0 || cfg->cred_reads_per_min == 0)
+	if (n == 0 || limit == 0)
 		return;
 	__u64 now = bpf_ktime_get_ns();
 	struct cred_window *w = bpf_map_lookup_elem(&cred_reads, &o->cgroup_id);
@@ -675,10 +680,11 @@ int imds_msg(struct sk_msg_md *msg)
 	}
 	__u32 rflags = rule ? rule->flags : 0;
 	__u32 clear = (rflags & RULE_ALLOW_V1) ? CONFIG_REQUIRE_TOKEN : 0;
-	struct judgement jm = {.msg_size = size, .cred_budget = cred_budget(cfg, &st->owner)};
+	__u32 cred_bound = cred_limit(cfg, rule);
+	struct judgement jm = {.msg_size = size, .cred_budget = cred_budget(cred_bound, &st->owner)};
 	judge_message(j, len, cfg, &st->judge, &jm, forced_reason(cfg, rflags, netns_cookie), clear);
 	int ret = apply_judgement(msg, st, &jm, &ec);
-	spend_cred_reads(cfg, &st->owner, ec.cred_served);
+	spend_cred_reads(cred_bound, &st->owner, ec.cred_served);
 	j->busy = 0;
 	return ret;
 }

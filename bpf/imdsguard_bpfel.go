@@ -264,10 +264,12 @@ const (
 )
 
 type ImdsguardRule struct {
-	_     structs.HostLayout
-	Flags uint32
-	Uid   uint32
-	Comm  [2]uint64
+	_               structs.HostLayout
+	Flags           uint32
+	Uid             uint32
+	Comm            [2]uint64
+	CredReadsPerMin uint32
+	Pad             uint32
 }
 
 type ImdsguardRuleFlag uint32

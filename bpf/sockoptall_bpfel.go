@@ -70,10 +70,12 @@ type SockoptAllEndpointValue struct {
 }
 
 type SockoptAllRule struct {
-	_     structs.HostLayout
-	Flags uint32
-	Uid   uint32
-	Comm  [2]uint64
+	_               structs.HostLayout
+	Flags           uint32
+	Uid             uint32
+	Comm            [2]uint64
+	CredReadsPerMin uint32
+	Pad             uint32
 }
 
 type SockoptAllRuleList struct {

@@ -130,3 +130,24 @@ func TestCredentialReadsPerMinuteReachesTheKernel(t *testing.T) {
 		}
 	}
 }
+
+func TestARuleSetsItsOwnCredentialReadBound(t *testing.T) {
+	doc := "credentialReadsPerMinute: 30\nrules:\n  - name: batch\n    match: {cgroup: /system.slice/batch.service}\n    credentialReadsPerMinute: 600\n"
+	p, err := Parse([]byte(doc), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := p.Compile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Rules[0].CredReadsPerMin != 600 || c.Config.CredReadsPerMin != 30 {
+		t.Errorf("rule bound %d, policy bound %d; want 600 and 30", c.Rules[0].CredReadsPerMin, c.Config.CredReadsPerMin)
+	}
+	assertRoundTrip(t, p)
+	// a bound of its own may be looser: a grant, which needs a cgroup
+	_, err = Parse([]byte("rules:\n  - name: all\n    match: {uid: 0}\n    credentialReadsPerMinute: 600\n"), "p.yaml")
+	if err == nil || !strings.Contains(err.Error(), "a rule that grants credentialReadsPerMinute must also match a cgroup") {
+		t.Errorf("rule without a cgroup: %v", err)
+	}
+}

@@ -38,6 +38,7 @@ func compileRules(rules []Rule) ([]bpf.ImdsguardRule, error) {
 		if r.AllowNonHostNetns {
 			k.Flags |= bpf.RuleAllowNonHostNetns
 		}
+		k.CredReadsPerMin = uint32(r.CredentialReadsPerMinute)
 		if r.Match.Comm != "" {
 			if len(r.Match.Comm) > maxComm {
 				return nil, fmt.Errorf("compiling rule %q: comm longer than %d bytes", r.Name, maxComm)

@@ -23,7 +23,7 @@ import (
 // The keys of each mapping, in schema order.
 var (
 	policyKeys = []string{"apiVersion", "kind", "mode", "cloud", "requireToken", "blockNonHostNetns", "refuseForwarded", "nftables", "nftablesAction", "maxConnectionsPerCgroup", "maxConnectionsPerUser", "maxTokenTTL", "credentialReadsPerMinute", "endpoints", "credentialPaths", "output", "rules"}
-	ruleKeys   = []string{"name", "match", "allowV1", "allowNonHostNetns", "deny"}
+	ruleKeys   = []string{"name", "match", "allowV1", "allowNonHostNetns", "deny", "credentialReadsPerMinute"}
 	matchKeys  = []string{"cgroup", "comm", "uid"}
 	outputKeys = []string{"format", "targets", "syslogCA", "queue", "foldWindow"}
 )
@@ -499,6 +499,8 @@ func (d *decoder) rule(n *yaml.Node, path string, r *Rule) {
 			r.AllowNonHostNetns, _ = d.boolean(v, kp)
 		case "deny":
 			r.Deny, _ = d.boolean(v, kp)
+		case "credentialReadsPerMinute":
+			r.CredentialReadsPerMinute = d.boundedInt(v, kp, 1, MaxCredentialReadsPerMinute)
 		}
 	})
 }

@@ -197,7 +197,7 @@ func TestParseErrorsWithLines(t *testing.T) {
 		{"uid float", rulesDoc("  - {name: a, match: {uid: 1.5}, deny: true}\n"), []wantErr{{3, "rules[0].match.uid", "want an integer from 0 to 4294967295, got the number 1.5"}}},
 
 		// Rules: what they grant.
-		{"grants nothing", rulesDoc("  - name: a\n    match: {cgroup: /a}\n"), []wantErr{{3, "rules[0]", "rule grants nothing: set deny, allowV1 or allowNonHostNetns"}}},
+		{"grants nothing", rulesDoc("  - name: a\n    match: {cgroup: /a}\n"), []wantErr{{3, "rules[0]", "rule grants nothing: set deny, allowV1, allowNonHostNetns or credentialReadsPerMinute"}}},
 		{"grants nothing, all false", rulesDoc("  - name: a\n    match: {cgroup: /a}\n    deny: false\n    allowV1: false\n"), []wantErr{{3, "rules[0]", "rule grants nothing"}}},
 		{"deny with allow", rulesDoc("  - name: a\n    match: {cgroup: /a}\n    allowV1: true\n    deny: true\n"), []wantErr{{6, "rules[0].deny", "deny cannot be combined with allowV1: a denied workload gets no IMDS access at all"}}},
 		{"deny with both allows", rulesDoc("  - {name: a, match: {cgroup: /a}, allowV1: true, allowNonHostNetns: true, deny: true}\n"), []wantErr{{3, "rules[0].deny", "deny cannot be combined with allowV1 and allowNonHostNetns"}}},

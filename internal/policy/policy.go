@@ -123,6 +123,9 @@ type Rule struct {
 	AllowV1           bool   `json:"allowV1,omitempty"`
 	AllowNonHostNetns bool   `json:"allowNonHostNetns,omitempty"`
 	Deny              bool   `json:"deny,omitempty"`
+	// CredentialReadsPerMinute replaces the policy's bound for the
+	// processes the rule matches (0: the policy's).
+	CredentialReadsPerMinute int `json:"credentialReadsPerMinute,omitempty"`
 }
 
 // Match selects processes. Its fields combine with AND; a zero Match

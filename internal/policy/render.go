@@ -107,6 +107,9 @@ func (r Rule) render() *yaml.Node {
 			addKey(rn, g.key, boolNode(true))
 		}
 	}
+	if r.CredentialReadsPerMinute != 0 {
+		addKey(rn, "credentialReadsPerMinute", intNode(uint64(r.CredentialReadsPerMinute)))
+	}
 	return rn
 }
 

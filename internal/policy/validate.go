@@ -178,7 +178,7 @@ func (d *decoder) checkRuleGrants(r *Rule, rp string) {
 	case r.Deny && grants != "":
 		d.add(d.line(keyPath(rp, "deny")), keyPath(rp, "deny"), "deny cannot be combined with %s: a denied workload gets no IMDS access at all", grants)
 	case !r.Deny && grants == "":
-		d.add(d.line(rp), rp, "rule grants nothing: set deny, allowV1 or allowNonHostNetns")
+		d.add(d.line(rp), rp, "rule grants nothing: set deny, allowV1, allowNonHostNetns or credentialReadsPerMinute")
 	case grants != "" && r.Match.Cgroup == "":
 		d.add(mline, mp, "a rule that grants %s must also match a cgroup: %s", grants, whyCgroup)
 	case grants != "" && matchesEveryCgroup(r.Match.Cgroup):
@@ -218,6 +218,10 @@ func grantNames(r *Rule) string {
 	}
 	if r.AllowNonHostNetns {
 		g = append(g, "allowNonHostNetns")
+	}
+	if r.CredentialReadsPerMinute != 0 {
+		// a bound of its own may be looser than the policy's: a grant
+		g = append(g, "credentialReadsPerMinute")
 	}
 	return strings.Join(g, " and ")
 }

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -202,13 +203,16 @@ func firstLine(req string) string {
 }
 
 // Past credentialReadsPerMinute a cgroup's credential read fails with
-// EACCES before the server sees it; its other reads, and another cgroup's
-// credential reads, still pass.
+// EACCES before the server sees it; its other reads still pass. A rule's
+// own bound replaces the policy's for the processes it matches, and each
+// cgroup counts its own reads.
 func TestCredentialReadsPastTheBoundAreRefused(t *testing.T) {
 	l := lab.New(t)
 	srv := startIMDS(t, l, imdsserver.Options{})
-	other, _ := l.NewSubCgroup(t, "other")
-	d := startDaemon(t, l, "--policy", writePolicy(t, t.TempDir(), "policy.yaml", "credentialReadsPerMinute: 3\n"))
+	tight, _ := l.NewSubCgroup(t, "tight")
+	pol := "credentialReadsPerMinute: 3\nrules:\n  - name: tight\n    match: {cgroup: " + l.CgroupRel + "/" + filepath.Base(tight) +
+		"}\n    credentialReadsPerMinute: 1\n"
+	d := startDaemon(t, l, "--policy", writePolicy(t, t.TempDir(), "policy.yaml", pol))
 	addr := net.JoinHostPort(lab.IMDSv4, "80")
 	cred := "GET " + credPath + " HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token: t\r\n\r\n"
 	for range 3 {
@@ -216,13 +220,20 @@ func TestCredentialReadsPastTheBoundAreRefused(t *testing.T) {
 	}
 	checkRefused(t, l, srv, addr, cred)
 	checkPasses(t, l, srv, addr, "GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token: t\r\n\r\n")
-	before := srv.ReceivedBytes()
-	r := runClient(t, l, lab.Node, other, "-mode", "raw", "-addr", addr, "-write", cred)
-	if len(r.Writes) != 1 || r.Writes[0].Errno != "" || srv.ReceivedBytes()-before != len(cred) {
-		t.Errorf("another cgroup's credential read: writes %+v, server read %d bytes; want it served", r.Writes, srv.ReceivedBytes()-before)
-	}
 	ev := d.WaitEvent("refused credential read", func(e event) bool { return e.Reason == "credential_read_limit" })
 	if ev.Action != "deny" || !ev.CredentialAccess || ev.Cgroup != l.CgroupRel {
 		t.Errorf("event %+v, want deny with credential_access in the lab's cgroup", ev)
+	}
+	// the rule's cgroup: one read, then refused, whatever the lab's count
+	for i, want := range []string{"", "EACCES"} {
+		before := srv.ReceivedBytes()
+		r := runClient(t, l, lab.Node, tight, "-mode", "raw", "-addr", addr, "-write", cred)
+		got := ""
+		if len(r.Writes) == 1 {
+			got = r.Writes[0].Errno
+		}
+		if got != want || (want == "") != (srv.ReceivedBytes()-before == len(cred)) {
+			t.Errorf("read %d in the rule's cgroup: writes %+v, server read %d bytes; want errno %q", i+1, r.Writes, srv.ReceivedBytes()-before, want)
+		}
 	}
 }
