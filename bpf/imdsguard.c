@@ -118,30 +118,34 @@ static __always_inline __u32 cred_limit(const struct config *cfg, const struct r
 	return r && r->cred_reads_per_min ? r->cred_reads_per_min : cfg->cred_reads_per_min;
 }
 
-/* How many credential reads o's cgroup may still make this minute. */
-static __always_inline __u32 cred_budget(__u32 limit, const struct owner *o)
+/* How many credential reads the cgroup may still make this minute, under
+ * limit. A global function, as spend_cred_reads: the verifier checks each
+ * once, and its result is one unknown number to the caller, not paths to
+ * follow through the whole judge. */
+__attribute__((noinline)) __u32 cred_budget(__u32 limit, __u64 cgroup_id)
 {
 	if (limit == 0)
 		return CRED_UNLIMITED;
-	struct cred_window *w = bpf_map_lookup_elem(&cred_reads, &o->cgroup_id);
+	struct cred_window *w = bpf_map_lookup_elem(&cred_reads, &cgroup_id);
 	if (!w || bpf_ktime_get_ns() - w->start_ns >= CRED_WINDOW_NS)
 		return limit;
 	return w->count >= limit ? 0 : limit - w->count;
 }
 
-/* Counts n credential reads o's cgroup made (they reached the server). */
-static __always_inline void spend_cred_reads(__u32 limit, const struct owner *o, __u32 n)
+/* Counts n credential reads the cgroup made (they reached the server). */
+__attribute__((noinline)) int spend_cred_reads(__u32 limit, __u64 cgroup_id, __u32 n)
 {
 	if (n == 0 || limit == 0)
-		return;
+		return 0;
 	__u64 now = bpf_ktime_get_ns();
-	struct cred_window *w = bpf_map_lookup_elem(&cred_reads, &o->cgroup_id);
+	struct cred_window *w = bpf_map_lookup_elem(&cred_reads, &cgroup_id);
 	if (w && now - w->start_ns < CRED_WINDOW_NS) {
 		__sync_fetch_and_add(&w->count, n);
-		return;
+		return 0;
 	}
 	struct cred_window fresh = {.start_ns = now, .count = n};
-	bpf_map_update_elem(&cred_reads, &o->cgroup_id, &fresh, BPF_ANY);
+	bpf_map_update_elem(&cred_reads, &cgroup_id, &fresh, BPF_ANY);
+	return 0;
 }
 
 /* The counts a connection of o is in, in the order they are checked: the
@@ -680,11 +684,11 @@ int imds_msg(struct sk_msg_md *msg)
 	}
 	__u32 rflags = rule ? rule->flags : 0;
 	__u32 clear = (rflags & RULE_ALLOW_V1) ? CONFIG_REQUIRE_TOKEN : 0;
-	__u32 cred_bound = cred_limit(cfg, rule);
-	struct judgement jm = {.msg_size = size, .cred_budget = cred_budget(cred_bound, &st->owner)};
+	j->cred_bound = cred_limit(cfg, rule);
+	struct judgement jm = {.msg_size = size, .cred_budget = cred_budget(j->cred_bound, st->owner.cgroup_id)};
 	judge_message(j, len, cfg, &st->judge, &jm, forced_reason(cfg, rflags, netns_cookie), clear);
 	int ret = apply_judgement(msg, st, &jm, &ec);
-	spend_cred_reads(cred_bound, &st->owner, ec.cred_served);
+	spend_cred_reads(j->cred_bound, st->owner.cgroup_id, ec.cred_served);
 	j->busy = 0;
 	return ret;
 }

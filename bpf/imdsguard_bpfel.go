@@ -198,7 +198,8 @@ type ImdsguardJudge struct {
 			Path          [128]int8
 		}
 	}
-	Busy uint32
+	Busy      uint32
+	CredBound uint32
 }
 
 type ImdsguardKind uint32

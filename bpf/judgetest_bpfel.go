@@ -51,10 +51,11 @@ type JudgeTestConfig struct {
 }
 
 type JudgeTestJudge struct {
-	_    structs.HostLayout
-	Buf  [16384]uint8
-	P    JudgeTestParser
-	Busy uint32
+	_         structs.HostLayout
+	Buf       [16384]uint8
+	P         JudgeTestParser
+	Busy      uint32
+	CredBound uint32
 }
 
 type JudgeTestJudgeLimit uint32

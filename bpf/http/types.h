@@ -174,6 +174,11 @@ struct judge {
 	__u8 buf[JUDGE_BUF];
 	struct parser p;
 	__u32 busy; /* set while a program uses this CPU's copy */
+	/* the caller's, not the judge's: the credential read bound the
+	 * writer's reads count against, kept here rather than in a register
+	 * across the judgement (a register the verifier must track exactly
+	 * through the whole judge would keep it from pruning its paths) */
+	__u32 cred_bound;
 };
 
 /* Inputs and outputs of judge_message. */
