@@ -50,11 +50,7 @@ func checkCommand(args []string, stdout, stderr io.Writer) error {
 func profileComment(pol *policy.Policy, det cloud.Detection) string {
 	var b strings.Builder
 	prof := pol.Profile
-	origin := "named by the policy"
-	if pol.Cloud == cloud.Auto {
-		origin = "detected: " + det.Why
-	}
-	fmt.Fprintf(&b, "# cloud profile: %s (%s)\n", prof.Name, origin)
+	fmt.Fprintf(&b, "# cloud profile: %s (%s)\n", prof.Name, cloudWhy(pol, det))
 	if pr := prof.Proof; pr != nil {
 		value := "any value"
 		if pr.Value != "" {

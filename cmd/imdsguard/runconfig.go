@@ -190,10 +190,11 @@ func (c *runConfig) policySource() string {
 	return c.policy
 }
 
-// cloudWhy says how the policy's cloud profile was chosen.
-func (c *runConfig) cloudWhy() string {
-	if c.pol.Cloud == cloud.Auto {
-		return "detected: " + c.detected.Why
+// cloudWhy says how pol's cloud profile was chosen: named by the policy,
+// or detected (det says from which DMI string). run logs it, check prints it.
+func cloudWhy(pol *policy.Policy, det cloud.Detection) string {
+	if pol.Cloud == cloud.Auto {
+		return "detected: " + det.Why
 	}
 	return "named by the policy"
 }
@@ -201,6 +202,6 @@ func (c *runConfig) cloudWhy() string {
 // logCloud says which cloud's profile guards the node, and why: named by
 // the policy, or detected (and from which DMI string).
 func logCloud(c *runConfig, log *zap.Logger) {
-	log.Info("cloud", zap.String("cloud", c.pol.Profile.Name), zap.String("why", c.cloudWhy()),
+	log.Info("cloud", zap.String("cloud", c.pol.Profile.Name), zap.String("why", cloudWhy(c.pol, c.detected)),
 		zap.Bool("proof_required", *c.pol.RequireToken), zap.Strings("endpoints", c.pol.Endpoints))
 }
