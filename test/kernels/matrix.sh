@@ -170,6 +170,20 @@ run_kernel() {
 	rm -rf "$work"
 }
 
+# Prints what each failed or skipped test wrote (with -test.v, Go prints a
+# test's messages between its === RUN and its --- FAIL line), the last 40
+# lines of each: the --- FAIL line alone says nothing of why.
+failed_output() {
+	awk '
+		{ sub(/\r$/, "") }
+		/^=== RUN/ { n = 0 }
+		{ buf[n++ % 40] = $0 }
+		/^\s*--- (FAIL|SKIP)/ {
+			for (i = (n > 40 ? n - 40 : 0); i < n; i++) print buf[i % 40]
+			n = 0
+		}' "$1"
+}
+
 # Prints one line per suite and returns non-zero if the kernel did not pass.
 report_kernel() {
 	local line=$1 res=$outdir/$1 ok=0
@@ -198,7 +212,7 @@ report_kernel() {
 		}' "$res/results.log" || ok=1
 	if [ $ok != 0 ]; then
 		echo "   -- failed, skipped or missing tests on $line:"
-		grep -E '^\s*--- (FAIL|SKIP)' -A3 "$res/results.log" | head -n 80 | sed 's/^/   /' || true
+		failed_output "$res/results.log" | head -n 200 | sed 's/^/   /' || true
 		echo "   -- last lines of the console:"
 		tail -n 20 "$res/console.log" | sed 's/^/   /'
 	fi
