@@ -113,6 +113,14 @@ func RequirePrivileged(t testing.TB) {
 	requirePrivileged(t, privilegedProblem(), os.Getenv)
 }
 
+// Require is RequirePrivileged's decision for another need a test has
+// (a package, a tool): with problem set it skips, or fails where
+// privileged tests are required.
+func Require(t testing.TB, problem string) {
+	t.Helper()
+	requirePrivileged(t, problem, os.Getenv)
+}
+
 func requirePrivileged(t testing.TB, problem string, getenv func(string) string) {
 	t.Helper()
 	if problem == "" {
