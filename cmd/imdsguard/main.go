@@ -25,6 +25,7 @@ commands:
   check     validate a policy file and print the effective policy
   status    show what is attached and pinned, with counters (--json for scripts)
   detach    remove every hook, pin and table imdsguard made
+  suggest   write the policy rules that audit-mode events call for
   version   print the version
 
 run 'imdsguard <command> -h' for a command's flags.
@@ -49,12 +50,14 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		err = statusCommand(args[1:], stdout, stderr)
 	case "detach":
 		err = detachCommand(args[1:], stdout, stderr)
+	case "suggest":
+		err = suggestCommand(args[1:], os.Stdin, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "imdsguard %s\n", version)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
-		err = usageError{fmt.Errorf("unknown command %q (want run, check, status, detach or version)", args[0])}
+		err = usageError{fmt.Errorf("unknown command %q (want run, check, status, detach, suggest or version)", args[0])}
 	}
 	if err == nil {
 		return 0
