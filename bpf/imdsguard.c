@@ -685,8 +685,11 @@ int imds_msg(struct sk_msg_md *msg)
 	__u32 rflags = rule ? rule->flags : 0;
 	__u32 clear = (rflags & RULE_ALLOW_V1) ? CONFIG_REQUIRE_TOKEN : 0;
 	j->cred_bound = cred_limit(cfg, rule);
-	struct judgement jm = {.msg_size = size, .cred_budget = cred_budget(j->cred_bound, st->owner.cgroup_id)};
-	judge_message(j, len, cfg, &st->judge, &jm, forced_reason(cfg, rflags, netns_cookie), clear);
+	struct judgement jm = {
+		.len = len, .clear_flags = clear, .force_reason = forced_reason(cfg, rflags, netns_cookie),
+		.msg_size = size, .cred_budget = cred_budget(j->cred_bound, st->owner.cgroup_id),
+	};
+	judge_message(j, cfg, &st->judge, &jm);
 	int ret = apply_judgement(msg, st, &jm, &ec);
 	spend_cred_reads(j->cred_bound, st->owner.cgroup_id, ec.cred_served);
 	j->busy = 0;

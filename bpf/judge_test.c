@@ -80,8 +80,11 @@ int judge_test(struct judge_run *run)
 
 	judge_fast_off = run->fast_off;
 	struct judge_state st = {.skip = run->skip, .rerun_from = run->rerun_from, .unsynced = run->unsynced};
-	struct judgement jm = {.msg_size = run->msg_size, .cred_budget = run->cred_budget};
-	judge_message(j, len, cfg, &st, &jm, run->force_reason, run->clear_flags);
+	struct judgement jm = {
+		.len = len, .clear_flags = run->clear_flags, .force_reason = run->force_reason,
+		.msg_size = run->msg_size, .cred_budget = run->cred_budget,
+	};
+	judge_message(j, cfg, &st, &jm);
 
 	run->skip = st.skip;
 	run->rerun_from = st.rerun_from;

@@ -52,27 +52,24 @@ __attribute__((noinline)) int judge_step(struct judge *j)
 /* Steps per bpf_loop callback: each takes at least a byte. */
 #define STEPS_PER_CALLBACK 16
 
-/* One bpf_loop iteration: up to STEPS_PER_CALLBACK steps, or until a request
- * is finished. Returns 1 to stop. */
-static long parse_step(__u32 i, void *ctx)
+/* What the walk does after a step that returned r: go on (0) or stop (1),
+ * having recorded the request r finished. A global function, verified
+ * once: inlined after the steps of a callback, it was verified again for
+ * every step count a callback can stop at (the loop counter keeps those
+ * paths apart), which took the judge past the verifier's million
+ * instructions on 6.18.44. */
+__attribute__((noinline)) int step_result(struct judge *j, const struct config *cfg, int r)
 {
-	struct loop_ctx *lc = ctx;
-	struct judge *j = lc->j;
+	if (!j || !cfg)
+		return 1;
 	struct parser *p = &j->p;
-	int r = STEP_NEXT;
-
-	for (__u32 m = 0; m < STEPS_PER_CALLBACK; m++) {
-		r = judge_step(j);
-		if (r != STEP_NEXT)
-			break;
-	}
 	if (r == STEP_NEXT)
 		return 0;
 	if (r == STEP_STOP)
 		return 1;
 	if (r == STEP_ERROR)
 		p->pos++; /* the refused request covers what was read of it, including this byte */
-	if (finish_request(p, lc->cfg, r == STEP_ERROR ? REASON_PARSE_ERROR : REASON_NONE))
+	if (finish_request(p, cfg, r == STEP_ERROR ? REASON_PARSE_ERROR : REASON_NONE))
 		return 1;
 	if (p->pos >= p->len) {
 		/* what step_byte does next, between requests (or in a body) at
@@ -84,16 +81,35 @@ static long parse_step(__u32 i, void *ctx)
 	return 0;
 }
 
+/* One bpf_loop iteration: up to STEPS_PER_CALLBACK steps, or until a request
+ * is finished. Returns 1 to stop. */
+static long parse_step(__u32 i, void *ctx)
+{
+	struct loop_ctx *lc = ctx;
+	int r = STEP_NEXT;
+
+	for (__u32 m = 0; m < STEPS_PER_CALLBACK; m++) {
+		r = judge_step(lc->j);
+		if (r != STEP_NEXT)
+			break;
+	}
+	return step_result(lc->j, lc->cfg, r) ? 1 : 0; /* a callback returns 0 or 1 */
+}
+
 /*
  * judge_message walks j->buf[0..len) (the first bytes of a message of
  * jm->msg_size bytes) for a socket in state *st, and fills jm. It updates
  * *st only when its verdict is final.
  */
-static __always_inline void judge_message(struct judge *j, __u32 len, const struct config *cfg,
-					  struct judge_state *st, struct judgement *jm, __u8 force_reason,
-					  __u32 clear_flags)
+__attribute__((noinline)) int judge_message(struct judge *j, const struct config *cfg, struct judge_state *st,
+					    struct judgement *jm)
 {
+	if (!j || !cfg || !st || !jm)
+		return 0;
 	struct parser *p = &j->p;
+	__u32 len = jm->len;
+	__u32 clear_flags = jm->clear_flags;
+	__u8 force_reason = jm->force_reason;
 	__u32 rerun_from = st->rerun_from;
 
 	p->cfg_flags = cfg->flags & ~clear_flags;
@@ -141,7 +157,7 @@ static __always_inline void judge_message(struct judge *j, __u32 len, const stru
 			jm->emit_to = n;
 			st->skip = 0;
 			st->unsynced = 1;
-			return;
+			return 0;
 		}
 		if (start > 0) {
 			/* send the judged requests before it; the re-run refuses it */
@@ -150,12 +166,12 @@ static __always_inline void judge_message(struct judge *j, __u32 len, const stru
 			st->skip = 0;
 			COMMIT_SYNC();
 			st->rerun_from = origin;
-			return;
+			return 0;
 		}
 		jm->emit_from = n - 1;
 		jm->emit_to = n;
 		jm->verdict = VERDICT_DROP;
-		return;
+		return 0;
 	}
 	case STOP_FULL:
 		jm->emit_to = n;
@@ -163,7 +179,7 @@ static __always_inline void judge_message(struct judge *j, __u32 len, const stru
 		st->skip = 0;
 		COMMIT_SYNC();
 		st->rerun_from = origin;
-		return;
+		return 0;
 	case STOP_INCOMPLETE:
 		if (jm->msg_size > len || rerun_from > JUDGE_BUF) {
 			/* a message this large cannot be held back safely */
@@ -173,7 +189,7 @@ static __always_inline void judge_message(struct judge *j, __u32 len, const stru
 				st->skip = 0;
 				COMMIT_SYNC();
 				st->rerun_from = origin;
-				return;
+				return 0;
 			}
 			/* report the partial request as refused */
 			if (n < MAX_REQS) {
@@ -184,11 +200,11 @@ static __always_inline void judge_message(struct judge *j, __u32 len, const stru
 			jm->emit_from = n - 1;
 			jm->emit_to = n;
 			jm->verdict = cfg->mode == MODE_AUDIT ? VERDICT_PASS : VERDICT_DROP;
-			return;
+			return 0;
 		}
 		/* hold everything back until the next write; judge it all again then */
 		jm->cork = jm->msg_size + 1;
-		return;
+		return 0;
 	default: /* STOP_END */
 		jm->emit_to = n;
 		st->skip = p->skip;
@@ -198,7 +214,7 @@ static __always_inline void judge_message(struct judge *j, __u32 len, const stru
 			jm->apply = p->pos;
 			st->rerun_from = origin;
 		}
-		return;
+		return 0;
 	}
 }
 

@@ -183,6 +183,9 @@ struct judge {
 
 /* Inputs and outputs of judge_message. */
 struct judgement {
+	__u32 len;          /* bytes of the message in buf */
+	__u32 clear_flags;  /* config flags the writer's rule lifts */
+	__u8 force_reason;  /* refuse every request for this reason (REASON_NONE: judge them) */
 	__u32 msg_size;     /* whole message, may exceed what is in buf */
 	__u32 cred_budget;  /* credential reads the writer may still make (CRED_UNLIMITED: no limit) */
 	__u32 verdict;      /* enum verdict */
