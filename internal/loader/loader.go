@@ -211,9 +211,21 @@ func (g *Guard) compatible(old *pinnedState, spec *ebpf.CollectionSpec) bool {
 	return true
 }
 
+// loadOptions ask the verifier for its statistics and errors, not for its
+// trace: without a log level the library loads a refused program again with
+// the trace on, growing the buffer until the trace fits, and a program the
+// verifier gives up on after a million instructions then takes minutes to
+// fail (seen on 6.18.44) instead of one verification with a clear error.
+func loadOptions(replacements map[string]*ebpf.Map) *ebpf.CollectionOptions {
+	return &ebpf.CollectionOptions{
+		MapReplacements: replacements,
+		Programs:        ebpf.ProgramOptions{LogLevel: ebpf.LogLevelStats},
+	}
+}
+
 // loadObjects loads the programs, with replacements for maps taken over.
 func (g *Guard) loadObjects(spec *ebpf.CollectionSpec, replacements map[string]*ebpf.Map) error {
-	err := spec.LoadAndAssign(&g.objs, &ebpf.CollectionOptions{MapReplacements: replacements})
+	err := spec.LoadAndAssign(&g.objs, loadOptions(replacements))
 	if err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {

@@ -59,7 +59,7 @@ func (g *Guard) loadSetsockoptAll() (link.Link, error) {
 		}
 	}
 	var progs bpf.SockoptAllPrograms
-	if err := spec.LoadAndAssign(&progs, &ebpf.CollectionOptions{MapReplacements: replacements}); err != nil {
+	if err := spec.LoadAndAssign(&progs, loadOptions(replacements)); err != nil {
 		return nil, fmt.Errorf("loading the setsockopt guard (fmod_ret/security_socket_setsockopt): %w", err)
 	}
 	defer progs.Close() // the link holds the program
