@@ -11,7 +11,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/imdsguard/imdsguard/internal/cgroupfs"
-	"github.com/imdsguard/imdsguard/internal/cri"
 	"github.com/imdsguard/imdsguard/internal/enforcer"
 	"github.com/imdsguard/imdsguard/internal/eventreader"
 	"github.com/imdsguard/imdsguard/internal/events"
@@ -43,6 +42,7 @@ type daemon struct {
 	hostCookie  uint64
 	hostname    string
 	plan        *enforcer.Plan
+	runtime     podRuntime        // nil without a container runtime to name pods
 	taints      *nodetaint.Client // nil without --startup-taint
 	node        string
 
@@ -113,7 +113,8 @@ func (d *daemon) prepareHost(context.Context) error {
 	if d.hostCookie, err = loader.NetnsCookie(d.cfg.hostNetns); err != nil {
 		return fmt.Errorf("host network namespace: %w", err)
 	}
-	if d.plan, err = enforcer.MakePlan(d.cfg.pol, d.cgroupMount); err != nil {
+	d.openRuntime()
+	if d.plan, err = enforcer.MakePlanWithNames(d.cfg.pol, d.cgroupMount, d.runtime); err != nil {
 		return err
 	}
 	return d.prepareTaint()
@@ -245,6 +246,7 @@ func (d *daemon) startEnforcer() error {
 		CgroupMount:  d.cgroupMount,
 		Rescan:       500 * time.Millisecond,
 		Table:        d.table,
+		Names:        d.runtime,
 	}, d.sink, d.log)
 	if err := d.enf.SyncTable(); err != nil {
 		return fmt.Errorf("nftables layer: %w", err)
@@ -341,29 +343,14 @@ func (d *daemon) instanceID(ctx context.Context) string {
 }
 
 // podNames asks the container runtime for pod and container names, or
-// is nil (--cri-socket none, or no runtime to dial).
-func (d *daemon) podNames() func(string) (string, string, string, bool) {
-	var names interface {
-		Lookup(string) (cri.Names, bool)
-		Warm()
-		Close() error
-	}
-	switch sock := d.cfg.criSocket; sock {
-	case "none":
+// is nil (--cri-socket none, or no runtime to dial; see openRuntime).
+func (d *daemon) podNames() func(string) (eventreader.PodNames, bool) {
+	names := d.runtime
+	if names == nil {
 		return nil
-	case "auto":
-		names = cri.NewAuto()
-	default:
-		var err error
-		if names, err = cri.Dial(sock); err != nil {
-			d.log.Warn("no pod names in events", zap.Error(err))
-			return nil
-		}
 	}
-	d.onClose(func() { names.Close() })
-	go names.Warm() // the names of the containers running now, before their first event
-	return func(id string) (string, string, string, bool) {
+	return func(id string) (eventreader.PodNames, bool) {
 		n, ok := names.Lookup(id)
-		return n.Pod, n.Namespace, n.Container, ok
+		return eventreader.PodNames{Pod: n.Pod, Namespace: n.Namespace, Container: n.Container, Image: n.Image}, ok
 	}
 }

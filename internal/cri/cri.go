@@ -1,14 +1,16 @@
 // Package cri names the Kubernetes pod, namespace and container of a
-// container id by asking the container runtime over its CRI socket
-// (containerd, CRI-O). Lookups are cached and refreshed at most every two
+// container id, and its image, by asking the container runtime over its CRI
+// socket (containerd, CRI-O). Lookups are cached and refreshed at most every two
 // seconds with a short timeout, so events are never held up for long and a
 // runtime that is down only leaves names empty.
 package cri
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,9 +19,21 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// Names are a container's Kubernetes names.
+// Names are a container's Kubernetes names, as the kubelet gave them to the
+// runtime (from the API server), and its image.
 type Names struct {
 	Pod, Namespace, Container string
+	// PodUID is the pod's uid as the runtime has it ("" if it has none),
+	// to check against the uid in the container's cgroup path.
+	PodUID string
+	// Image is the image the container runs, by the name a person reads
+	// ("imdsguard.test/lab:1", "docker.io/library/nginx:1.27"): the one
+	// the pod's spec gave, which the kubelet passes on
+	// (user_specified_image); else the name the container was created
+	// with, unless that is an image id ("sha256:…", what the kubelet
+	// passes); else the image's first tag, then its first digested
+	// reference, from the runtime's image list; else the id itself.
+	Image string
 }
 
 // DefaultSockets are the CRI sockets looked for when none is given.
@@ -41,9 +55,13 @@ func FindSocket() string {
 type Client struct {
 	conn *grpc.ClientConn
 	rt   runtimeapi.RuntimeServiceClient
+	img  runtimeapi.ImageServiceClient
 
-	mu        sync.Mutex
-	names     map[string]Names // container id -> names
+	mu    sync.Mutex
+	names map[string]Names // container id -> names
+	// sandboxes are the pods' sandbox ids: they are no container of a pod's
+	// spec and have no names, and a lookup of one lists nothing anew.
+	sandboxes map[string]bool
 	refreshed time.Time
 }
 
@@ -57,7 +75,8 @@ func Dial(path string) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cri socket %s: %w", path, err)
 	}
-	return &Client{conn: conn, rt: runtimeapi.NewRuntimeServiceClient(conn), names: map[string]Names{}}, nil
+	return &Client{conn: conn, rt: runtimeapi.NewRuntimeServiceClient(conn), img: runtimeapi.NewImageServiceClient(conn),
+		names: map[string]Names{}, sandboxes: map[string]bool{}}, nil
 }
 
 // Lookup returns the names of a container, listing the runtime's
@@ -68,7 +87,7 @@ func (c *Client) Lookup(id string) (Names, bool) {
 	if n, ok := c.names[id]; ok {
 		return n, true
 	}
-	if time.Since(c.refreshed) < refreshEvery {
+	if c.sandboxes[id] || time.Since(c.refreshed) < refreshEvery {
 		return Names{}, false
 	}
 	c.refreshed = time.Now()
@@ -105,34 +124,95 @@ func (c *Client) refresh(ctx context.Context) error {
 	}
 	pods := map[string]*runtimeapi.PodSandboxMetadata{}
 	if ps, err := c.rt.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{}); err == nil {
+		sandboxes := make(map[string]bool, len(ps.GetItems()))
 		for _, p := range ps.GetItems() {
 			pods[p.GetId()] = p.GetMetadata()
+			sandboxes[p.GetId()] = true
 		}
+		c.sandboxes = sandboxes
 	}
 	names := make(map[string]Names, len(cs.GetContainers()))
+	var unnamed []*runtimeapi.Container
 	for _, ct := range cs.GetContainers() {
-		// The kubelet's labels first; the sandbox's metadata otherwise.
-		l := ct.GetLabels()
-		n := Names{
-			Pod:       l["io.kubernetes.pod.name"],
-			Namespace: l["io.kubernetes.pod.namespace"],
-			Container: l["io.kubernetes.container.name"],
-		}
-		if md := pods[ct.GetPodSandboxId()]; md != nil {
-			if n.Pod == "" {
-				n.Pod = md.GetName()
-			}
-			if n.Namespace == "" {
-				n.Namespace = md.GetNamespace()
-			}
-		}
-		if n.Container == "" {
-			n.Container = ct.GetMetadata().GetName()
+		n := namesOf(ct, pods[ct.GetPodSandboxId()])
+		// a container's image never changes: named once, kept
+		if old, ok := c.names[ct.GetId()]; ok {
+			n.Image = old.Image
+		} else if n.Image = readableImage(ct.GetImage()); n.Image == "" {
+			unnamed = append(unnamed, ct)
 		}
 		names[ct.GetId()] = n
 	}
+	if len(unnamed) > 0 {
+		c.nameImages(ctx, unnamed, names)
+	}
 	c.names = names
 	return nil
+}
+
+// namesOf reads a container's names: the kubelet's labels first, the
+// sandbox's metadata otherwise.
+func namesOf(ct *runtimeapi.Container, md *runtimeapi.PodSandboxMetadata) Names {
+	l := ct.GetLabels()
+	n := Names{
+		Pod:       l["io.kubernetes.pod.name"],
+		Namespace: l["io.kubernetes.pod.namespace"],
+		Container: l["io.kubernetes.container.name"],
+		PodUID:    l["io.kubernetes.pod.uid"],
+	}
+	if md != nil {
+		n.Pod = cmp.Or(n.Pod, md.GetName())
+		n.Namespace = cmp.Or(n.Namespace, md.GetNamespace())
+		n.PodUID = cmp.Or(n.PodUID, md.GetUid())
+	}
+	n.Container = cmp.Or(n.Container, ct.GetMetadata().GetName())
+	return n
+}
+
+// readableImage is the image a container was created with, if it is a name
+// rather than an image id.
+func readableImage(spec *runtimeapi.ImageSpec) string {
+	if u := spec.GetUserSpecifiedImage(); u != "" {
+		return u
+	}
+	if im := spec.GetImage(); !isImageID(im) {
+		return im
+	}
+	return ""
+}
+
+// isImageID reports whether ref is an image id ("sha256:<hex>", or the hex
+// alone) or empty: nothing a person reads an image by.
+func isImageID(ref string) bool {
+	hex := strings.TrimPrefix(ref, "sha256:")
+	return len(hex) == 64 && strings.Trim(hex, "0123456789abcdef") == "" || ref == ""
+}
+
+// nameImages names the images of containers created by image id, from the
+// runtime's image list: the image's first tag, else its first digested
+// reference, else (no list, or no such image) the id the container has.
+func (c *Client) nameImages(ctx context.Context, cts []*runtimeapi.Container, names map[string]Names) {
+	byID := map[string]string{}
+	if list, err := c.img.ListImages(ctx, &runtimeapi.ListImagesRequest{}); err == nil {
+		for _, im := range list.GetImages() {
+			if ref := cmp.Or(first(im.GetRepoTags()), first(im.GetRepoDigests())); ref != "" {
+				byID[im.GetId()] = ref
+			}
+		}
+	}
+	for _, ct := range cts {
+		n := names[ct.GetId()]
+		id := cmp.Or(ct.GetImage().GetImage(), ct.GetImageId(), ct.GetImageRef())
+		n.Image = cmp.Or(byID[id], byID[ct.GetImageId()], byID[ct.GetImageRef()], id)
+		names[ct.GetId()] = n
+	}
+}
+
+func first(list []string) string {
+	if len(list) == 0 {
+		return ""
+	}
+	return list[0]
 }
 
 // Close releases the connection.

@@ -41,7 +41,7 @@ type Reader struct {
 type ReaderOptions struct {
 	Cgroups    *CgroupResolver
 	Rules      RuleNamer
-	Names      func(containerID string) (pod, namespace, container string, ok bool) // CRI
+	Names      func(containerID string) (PodNames, bool) // CRI
 	Hostname   string
 	InstanceID string
 	Cloud      func() string // the cloud profile of the policy in force
@@ -106,6 +106,11 @@ func (r *Reader) Run(stop <-chan struct{}) {
 	}
 }
 
+// PodNames are what the container runtime says of a container.
+type PodNames struct {
+	Pod, Namespace, Container, Image string
+}
+
 // Close releases the ring buffer; call it after Run has returned.
 func (r *Reader) Close() error { return r.rb.Close() }
 
@@ -120,8 +125,8 @@ func (r *Reader) enrich(ev *events.Event) {
 		ev.ContainerID, ev.Runtime, ev.PodUID = ci.ContainerID, ci.Runtime, ci.PodUID
 	}
 	if ev.ContainerID != "" && r.opts.Names != nil {
-		if pod, ns, ctr, ok := r.opts.Names(ev.ContainerID); ok {
-			ev.Pod, ev.Namespace, ev.Container = pod, ns, ctr
+		if n, ok := r.opts.Names(ev.ContainerID); ok {
+			ev.Pod, ev.Namespace, ev.Container, ev.Image = n.Pod, n.Namespace, n.Container, n.Image
 		}
 	}
 	ev.Hostname, ev.InstanceID = r.opts.Hostname, r.opts.InstanceID

@@ -39,6 +39,7 @@ type Event struct {
 	Pod              string // from the container runtime (CRI), when reachable
 	Namespace        string
 	Container        string
+	Image            string // the container's image as the runtime names it (CRI)
 	Exe              string // from /proc, when the process still runs
 	Cmdline          string // truncated to MaxCmdline bytes
 	Hostname         string
@@ -102,6 +103,7 @@ func (e *Event) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddString("pod", e.Pod)
 	enc.AddString("namespace", e.Namespace)
 	enc.AddString("container", e.Container)
+	enc.AddString("image", e.Image)
 	enc.AddString("exe", e.Exe)
 	enc.AddString("cmdline", e.Cmdline)
 	enc.AddString("hostname", e.Hostname)

@@ -354,8 +354,31 @@ type file struct {
 type container struct {
 	UID     string `json:"uid,omitempty"`
 	Name    string `json:"name,omitempty"`
+	Image   *image `json:"image,omitempty"`
 	Runtime string `json:"runtime,omitempty"`
 	PodUUID string `json:"pod_uuid,omitempty"`
+}
+
+// image is OCSF's Image object: a reference split into its name and its
+// tag, or its digest (uid).
+type image struct {
+	Name string `json:"name"`
+	Tag  string `json:"tag,omitempty"`
+	UID  string `json:"uid,omitempty"`
+}
+
+func imageOf(ref string) *image {
+	if ref == "" {
+		return nil
+	}
+	if name, digest, ok := strings.Cut(ref, "@"); ok {
+		return &image{Name: name, UID: digest}
+	}
+	slash := strings.LastIndexByte(ref, '/')
+	if colon := strings.LastIndexByte(ref, ':'); colon > slash {
+		return &image{Name: ref[:colon], Tag: ref[colon+1:]}
+	}
+	return &image{Name: ref}
 }
 
 type endpoint struct {
@@ -440,7 +463,7 @@ func (r *record) fromEvent(ev *events.Event, p Product) {
 			pr.ParentProcess = &parent{PID: int(ev.PPID)}
 		}
 		if ev.ContainerID != "" || ev.Container != "" {
-			c := &container{UID: ev.ContainerID, Name: ev.Container, Runtime: ev.Runtime}
+			c := &container{UID: ev.ContainerID, Name: ev.Container, Image: imageOf(ev.Image), Runtime: ev.Runtime}
 			if isUUID(ev.PodUID) {
 				c.PodUUID = ev.PodUID
 			}

@@ -48,6 +48,7 @@ type Event struct {
 	Pod              string `json:"pod"`
 	Namespace        string `json:"namespace"`
 	Container        string `json:"container"`
+	Image            string `json:"image"`
 	Exe              string `json:"exe"`
 	Cmdline          string `json:"cmdline"`
 	InstanceID       string `json:"instance_id"`

@@ -18,7 +18,8 @@ import (
 // PodSpec is what the kubelet would ask of the runtime for a pod.
 type PodSpec struct {
 	Name, Namespace string
-	HostNetwork     bool // the sandbox shares the node's network namespace
+	HostNetwork     bool   // the sandbox shares the node's network namespace
+	UID             string // "" for a new one (NewUID)
 }
 
 // Pod is a running pod sandbox.
@@ -36,7 +37,10 @@ type Pod struct {
 // parent for a BestEffort pod (/kubepods/besteffort/pod<uid>).
 func (n *Node) RunPod(spec PodSpec) *Pod {
 	n.t.Helper()
-	uid := newUID()
+	uid := spec.UID
+	if uid == "" {
+		uid = NewUID()
+	}
 	p := &Pod{UID: uid, Name: spec.Name, Namespace: spec.Namespace}
 	p.Parent = n.podsParent + "/besteffort/pod" + uid
 	p.Cgroup = filepath.Join(n.PodsCgroup, "besteffort", "pod"+uid)
@@ -46,7 +50,6 @@ func (n *Node) RunPod(spec PodSpec) *Pod {
 	}
 	p.config = &runtimeapi.PodSandboxConfig{
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: spec.Name, Namespace: spec.Namespace, Uid: uid},
-		Hostname:     spec.Name,
 		LogDirectory: filepath.Join(n.dir, "pods", spec.Namespace+"_"+spec.Name+"_"+uid),
 		Labels: map[string]string{
 			"io.kubernetes.pod.name": spec.Name, "io.kubernetes.pod.namespace": spec.Namespace, "io.kubernetes.pod.uid": uid,
@@ -57,6 +60,9 @@ func (n *Node) RunPod(spec PodSpec) *Pod {
 				NamespaceOptions: &runtimeapi.NamespaceOption{Network: netMode, Pid: runtimeapi.NamespaceMode_POD},
 			},
 		},
+	}
+	if !spec.HostNetwork {
+		p.config.Hostname = spec.Name // a host-network pod keeps the node's, as the kubelet does
 	}
 	if err := os.MkdirAll(p.config.LogDirectory, 0o755); err != nil {
 		n.t.Fatal(err)
@@ -81,8 +87,8 @@ func (n *Node) RunPod(spec PodSpec) *Pod {
 	return p
 }
 
-// newUID is a random pod uid in the kubelet's form.
-func newUID() string {
+// NewUID is a random pod uid in the API server's form.
+func NewUID() string {
 	b := make([]byte, 16)
 	_, _ = rand.Read(b)
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
