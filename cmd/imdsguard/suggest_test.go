@@ -19,7 +19,7 @@ func suggestNow() time.Time { return time.Date(2025, 6, 2, 0, 0, 0, 0, time.UTC)
 const (
 	podUID   = "1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901"
 	podCgrp  = "/kubepods/burstable/pod" + podUID + "/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
-	podGlob  = "/kubepods/burstable/pod" + podUID + "/*"
+	podGlob  = "/kubepods/burstable/pod*/*" // the pod is matched by its names: uid and container id wildcarded
 	unitCgrp = "/system.slice/backup.service"
 )
 
@@ -65,9 +65,10 @@ func TestSuggestCommand(t *testing.T) {
 	}
 	var got []string
 	for _, r := range pol.Rules {
-		got = append(got, r.Name+" "+r.Match.Cgroup)
+		m := r.Match
+		got = append(got, strings.TrimSpace(strings.Join([]string{r.Name, m.Cgroup, m.Namespace, m.Pod, m.Container}, " ")))
 	}
-	want := []string{"no-ci ", "infra-broker-1 " + podGlob, "backup " + unitCgrp}
+	want := []string{"no-ci", "infra-broker-1 " + podGlob + " infra broker-1 broker", "backup " + unitCgrp}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("rules:\n%s\nwant:\n%s\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"), out.String())
 	}

@@ -93,7 +93,9 @@
 // to a cgroup subtree — a privileged container, or a delegated subtree such as
 // user@<uid>.service for rootless containers — can create sub-cgroups with any
 // of the names above inside its own and move into them. Treat Info as a label
-// for reports, not as proof of identity.
+// for reports, not as proof of identity. Locate tells the one cgroup whose
+// name can be taken to name its container, a kubelet pod's container cgroup
+// itself, from those below it, which the container may have made.
 package containerid
 
 import "strings"

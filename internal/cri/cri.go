@@ -1,8 +1,9 @@
 // Package cri names the Kubernetes pod, namespace and container of a
 // container id, and its image, by asking the container runtime over its CRI
-// socket (containerd, CRI-O). Lookups are cached and refreshed at most every two
-// seconds with a short timeout, so events are never held up for long and a
-// runtime that is down only leaves names empty.
+// socket (containerd, CRI-O). Lookups are cached and refreshed at most every
+// two seconds with a short timeout (in between, a container not in the cache
+// is asked about alone, a bounded number of times), so events are never held
+// up for long and a runtime that is down only leaves names empty.
 package cri
 
 import (
@@ -63,6 +64,10 @@ type Client struct {
 	// spec and have no names, and a lookup of one lists nothing anew.
 	sandboxes map[string]bool
 	refreshed time.Time
+	// asked counts the lookups of single containers since the last
+	// listing, by id.
+	asked map[string]int
+	calls int
 }
 
 // refreshEvery bounds how often a miss triggers a listing of the runtime.
@@ -76,19 +81,23 @@ func Dial(path string) (*Client, error) {
 		return nil, fmt.Errorf("cri socket %s: %w", path, err)
 	}
 	return &Client{conn: conn, rt: runtimeapi.NewRuntimeServiceClient(conn), img: runtimeapi.NewImageServiceClient(conn),
-		names: map[string]Names{}, sandboxes: map[string]bool{}}, nil
+		names: map[string]Names{}, sandboxes: map[string]bool{}, asked: map[string]int{}}, nil
 }
 
 // Lookup returns the names of a container, listing the runtime's
-// containers again on a miss (at most every refreshEvery, timeout 500 ms).
+// containers again on a miss (at most every refreshEvery, timeout 500 ms),
+// or, between two listings, asking the runtime about that one container.
 func (c *Client) Lookup(id string) (Names, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if n, ok := c.names[id]; ok {
 		return n, true
 	}
-	if c.sandboxes[id] || time.Since(c.refreshed) < refreshEvery {
+	if c.sandboxes[id] {
 		return Names{}, false
+	}
+	if time.Since(c.refreshed) < refreshEvery {
+		return c.lookupOne(id)
 	}
 	c.refreshed = time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
@@ -98,6 +107,41 @@ func (c *Client) Lookup(id string) (Names, bool) {
 	}
 	n, ok := c.names[id]
 	return n, ok
+}
+
+// askedPerListing bounds the lookups of single containers between two
+// listings, askedPerID those of one container (CRI-O makes a container's
+// cgroup before it can answer for it).
+const (
+	askedPerListing = 32
+	askedPerID      = 2
+)
+
+// lookupOne asks the runtime about one container between two listings: a
+// container's cgroup appears as it starts, so one made just after a listing
+// gets its names (and its rules by name) at its first lookup rather than up
+// to refreshEvery later. An id is asked about at most askedPerID times per
+// listing, and all of them at most askedPerListing times, so misses (a
+// flood of events from containers the runtime does not know among them)
+// cost the runtime at most about as much as a listing.
+func (c *Client) lookupOne(id string) (Names, bool) {
+	if c.asked[id] >= askedPerID || c.calls >= askedPerListing {
+		return Names{}, false
+	}
+	c.asked[id]++
+	c.calls++
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	st, err := c.rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id})
+	if err != nil || st.GetStatus().GetId() != id {
+		return Names{}, false
+	}
+	ct := st.GetStatus()
+	// the kubelet's labels only: the status has no sandbox to fall back to
+	n := namesOf(&runtimeapi.Container{Id: id, Metadata: ct.GetMetadata(), Labels: ct.GetLabels()}, nil)
+	n.Image = readableImage(ct.GetImage()) // else named at the next listing
+	c.names[id] = n
+	return n, true
 }
 
 // warmTimeout bounds the first listing, made at start: a runtime (or a
@@ -136,7 +180,7 @@ func (c *Client) refresh(ctx context.Context) error {
 	for _, ct := range cs.GetContainers() {
 		n := namesOf(ct, pods[ct.GetPodSandboxId()])
 		// a container's image never changes: named once, kept
-		if old, ok := c.names[ct.GetId()]; ok {
+		if old, ok := c.names[ct.GetId()]; ok && old.Image != "" {
 			n.Image = old.Image
 		} else if n.Image = readableImage(ct.GetImage()); n.Image == "" {
 			unnamed = append(unnamed, ct)
@@ -146,7 +190,7 @@ func (c *Client) refresh(ctx context.Context) error {
 	if len(unnamed) > 0 {
 		c.nameImages(ctx, unnamed, names)
 	}
-	c.names = names
+	c.names, c.asked, c.calls = names, map[string]int{}, 0
 	return nil
 }
 

@@ -2,9 +2,13 @@
 // file and the cgroup tree: it compiles a policy against the cgroups that
 // exist, puts it in force atomically, reloads it on SIGHUP or when the file
 // changes (also a Kubernetes ConfigMap's symlink swap), and gives cgroups
-// created later their rules within one rescan interval. It tells the
-// nftables layer (internal/nftlayer) what the policy asks of the table,
-// through the Table interface, and leaves the table itself to it.
+// created later their rules within one rescan interval. For the rules that
+// match pods by name it asks the container runtime (Runtime) the names of
+// each pod's container, and asks again at every rescan until it has them:
+// until then those rules judge the container as strictly as they can (see
+// policy.Identity). It tells the nftables layer (internal/nftlayer) what
+// the policy asks of the table, through the Table interface, and leaves the
+// table itself to it.
 package enforcer
 
 import (
@@ -15,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,11 +42,23 @@ type Plan struct {
 	Hash     string
 	tree     map[uint64]string
 	defaults []uint16
+	// names answers the rules by name (nil: no runtime, names unknown);
+	// pending are the cgroups whose names it has not given yet, asked
+	// again at every rescan. Both maps are replaced, never changed.
+	names   Runtime
+	pending map[uint64]bool
 }
 
 // MakePlan compiles pol and resolves its cgroup globs against the cgroup
-// tree at mount.
+// tree at mount, with no container runtime to name pods: rules by name
+// judge every pod's container as one whose names are unknown.
 func MakePlan(pol *policy.Policy, mount string) (*Plan, error) {
+	return MakePlanWithNames(pol, mount, nil)
+}
+
+// MakePlanWithNames is MakePlan with the names of pods' containers from rt
+// (nil: none), for the rules that match names.
+func MakePlanWithNames(pol *policy.Policy, mount string, rt Runtime) (*Plan, error) {
 	compiled, err := pol.Compile()
 	if err != nil {
 		return nil, err
@@ -50,15 +67,18 @@ func MakePlan(pol *policy.Policy, mount string) (*Plan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("compiling rules: %w", err)
 	}
-	p := &Plan{Policy: pol, Compiled: compiled, Cgroups: loader.CgroupRules{{}: defaults}, defaults: defaults, tree: map[uint64]string{}}
+	p := &Plan{Policy: pol, Compiled: compiled, Cgroups: loader.CgroupRules{{}: defaults}, defaults: defaults, tree: map[uint64]string{},
+		names: rt, pending: map[uint64]bool{}}
 	if compiled.HasCgroupRules() {
 		if p.tree, err = cgroupfs.Scan(mount); err != nil {
 			return nil, fmt.Errorf("reading the cgroup tree: %w", err)
 		}
+		ids := identifyAll(compiled, p.tree, rt)
+		p.pending = ids.pending
 		for id, path := range p.tree {
 			// A policy that cannot say what a cgroup of today gets is
-			// refused; one made later fails closed (see rescanLocked).
-			if err := p.addCgroup(id, path, p.Cgroups); err != nil {
+			// refused; one made later fails closed (see applyScanLocked).
+			if err := p.addCgroup(id, path, ids.of[id], p.Cgroups); err != nil {
 				return nil, fmt.Errorf("compiling rules: %w", err)
 			}
 		}
@@ -77,8 +97,8 @@ func MakePlan(pol *policy.Policy, mount string) (*Plan, error) {
 // for the cgroups that will be made below it before the next scan, when it
 // differs from the default. An error says the cgroup's own rules overflow:
 // its list is then the overflow rule's, which refuses.
-func (p *Plan) addCgroup(id uint64, path string, set loader.CgroupRules) error {
-	own, err := p.Compiled.Candidates(path)
+func (p *Plan) addCgroup(id uint64, path string, ident policy.Identity, set loader.CgroupRules) error {
+	own, err := p.Compiled.CandidatesOf(path, ident)
 	set[loader.CgroupKey{ID: id}] = own
 	// an overflowing subtree list is the overflow rule's too: new
 	// cgroups there are refused until the scan gives them their own
@@ -98,6 +118,10 @@ type Options struct {
 	Rescan       time.Duration // how often new cgroups are looked for
 	// Table is the nftables layer (nil: none, the eBPF layer alone).
 	Table Table
+	// Names names pods' containers for the rules that match names (nil:
+	// no runtime; those rules then judge every pod's container as one
+	// whose names are unknown).
+	Names Runtime
 }
 
 // PolicySink receives reload results.
@@ -228,7 +252,7 @@ func (e *Enforcer) readPlan() (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	return MakePlan(pol, e.opts.CgroupMount)
+	return MakePlanWithNames(pol, e.opts.CgroupMount, e.opts.Names)
 }
 
 func (e *Enforcer) reloadLocked(pe *events.PolicyEvent, plan *Plan, err error) (string, error) {
@@ -247,6 +271,9 @@ func (e *Enforcer) reloadLocked(pe *events.PolicyEvent, plan *Plan, err error) (
 	}
 	e.names[e.guard.Generation()&1] = ruleNames(plan.Compiled)
 	e.plan = plan
+	if plan.Compiled.HasNameRules() && e.opts.Names == nil {
+		e.log.Warn(NoRuntimeWarning, zap.Bool("grants_by_name", plan.Compiled.GrantsByName()))
+	}
 	if err := e.guard.RecordPolicy(plan.Hash, plan.Policy.Mode, plan.Policy.Profile.Name); err != nil {
 		e.log.Warn("recording the policy in the pinned meta (imdsguard status shows the previous one)", zap.Error(err))
 	}
@@ -257,13 +284,28 @@ func (e *Enforcer) reloadLocked(pe *events.PolicyEvent, plan *Plan, err error) (
 	return "loaded", nil
 }
 
-// Rescan gives cgroups created since the last scan their rules and forgets
+// Rescan gives cgroups created since the last scan their rules, and those
+// whose names the container runtime has given since theirs, and forgets
 // removed ones.
 func (e *Enforcer) Rescan() error {
 	e.mu.Lock()
+	p, known, pending := e.plan, e.plan.tree, e.plan.pending
+	e.mu.Unlock()
+	var sc *treeScan
+	if p.Compiled.HasCgroupRules() {
+		// Outside the lock: reading the tree and asking the runtime take
+		// time that events (RuleName) should not wait for.
+		var err error
+		if sc, err = scanTree(p, e.opts.CgroupMount, known, pending); err != nil {
+			return err
+		}
+	}
+	e.mu.Lock()
 	defer e.mu.Unlock()
-	if err := e.rescanLocked(); err != nil {
-		return err
+	if sc != nil {
+		if err := e.applyScanLocked(p, sc); err != nil {
+			return err
+		}
 	}
 	now := time.Now()
 	e.lastRescan.Store(now.UnixNano())
@@ -273,27 +315,107 @@ func (e *Enforcer) Rescan() error {
 	return nil
 }
 
-func (e *Enforcer) rescanLocked() error {
-	p := e.plan
-	if !p.Compiled.HasCgroupRules() {
+// treeScan is a look at the cgroup tree for a plan: the tree, and the names
+// of its cgroups that are new or whose names were not known.
+type treeScan struct {
+	tree map[uint64]string
+	ids  identities
+}
+
+func scanTree(p *Plan, mount string, known map[uint64]string, pending map[uint64]bool) (*treeScan, error) {
+	tree, err := cgroupfs.Scan(mount)
+	if err != nil {
+		return nil, fmt.Errorf("reading the cgroup tree: %w", err)
+	}
+	ask := map[uint64]string{}
+	for id, path := range tree {
+		if _, ok := known[id]; !ok || pending[id] {
+			ask[id] = path
+		}
+	}
+	return &treeScan{tree: tree, ids: identifyAll(p.Compiled, ask, p.names)}, nil
+}
+
+// applyScanLocked puts what sc found into the kernel for plan p, if it is
+// still the plan in force (a reload made its own scan).
+func (e *Enforcer) applyScanLocked(p *Plan, sc *treeScan) error {
+	if e.plan != p {
 		return nil
 	}
-	tree, err := cgroupfs.Scan(e.opts.CgroupMount)
+	ch := p.changes(sc, e.log)
+	if err := e.guard.SetCgroupRules(ch.set, ch.remove); err != nil {
+		return err
+	}
+	p.commit(sc, ch)
+	if err := e.guard.ForgetCgroupConnections(ch.gone); err != nil {
+		e.log.Warn("forgetting connection counts of removed cgroups", zap.Error(err))
+	}
+	if len(ch.set)+len(ch.remove) > 0 {
+		e.log.Debug("cgroup rules updated", zap.Int("added", len(ch.set)), zap.Int("removed", len(ch.remove)))
+	}
+	e.followPodsLocked()
+	return nil
+}
+
+// scanChanges is what a scan changes in the kernel's cgroup lists.
+type scanChanges struct {
+	set    loader.CgroupRules
+	remove []loader.CgroupKey
+	gone   []uint64 // cgroups removed
+}
+
+// changes lists what sc changes: the lists of the cgroups made since the
+// last scan, and of those the runtime has named since, and the entries of
+// the cgroups removed.
+func (p *Plan) changes(sc *treeScan, log *zap.Logger) scanChanges {
+	ch := scanChanges{set: loader.CgroupRules{}}
+	for id, path := range sc.tree {
+		_, known := p.tree[id]
+		switch {
+		case !known:
+			if err := p.addCgroup(id, path, sc.ids.of[id], ch.set); err != nil {
+				// Fails closed: its processes are refused. Say so.
+				log.Error("cgroup refused IMDS: its rules do not fit the kernel's list", zap.String("cgroup", path), zap.Error(err))
+			}
+		case p.pending[id] && !sc.ids.pending[id]:
+			p.renamed(id, path, sc.ids.of[id], ch.set, log)
+		}
+	}
+	ch.remove, ch.gone = p.goneFrom(sc.tree)
+	return ch
+}
+
+// commit records in the plan what the kernel holds once ch is written.
+func (p *Plan) commit(sc *treeScan, ch scanChanges) {
+	for k, c := range ch.set {
+		p.Cgroups[k] = c
+	}
+	for _, k := range ch.remove {
+		delete(p.Cgroups, k)
+	}
+	p.tree, p.pending = sc.tree, sc.ids.pending
+}
+
+// renamed gives a cgroup whose names the runtime has given since the last
+// scan its own list anew: its rules by name apply now. Its subtree list is
+// the same whatever its names (new cgroups' are unknown).
+func (p *Plan) renamed(id uint64, path string, ident policy.Identity, set loader.CgroupRules, log *zap.Logger) {
+	own, err := p.Compiled.CandidatesOf(path, ident)
 	if err != nil {
-		return fmt.Errorf("reading the cgroup tree: %w", err)
+		log.Error("cgroup refused IMDS: its rules do not fit the kernel's list", zap.String("cgroup", path), zap.Error(err))
 	}
-	set := loader.CgroupRules{}
-	var remove []loader.CgroupKey
-	for id, path := range tree {
-		if _, known := p.tree[id]; known {
-			continue
-		}
-		if err := p.addCgroup(id, path, set); err != nil {
-			// Fails closed: its processes are refused. Say so.
-			e.log.Error("cgroup refused IMDS: its rules do not fit the kernel's list", zap.String("cgroup", path), zap.Error(err))
-		}
+	if w := ident.Workload(); ident.Known() {
+		log.Debug("cgroup named by the container runtime", zap.String("cgroup", path),
+			zap.String("namespace", w.Namespace), zap.String("pod", w.Pod), zap.String("container", w.Container))
 	}
-	var gone []uint64
+	if k := (loader.CgroupKey{ID: id}); !slices.Equal(own, p.Cgroups[k]) {
+		set[k] = own
+	}
+}
+
+// goneFrom lists the entries of the cgroups of the plan's tree that tree no
+// longer has, and their ids.
+func (p *Plan) goneFrom(tree map[uint64]string) (remove []loader.CgroupKey, gone []uint64) {
 	for id := range p.tree {
 		if _, still := tree[id]; still {
 			continue
@@ -305,24 +427,7 @@ func (e *Enforcer) rescanLocked() error {
 			}
 		}
 	}
-	if err := e.guard.SetCgroupRules(set, remove); err != nil {
-		return err
-	}
-	for k, c := range set {
-		p.Cgroups[k] = c
-	}
-	for _, k := range remove {
-		delete(p.Cgroups, k)
-	}
-	if err := e.guard.ForgetCgroupConnections(gone); err != nil {
-		e.log.Warn("forgetting connection counts of removed cgroups", zap.Error(err))
-	}
-	p.tree = tree
-	if len(set)+len(remove) > 0 {
-		e.log.Debug("cgroup rules updated", zap.Int("added", len(set)), zap.Int("removed", len(remove)))
-	}
-	e.followPodsLocked()
-	return nil
+	return remove, gone
 }
 
 // Run rescans the cgroup tree and reloads the policy on hup and on changes

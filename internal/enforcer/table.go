@@ -5,6 +5,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/imdsguard/imdsguard/internal/loader"
 	"github.com/imdsguard/imdsguard/internal/nftlayer"
 	"github.com/imdsguard/imdsguard/internal/policy"
 )
@@ -40,22 +41,19 @@ func tableWant(p *Plan) (nftlayer.Want, error) {
 	}, nil
 }
 
-// allowedCgroups are the known cgroups that a rule with allowNonHostNetns
-// matches, sorted: the pods the policy lets reach IMDS from their own
-// network namespaces, which the table must let through.
+// allowedCgroups are the known cgroups whose rule list has a rule with
+// allowNonHostNetns, sorted: the pods the policy lets reach IMDS from their
+// own network namespaces, which the table must let through. The list is the
+// one the kernel judges the cgroup's sockets by, so a grant by name counts
+// only once the runtime has named the pod, and not past a deny that comes
+// first for every process of the cgroup.
 func (p *Plan) allowedCgroups() []string {
-	var globs []string
-	for _, r := range p.Policy.Rules {
-		if r.AllowNonHostNetns && !r.Deny && r.Match.Cgroup != "" {
-			globs = append(globs, r.Match.Cgroup)
-		}
-	}
-	if len(globs) == 0 {
+	if !slices.ContainsFunc(p.Policy.Rules, func(r policy.Rule) bool { return r.AllowNonHostNetns && !r.Deny }) {
 		return nil
 	}
 	var out []string
-	for _, path := range p.tree {
-		if slices.ContainsFunc(globs, func(g string) bool { return policy.MatchCgroup(g, path) }) {
+	for id, path := range p.tree {
+		if slices.ContainsFunc(p.Cgroups[loader.CgroupKey{ID: id}], p.Compiled.AllowsNonHostNetns) {
 			out = append(out, path)
 		}
 	}

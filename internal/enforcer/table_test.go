@@ -11,7 +11,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/imdsguard/imdsguard/internal/cgroupfs"
 	"github.com/imdsguard/imdsguard/internal/nftlayer"
 	"github.com/imdsguard/imdsguard/internal/policy"
 )
@@ -136,16 +135,23 @@ func TestRescanHandsTheTableTheAllowedCgroupsOfNow(t *testing.T) {
 	if err := os.Remove(filepath.Join(mount, "/kubepods/a/broker")); err != nil {
 		t.Fatal(err)
 	}
-	tree, err := cgroupfs.Scan(mount)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.plan.tree = tree // as rescanLocked leaves it
+	rescan(t, e.plan, mount)
 	e.followPodsLocked()
 	want := [][]string{{"/kubepods/b/broker", "/kubepods/c/broker"}}
 	if !reflect.DeepEqual(ft.followed, want) || len(ft.synced) != 0 {
 		t.Errorf("followed %v, synced %v; want followed %v and no sync", ft.followed, ft.synced, want)
 	}
+}
+
+// rescan leaves plan as a rescan of the tree at mount does (the kernel
+// aside).
+func rescan(t *testing.T, plan *Plan, mount string) {
+	t.Helper()
+	sc, err := scanTree(plan, mount, plan.tree, plan.pending)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan.commit(sc, plan.changes(sc, zap.NewNop()))
 }
 
 // A table the layer could not write fails the start; without a table

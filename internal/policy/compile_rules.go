@@ -63,16 +63,28 @@ const OverflowRuleName = "(more than 16 rules could apply)"
 // overflowList is the rule list of a cgroup with too many candidates.
 var overflowList = []uint16{ktables.OverflowRule}
 
-// Candidates returns, in policy order, the indices of the rules a process in
-// the cgroup at path (relative to the cgroup v2 mount, "/" for the root) can
-// match: those whose cgroup glob matches the path and those without a cgroup
-// condition, up to and including the first one that matches every process
-// of the cgroup (no comm or uid condition) — nothing after it can win.
+// Candidates is CandidatesOf with the identity the path alone gives
+// (PathIdentity): a pod's container is taken to have unknown names.
+func (c *Compiled) Candidates(path string) ([]uint16, error) {
+	id := NotAPodContainer()
+	if c.HasNameRules() {
+		id = PathIdentity(path)
+	}
+	return c.CandidatesOf(path, id)
+}
+
+// CandidatesOf returns, in policy order, the indices of the rules a process
+// in the cgroup at path (relative to the cgroup v2 mount, "/" for the root),
+// whose workload is id, can match: those whose cgroup glob matches the path
+// (or that have none) and whose name conditions hold (or that have none;
+// see Rule.AppliesTo), up to and including the first one that matches every
+// process of the cgroup (no comm or uid condition) — nothing after it can
+// win.
 //
 // More than RulesPerCgroup candidates fail closed: the list returned is the
 // overflow rule's (a deny), with an error that says why.
-func (c *Compiled) Candidates(path string) ([]uint16, error) {
-	out := c.candidates(func(r Rule) bool { return r.Match.Cgroup == "" || MatchCgroup(r.Match.Cgroup, path) })
+func (c *Compiled) CandidatesOf(path string, id Identity) ([]uint16, error) {
+	out := c.candidates(func(r *Rule) bool { return r.AppliesTo(path, id) })
 	return c.bounded(out, "cgroup "+path)
 }
 
@@ -82,9 +94,14 @@ func (c *Compiled) Candidates(path string) ([]uint16, error) {
 // cgroup below path is kept, as it would be for each; one whose glob may
 // match some of them, depending on their names, is kept only if it denies
 // (taken to match) and left out otherwise (no grant before the policy has
-// matched the name); one that can match none of them is left out.
+// matched the name); one that can match none of them is left out. The names
+// of the workload in a new cgroup are not known yet, so a rule with name
+// conditions is kept only if it denies, as for an unknown Identity.
 func (c *Compiled) SubtreeCandidates(path string) ([]uint16, error) {
-	out := c.candidates(func(r Rule) bool {
+	out := c.candidates(func(r *Rule) bool {
+		if !r.namesApply(Identity{}) {
+			return false
+		}
 		if r.Match.Cgroup == "" {
 			return true
 		}
@@ -112,9 +129,11 @@ func (c *Compiled) bounded(out []uint16, what string) ([]uint16, error) {
 }
 
 // DefaultCandidates is the rule list of every cgroup that no rule's cgroup
-// glob matches: the rules without a cgroup condition.
+// glob matches: the rules without a cgroup condition, those with name
+// conditions only if they deny (the cgroups the kernel gives this list are
+// ones it has no entry for, whose names are not known).
 func (c *Compiled) DefaultCandidates() ([]uint16, error) {
-	out := c.candidates(func(r Rule) bool { return r.Match.Cgroup == "" })
+	out := c.candidates(func(r *Rule) bool { return r.Match.Cgroup == "" && r.namesApply(Identity{}) })
 	if len(out) > RulesPerCgroup {
 		return nil, fmt.Errorf("%d rules without a cgroup condition apply to every cgroup, at most %d", len(out), RulesPerCgroup)
 	}
@@ -124,9 +143,10 @@ func (c *Compiled) DefaultCandidates() ([]uint16, error) {
 // candidates lists, in policy order, the rules that applies accepts, up to
 // and including the first without a comm or uid condition: it matches every
 // process the list is for, so nothing after it can win.
-func (c *Compiled) candidates(applies func(Rule) bool) []uint16 {
+func (c *Compiled) candidates(applies func(*Rule) bool) []uint16 {
 	var out []uint16
-	for i, r := range c.rules {
+	for i := range c.rules {
+		r := &c.rules[i]
 		if !applies(r) {
 			continue
 		}
@@ -152,13 +172,42 @@ func (c *Compiled) RuleName(i int) string {
 	return c.rules[i].Name
 }
 
-// HasCgroupRules reports whether any rule has a cgroup condition (and the
-// cgroup tree must therefore be watched).
+// HasCgroupRules reports whether any rule has a cgroup or a name condition
+// (and the cgroup tree must therefore be watched).
 func (c *Compiled) HasCgroupRules() bool {
-	for _, r := range c.rules {
-		if r.Match.Cgroup != "" {
+	for i := range c.rules {
+		if m := &c.rules[i].Match; m.Cgroup != "" || m.HasNames() {
 			return true
 		}
 	}
 	return false
+}
+
+// HasNameRules reports whether any rule has a namespace, pod or container
+// condition (and the container runtime must therefore be asked the names
+// of the containers in the cgroup tree).
+func (c *Compiled) HasNameRules() bool {
+	for i := range c.rules {
+		if c.rules[i].Match.HasNames() {
+			return true
+		}
+	}
+	return false
+}
+
+// GrantsByName reports whether any rule with name conditions grants
+// something: what a node without the container runtime never gets.
+func (c *Compiled) GrantsByName() bool {
+	for i := range c.rules {
+		if r := &c.rules[i]; r.Match.HasNames() && !r.Deny {
+			return true
+		}
+	}
+	return false
+}
+
+// AllowsNonHostNetns reports whether rule i grants allowNonHostNetns
+// (false for an index out of range: the overflow rule denies).
+func (c *Compiled) AllowsNonHostNetns(i uint16) bool {
+	return int(i) < len(c.rules) && c.rules[i].AllowNonHostNetns && !c.rules[i].Deny
 }

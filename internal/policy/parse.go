@@ -24,7 +24,7 @@ import (
 var (
 	policyKeys = []string{"apiVersion", "kind", "mode", "cloud", "requireToken", "blockNonHostNetns", "refuseForwarded", "nftables", "nftablesAction", "maxConnectionsPerCgroup", "maxConnectionsPerUser", "maxTokenTTL", "credentialReadsPerMinute", "endpoints", "credentialPaths", "output", "rules"}
 	ruleKeys   = []string{"name", "match", "allowV1", "allowNonHostNetns", "deny", "credentialReadsPerMinute"}
-	matchKeys  = []string{"cgroup", "comm", "uid"}
+	matchKeys  = []string{"cgroup", "namespace", "pod", "container", "comm", "uid"}
 	outputKeys = []string{"format", "targets", "syslogCA", "queue", "foldWindow"}
 )
 
@@ -514,6 +514,12 @@ func (d *decoder) match(n *yaml.Node, path string, m *Match) {
 		switch key {
 		case "cgroup":
 			m.Cgroup, _ = d.str(v, kp)
+		case "namespace":
+			m.Namespace, _ = d.str(v, kp)
+		case "pod":
+			m.Pod, _ = d.str(v, kp)
+		case "container":
+			m.Container, _ = d.str(v, kp)
 		case "comm":
 			m.Comm, _ = d.str(v, kp)
 		case "uid":

@@ -153,7 +153,7 @@ func TestParseErrorsWithLines(t *testing.T) {
 		{"match key in a rule", rulesDoc("  - name: a\n    cgroup: /a\n    deny: true\n"), []wantErr{{4, "rules[0].cgroup", `unknown key "cgroup" (it belongs under match: match: {cgroup: …})`}}},
 		{"unknown key in a match", rulesDoc("  - name: a\n    match:\n      cgroup: /a\n      uidd: 5\n    deny: true\n"), []wantErr{{6, "rules[0].match.uidd", `unknown key "uidd" (did you mean "uid"?)`}}},
 		{"rule key in a match", rulesDoc("  - name: a\n    match: {cgroup: /a, deny: true}\n"), []wantErr{{4, "rules[0].match.deny", `unknown key "deny" (it belongs to the rule, next to match, not under it)`}}},
-		{"unknown key in a match, no suggestion", rulesDoc("  - name: a\n    match: {exe: x}\n    deny: true\n"), []wantErr{{4, "rules[0].match.exe", `unknown key "exe" (known keys: cgroup, comm, uid)`}}},
+		{"unknown key in a match, no suggestion", rulesDoc("  - name: a\n    match: {exe: x}\n    deny: true\n"), []wantErr{{4, "rules[0].match.exe", `unknown key "exe" (known keys: cgroup, namespace, pod, container, comm, uid)`}}},
 		{"duplicate key in a rule", rulesDoc("  - name: a\n    match: {cgroup: /a}\n    deny: true\n    deny: false\n"), []wantErr{{6, "rules[0].deny", "duplicate key (first at line 5)"}}},
 		{"duplicate key in a match", rulesDoc("  - name: a\n    match: {cgroup: /a, cgroup: /b}\n    deny: true\n"), []wantErr{{4, "rules[0].match.cgroup", "duplicate key (first at line 4)"}}},
 		{"match not a mapping", rulesDoc("  - name: a\n    match: /a\n    deny: true\n"), []wantErr{{4, "rules[0].match", `want a mapping (e.g. {cgroup: "/system.slice/backup.service"}; {} matches every process), got the string "/a"`}}},
@@ -201,10 +201,10 @@ func TestParseErrorsWithLines(t *testing.T) {
 		{"grants nothing, all false", rulesDoc("  - name: a\n    match: {cgroup: /a}\n    deny: false\n    allowV1: false\n"), []wantErr{{3, "rules[0]", "rule grants nothing"}}},
 		{"deny with allow", rulesDoc("  - name: a\n    match: {cgroup: /a}\n    allowV1: true\n    deny: true\n"), []wantErr{{6, "rules[0].deny", "deny cannot be combined with allowV1: a denied workload gets no IMDS access at all"}}},
 		{"deny with both allows", rulesDoc("  - {name: a, match: {cgroup: /a}, allowV1: true, allowNonHostNetns: true, deny: true}\n"), []wantErr{{3, "rules[0].deny", "deny cannot be combined with allowV1 and allowNonHostNetns"}}},
-		{"allowV1 on comm", rulesDoc("  - name: a\n    match: {comm: backup-agent}\n    allowV1: true\n"), []wantErr{{4, "rules[0].match", "a rule that grants allowV1 must also match a cgroup: " + whyCgroupFragment}}},
-		{"allowNonHostNetns on uid", rulesDoc("  - name: a\n    match:\n      uid: 0\n    allowNonHostNetns: true\n"), []wantErr{{4, "rules[0].match", "a rule that grants allowNonHostNetns must also match a cgroup: " + whyCgroupFragment}}},
+		{"allowV1 on comm", rulesDoc("  - name: a\n    match: {comm: backup-agent}\n    allowV1: true\n"), []wantErr{{4, "rules[0].match", "a rule that grants allowV1 must also match a cgroup or a namespace: " + whyCgroupFragment}}},
+		{"allowNonHostNetns on uid", rulesDoc("  - name: a\n    match:\n      uid: 0\n    allowNonHostNetns: true\n"), []wantErr{{4, "rules[0].match", "a rule that grants allowNonHostNetns must also match a cgroup or a namespace: " + whyCgroupFragment}}},
 		{"allow without match", rulesDoc("  - name: a\n    allowV1: true\n    allowNonHostNetns: true\n"), []wantErr{{3, "rules[0].match", "a rule that grants allowV1 and allowNonHostNetns must also match a cgroup"}}},
-		{"allow on every cgroup", rulesDoc("  - name: a\n    match: {cgroup: \"/**\", comm: x}\n    allowV1: true\n"), []wantErr{{4, "rules[0].match.cgroup", `"/**" matches every cgroup, but a rule that grants allowV1 must match the cgroup of the workload it is for: ` + whyCgroupFragment}}},
+		{"allow on every cgroup", rulesDoc("  - name: a\n    match: {cgroup: \"/**\", comm: x}\n    allowV1: true\n"), []wantErr{{4, "rules[0].match.cgroup", `"/**" matches every cgroup, but a rule that grants allowV1 must match the cgroup of the workload it is for (or its namespace): ` + whyCgroupFragment}}},
 
 		// Rules: shadowed.
 		{"shadowed by an empty match", rulesDoc(
@@ -516,7 +516,7 @@ func TestExamplePolicyFile(t *testing.T) {
 	for i, r := range p.Rules {
 		names[i] = r.Name
 	}
-	want := []string{"legacy-backup-agent", "iam-broker", "no-imds-for-ci", "no-host-network-pods"}
+	want := []string{"legacy-backup-agent", "iam-broker", "credential-broker", "no-imds-for-ci", "no-host-network-pods"}
 	if !reflect.DeepEqual(names, want) {
 		t.Errorf("rules %v, want %v", names, want)
 	}

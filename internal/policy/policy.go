@@ -130,10 +130,19 @@ type Rule struct {
 
 // Match selects processes. Its fields combine with AND; a zero Match
 // matches every process.
+//
+// Namespace, Pod and Container are globs (a cgroup glob segment's syntax) on
+// the names the container runtime reports for the container whose id is in
+// the cgroup's path; they match only a kubelet pod's container cgroups
+// (containerid.PodContainer) and are answered in userspace, when the
+// controller lists the rules that apply to a cgroup (see Identity).
 type Match struct {
-	Cgroup string  `json:"cgroup,omitempty"` // glob on the cgroup v2 path (see MatchCgroup)
-	Comm   string  `json:"comm,omitempty"`   // the process name, exactly (at most 15 bytes)
-	UID    *uint32 `json:"uid,omitempty"`
+	Cgroup    string  `json:"cgroup,omitempty"` // glob on the cgroup v2 path (see MatchCgroup)
+	Namespace string  `json:"namespace,omitempty"`
+	Pod       string  `json:"pod,omitempty"`
+	Container string  `json:"container,omitempty"`
+	Comm      string  `json:"comm,omitempty"` // the process name, exactly (at most 15 bytes)
+	UID       *uint32 `json:"uid,omitempty"`
 }
 
 // Default returns the embedded default policy, cloud auto resolving to

@@ -92,8 +92,10 @@ func (r Rule) render() *yaml.Node {
 	if r.Match.Cgroup != "" {
 		addKey(m, "cgroup", strNode(r.Match.Cgroup))
 	}
-	if r.Match.Comm != "" {
-		addKey(m, "comm", strNode(r.Match.Comm))
+	for _, n := range []struct{ key, v string }{{"namespace", r.Match.Namespace}, {"pod", r.Match.Pod}, {"container", r.Match.Container}, {"comm", r.Match.Comm}} {
+		if n.v != "" {
+			addKey(m, n.key, strNode(n.v))
+		}
 	}
 	if r.Match.UID != nil {
 		addKey(m, "uid", intNode(uint64(*r.Match.UID)))

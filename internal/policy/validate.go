@@ -144,29 +144,73 @@ func (d *decoder) checkRuleName(rules []Rule, i int, names map[string]int) {
 	}
 }
 
-// checkRuleMatch checks the cgroup glob and the comm: sound says the
-// match is valid, neverMatches that it can never hold.
+// checkRuleMatch checks the cgroup glob, the name globs and the comm: sound
+// says the match is valid, neverMatches that it can never hold.
 func (d *decoder) checkRuleMatch(r *Rule, rp string) (sound, neverMatches bool) {
 	mp := keyPath(rp, "match")
 	cp, commP := keyPath(mp, "cgroup"), keyPath(mp, "comm")
 	sound = true
+	fail := func(key, msg string, never bool) {
+		d.add(d.line(key), key, "%s", msg)
+		sound, neverMatches = false, neverMatches || never
+	}
+	cgroupOK := false
 	if d.has(cp) && !d.failed[cp] {
 		if err := ValidateCgroupGlob(r.Match.Cgroup); err != nil {
-			d.add(d.line(cp), cp, "%v", err)
-			sound = false
+			fail(cp, err.Error(), false)
+		} else {
+			cgroupOK = true
 		}
+	}
+	for _, k := range nameKeys {
+		kp := keyPath(mp, k.key)
+		if d.has(kp) && !d.failed[kp] {
+			if msg, never := k.globProblem(r.Match.name(k.key)); msg != "" {
+				fail(kp, msg, never)
+			}
+		}
+	}
+	if cgroupOK && r.Match.HasNames() && !cgroupCanBePodContainer(r.Match.Cgroup) {
+		fail(cp, fmt.Sprintf("%q is not the cgroup of a pod's container, so with %s this rule can never match: %s", r.Match.Cgroup, r.Match.nameKeysSet(), whyPodCgroup), true)
 	}
 	if d.has(commP) && !d.failed[commP] {
 		if msg, never := commProblem(r.Match.Comm); msg != "" {
-			d.add(d.line(commP), commP, "%s", msg)
-			sound, neverMatches = false, never
+			fail(commP, msg, never)
 		}
 	}
 	return sound, neverMatches
 }
 
+// whyPodCgroup says which cgroups name conditions match.
+const whyPodCgroup = "namespace, pod and container match only the cgroup the container runtime makes for each container of a pod " +
+	"(its last segment names the container, e.g. \"cri-containerd-<id>.scope\"); leave cgroup out to match every pod's containers, " +
+	"or end the glob with a segment that matches the container's (e.g. \"/kubepods.slice/**\")"
+
+// name is the value of a name key of the match.
+func (m *Match) name(key string) string {
+	switch key {
+	case "namespace":
+		return m.Namespace
+	case "pod":
+		return m.Pod
+	}
+	return m.Container
+}
+
+// nameKeysSet lists the name keys the match has: "namespace and pod".
+func (m *Match) nameKeysSet() string {
+	var keys []string
+	for _, k := range nameKeys {
+		if m.name(k.key) != "" {
+			keys = append(keys, k.key)
+		}
+	}
+	return strings.Join(keys, " and ")
+}
+
 // checkRuleGrants: a rule denies or grants, not both, and a grant is pinned
-// to one workload's cgroup.
+// to one workload by its cgroup or its namespace; a grant by pod or
+// container name by its namespace.
 func (d *decoder) checkRuleGrants(r *Rule, rp string) {
 	mp := keyPath(rp, "match")
 	grants := grantNames(r)
@@ -179,11 +223,22 @@ func (d *decoder) checkRuleGrants(r *Rule, rp string) {
 		d.add(d.line(keyPath(rp, "deny")), keyPath(rp, "deny"), "deny cannot be combined with %s: a denied workload gets no IMDS access at all", grants)
 	case !r.Deny && grants == "":
 		d.add(d.line(rp), rp, "rule grants nothing: set deny, allowV1, allowNonHostNetns or credentialReadsPerMinute")
-	case grants != "" && r.Match.Cgroup == "":
-		d.add(mline, mp, "a rule that grants %s must also match a cgroup: %s", grants, whyCgroup)
-	case grants != "" && matchesEveryCgroup(r.Match.Cgroup):
+	case grants == "" || pinsNamespace(r.Match.Namespace):
+		// pinned to a workload by its namespace (or a deny)
+	case r.Match.Namespace != "":
+		np := keyPath(mp, "namespace")
+		d.add(d.line(np), np, "%q matches every namespace, but a rule that grants %s by name must name the namespace of the workload it is for (a letter of it at least, as in \"payments\" or \"team-*\"): %s", r.Match.Namespace, grants, whyNamespace)
+	case r.Match.HasNames():
+		// a cgroup glob that pins the pod would do too, but one that
+		// wildcards its uid (as a rule by name would) matches every pod
+		d.add(mline, mp, "a rule that grants %s by %s name must also match a namespace: %s", grants, r.Match.nameKeysSet(), whyNamespace)
+	case r.Match.Cgroup != "" && !matchesEveryCgroup(r.Match.Cgroup):
+		// pinned to a workload by its cgroup
+	case r.Match.Cgroup == "":
+		d.add(mline, mp, "a rule that grants %s must also match a cgroup or a namespace: %s", grants, whyCgroup)
+	default:
 		cp := keyPath(mp, "cgroup")
-		d.add(d.line(cp), cp, "%q matches every cgroup, but a rule that grants %s must match the cgroup of the workload it is for: %s", r.Match.Cgroup, grants, whyCgroup)
+		d.add(d.line(cp), cp, "%q matches every cgroup, but a rule that grants %s must match the cgroup of the workload it is for (or its namespace): %s", r.Match.Cgroup, grants, whyCgroup)
 	}
 }
 
@@ -205,9 +260,14 @@ func (d *decoder) checkShadowed(rules []Rule, i int, canShadow []bool) {
 	}
 }
 
-// whyCgroup says why a rule that grants something must match a cgroup.
+// whyCgroup says why a rule that grants something must match a cgroup or a
+// namespace.
 const whyCgroup = "comm and uid are chosen by the process itself (any program can name itself \"backup-agent\", and a uid covers everything run as it), " +
-	"while the cgroup is assigned by systemd or the kubelet, so only the cgroup pins the exception to one workload"
+	"while the cgroup is assigned by systemd or the kubelet, and a pod's namespace by the cluster's administrators, so only they pin the exception to one workload"
+
+// whyNamespace says why a grant by pod or container name needs a namespace.
+const whyNamespace = "pod and container names are chosen by whoever creates the pod, in any namespace they may create pods in, " +
+	"while namespaces are made by the cluster's administrators, so only the namespace pins the exception to one workload"
 
 // grantNames lists what a rule grants beyond the defaults: "allowV1",
 // "allowNonHostNetns", both joined with "and", or "".
@@ -243,9 +303,14 @@ func commProblem(c string) (msg string, never bool) {
 
 // covers reports whether every process match b matches is also matched by
 // a: a's conditions are a subset of b's (a cgroup of only "**" segments is
-// no condition). Globs are compared as text.
+// no condition). Globs are compared as text. Name conditions match only
+// pods' container cgroups, so a's names cover b's cgroup, whatever it is,
+// when b has the same names.
 func covers(a, b Match) bool {
 	if a.Cgroup != "" && !matchesEveryCgroup(a.Cgroup) && a.Cgroup != b.Cgroup {
+		return false
+	}
+	if a.Namespace != "" && a.Namespace != b.Namespace || a.Pod != "" && a.Pod != b.Pod || a.Container != "" && a.Container != b.Container {
 		return false
 	}
 	if a.Comm != "" && a.Comm != b.Comm {

@@ -52,7 +52,7 @@ func TestSuggestOnTopOfAPolicy(t *testing.T) {
 		ev("2025-06-01T10:00:08Z", bpf.ReasonIMDSv1NoToken, "/system.slice/other.slice/backup.service", "b"),
 	))
 	pol := wantRules(t, res.YAML, []rule{
-		{name: "kube-system-iam-broker-7d9f8", cgroup: globBrokr, v1: true, netns: true},
+		{name: "kube-system-iam-broker", cgroup: globPodsBroker, namespace: "kube-system", pod: "iam-broker-?????", ctr: "broker", v1: true, netns: true},
 		{name: "iam-broker", cgroup: "/kubepods.slice/*/*pod1b2c*/*", netns: true},
 		{name: "backup", cgroup: cgBackup, v1: true, credentialReadsPerMinute: 100},
 		{name: "agent-comm", cgroup: "/system.slice/agent.service", comm: "agent", v1: true, netns: true},

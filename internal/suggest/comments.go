@@ -38,7 +38,10 @@ func ruleComment(s *suggestion, verb string) []string {
 	if len(g.paths) > 0 {
 		add("paths (events): " + top(g.paths, maxPaths))
 	}
-	if g.wl.note != "" {
+	switch {
+	case g.wl.namespace != "":
+		add("the rule " + g.wl.note)
+	case g.wl.note != "":
 		add("the glob " + g.wl.note)
 	}
 	for _, n := range s.notes {

@@ -3,12 +3,29 @@ package suggest
 import (
 	"fmt"
 	"time"
+
+	"github.com/imdsguard/imdsguard/internal/containerid"
+	"github.com/imdsguard/imdsguard/internal/policy"
 )
 
-// who is a process as the policy tells processes apart.
+// who is a process as the policy tells processes apart: its cgroup, comm
+// and uid, and the names of its pod's container as its events give them.
 type who struct {
-	cgroup, comm string
-	uid          uint32
+	cgroup, comm              string
+	uid                       uint32
+	namespace, pod, container string
+}
+
+func whoOf(r record) who { return who{r.Cgroup, r.Comm, r.UID, r.Namespace, r.Pod, r.Container} }
+
+// identity is what the daemon knows of the process's names: those of the
+// events, if the cgroup is a pod's container cgroup itself (as
+// policy.Identity has it); unknown (or no pod's) otherwise.
+func (w who) identity() policy.Identity {
+	if _, place := containerid.Locate(w.cgroup); place == containerid.PodContainer {
+		return policy.Named(policy.Workload{Namespace: w.namespace, Pod: w.pod, Container: w.container})
+	}
+	return policy.PathIdentity(w.cgroup)
 }
 
 // span is when something was seen, and how often.
@@ -76,7 +93,7 @@ func (g *group) add(r record, hit int) {
 	if r.Container != "" {
 		g.conts[r.Container] = true
 	}
-	k := who{r.Cgroup, r.Comm, r.UID}
+	k := whoOf(r)
 	if g.seen[k] == nil {
 		g.seen[k] = map[string]bool{}
 	}

@@ -107,6 +107,7 @@ func rulesOf(t *testing.T, out []byte) *policy.Policy {
 // rule is a policy rule in short, for comparing.
 type rule struct {
 	name, cgroup, comm       string
+	namespace, pod, ctr      string
 	v1, netns                bool
 	deny                     bool
 	credentialReadsPerMinute int
@@ -115,7 +116,8 @@ type rule struct {
 func short(rs []policy.Rule) []rule {
 	out := make([]rule, len(rs))
 	for i, r := range rs {
-		out[i] = rule{r.Name, r.Match.Cgroup, r.Match.Comm, r.AllowV1, r.AllowNonHostNetns, r.Deny, r.CredentialReadsPerMinute}
+		m := r.Match
+		out[i] = rule{r.Name, m.Cgroup, m.Comm, m.Namespace, m.Pod, m.Container, r.AllowV1, r.AllowNonHostNetns, r.Deny, r.CredentialReadsPerMinute}
 	}
 	return out
 }

@@ -48,6 +48,14 @@ func nameRules(sugg []*suggestion, base []policy.Rule) {
 func nameStem(g *group) string {
 	switch g.wl.kind {
 	case workloadPod:
+		if w := g.wl; w.namespace != "" {
+			// the controller's name, which the pods' names share
+			stem := w.namespace + "-" + w.name
+			if !strings.Contains(w.name, w.container) {
+				stem += "-" + w.container
+			}
+			return stem
+		}
 		if pods := slices.Sorted(maps.Keys(g.pods)); len(pods) == 1 {
 			return strings.ReplaceAll(pods[0], "/", "-")
 		}

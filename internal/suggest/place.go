@@ -73,15 +73,26 @@ func extended(base, add policy.Rule) policy.Rule {
 }
 
 // shadows says why a new rule with match m at pos cannot be: a base rule
-// from pos on has the same glob and every condition of m, and the new rule
-// would leave it nothing (check refuses a rule that can never match).
+// from pos on has the same glob (and names) and every condition of m, and
+// the new rule would leave it nothing (check refuses a rule that can never
+// match).
 func shadows(rules []policy.Rule, pos int, m policy.Match) string {
 	for j := pos; j < len(rules); j++ {
-		if r := rules[j].Match; r.Cgroup == m.Cgroup && within(r, m) {
-			return fmt.Sprintf("the policy's rule %q has the same cgroup glob %q: a rule for these processes before it would shadow it, and they do not reach it; extend or split that rule by hand", rules[j].Name, m.Cgroup)
+		if r := rules[j].Match; sameWorkload(r, m) && within(r, m) {
+			return fmt.Sprintf("the policy's rule %q has the same cgroup glob %q%s: a rule for these processes before it would shadow it, and they do not reach it; extend or split that rule by hand", rules[j].Name, m.Cgroup, namesText(m))
 		}
 	}
 	return ""
+}
+
+// namesText is " and names namespace …, pod …, container …" for a match
+// with name conditions, else "".
+func namesText(m policy.Match) string {
+	if !m.HasNames() {
+		return ""
+	}
+	m.Cgroup, m.Comm, m.UID = "", "", nil
+	return " and names (" + matchText(m) + ")"
 }
 
 // within reports whether a match's comm and uid conditions include those
@@ -117,31 +128,31 @@ func (s *suggestion) carry(rules []policy.Rule, hits []int) {
 func (s *suggestion) warnDenies(rules []policy.Rule) {
 	for j := s.pos; j < len(rules); j++ {
 		r := &rules[j]
-		if within(s.rule.Match, r.Match) && s.matchesAll(r.Match.Cgroup) {
+		if within(s.rule.Match, r.Match) && s.matchesAll(r) {
 			return // no process this rule matches gets past rule j
 		}
-		if r.Deny && s.matchesAny(r.Match.Cgroup) {
+		if r.Deny && s.matchesAny(r) {
 			s.notes = append(s.notes, fmt.Sprintf("it comes before the policy's deny rule %q: processes of this workload that rule would deny (%s) get this rule instead", r.Name, matchText(r.Match)))
 		}
 	}
 }
 
-// matchesAny reports whether a rule's cgroup glob matches a cgroup the
-// group's events came from ("" matches every cgroup).
-func (s *suggestion) matchesAny(glob string) bool {
+// matchesAny reports whether a rule's cgroup glob (and names) match a
+// cgroup the group's events came from.
+func (s *suggestion) matchesAny(r *policy.Rule) bool {
 	for w := range s.g.seen {
-		if glob == "" || policy.MatchCgroup(glob, w.cgroup) {
+		if r.AppliesTo(w.cgroup, w.identity()) {
 			return true
 		}
 	}
 	return false
 }
 
-// matchesAll reports whether a rule's cgroup glob matches every cgroup the
-// group's events came from.
-func (s *suggestion) matchesAll(glob string) bool {
+// matchesAll reports whether a rule's cgroup glob (and names) match every
+// cgroup the group's events came from.
+func (s *suggestion) matchesAll(r *policy.Rule) bool {
 	for w := range s.g.seen {
-		if glob != "" && !policy.MatchCgroup(glob, w.cgroup) {
+		if !r.AppliesTo(w.cgroup, w.identity()) {
 			return false
 		}
 	}
@@ -168,7 +179,7 @@ func (t *tally) leaveGroup(g *group, why string) {
 // keptConditions says which conditions a new rule took from the base rule
 // it comes before.
 func keptConditions(m policy.Match) string {
-	m.Cgroup = ""
+	m.Cgroup, m.Namespace, m.Pod, m.Container = "", "", "", ""
 	if m.Comm == "" && m.UID == nil {
 		return ""
 	}
@@ -198,6 +209,11 @@ func matchText(m policy.Match) string {
 	var c []string
 	if m.Cgroup != "" {
 		c = append(c, "cgroup "+m.Cgroup)
+	}
+	for _, n := range []struct{ key, v string }{{"namespace", m.Namespace}, {"pod", m.Pod}, {"container", m.Container}} {
+		if n.v != "" {
+			c = append(c, n.key+" "+n.v)
+		}
 	}
 	if m.Comm != "" {
 		c = append(c, "comm "+m.Comm)

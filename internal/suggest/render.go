@@ -102,13 +102,14 @@ func newRuleNode(s *suggestion) *yaml.Node {
 	addKey(n, "name", strNode(r.Name))
 	m := mappingNode()
 	m.Style = yaml.FlowStyle
-	glob := strNode(r.Match.Cgroup)
-	glob.Style = yaml.DoubleQuotedStyle
-	addKey(m, "cgroup", glob)
-	if r.Match.Comm != "" {
-		comm := strNode(r.Match.Comm)
-		comm.Style = yaml.DoubleQuotedStyle
-		addKey(m, "comm", comm)
+	for _, k := range []struct{ key, v string }{
+		{"cgroup", r.Match.Cgroup}, {"namespace", r.Match.Namespace}, {"pod", r.Match.Pod}, {"container", r.Match.Container}, {"comm", r.Match.Comm},
+	} {
+		if k.v != "" {
+			v := strNode(k.v)
+			v.Style = yaml.DoubleQuotedStyle
+			addKey(m, k.key, v)
+		}
 	}
 	if r.Match.UID != nil {
 		addKey(m, "uid", &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!int", Value: strconv.FormatUint(uint64(*r.Match.UID), 10)})

@@ -7,7 +7,9 @@
 // OCSF, one per line), keeps the audit verdicts, and writes one rule per
 // workload for the two refusals a rule can lift: imdsv1_no_token (allowV1)
 // and non_host_netns (allowNonHostNetns). A workload is named by the
-// narrowest cgroup glob that survives its restarts (see workloadOf).
+// narrowest cgroup glob that survives its restarts (see workloadOf); a
+// pod's container whose events carry its names by those names, so that the
+// rule survives the pod's re-creation too (see namedWorkload).
 // Everything else audit saw is listed, with counts, in the policy's closing
 // comment: refusals no rule should lift (relayed requests, long tokens,
 // bounds) and workloads no glob can name on its own (the root cgroup).

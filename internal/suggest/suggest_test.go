@@ -18,6 +18,9 @@ const (
 	globWeb   = "/kubepods/besteffort/pod" + uid2 + "/*"
 	cgBroker  = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" + uidUnder + ".slice/cri-containerd-" + cid + ".scope"
 	globBrokr = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" + uidUnder + ".slice/cri-containerd-*.scope"
+	// the globs of pods matched by their names: uid and container id wildcarded
+	globPodsBE     = "/kubepods/besteffort/pod*/*"
+	globPodsBroker = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod*.slice/cri-containerd-*.scope"
 )
 
 // mixed is a day of audit mode on a node: a legacy agent in a service, two
@@ -43,8 +46,8 @@ func TestSuggestFreshPolicy(t *testing.T) {
 		`{"time":"2025-06-01T10:00:00Z","kind":"policy","result":"loaded","trigger":"start","source":"p.yaml","policy_hash":"ab","rules":0}` + "\n\n"
 	res := run(t, Config{}, log+jsonLines(mixed()...))
 	pol := wantRules(t, res.YAML, []rule{
-		{name: "kube-system-iam-broker-7d9f8", cgroup: globBrokr, v1: true, netns: true},
-		{name: "default-web-5c7b9", cgroup: globWeb, v1: true},
+		{name: "kube-system-iam-broker", cgroup: globPodsBroker, namespace: "kube-system", pod: "iam-broker-?????", ctr: "broker", v1: true, netns: true},
+		{name: "default-web", cgroup: globPodsBE, namespace: "default", pod: "web-?????", ctr: "web", v1: true},
 		{name: "backup", cgroup: cgBackup, v1: true},
 	})
 	if pol.Mode != "enforce" {
@@ -60,7 +63,7 @@ func TestSuggestFreshPolicy(t *testing.T) {
 		"suggested for pod kube-system/iam-broker-7d9f8: 3 audit events, 2025-06-01T11:00:00Z to 2025-06-01T11:10:00Z",
 		"refused in enforce mode: imdsv1_no_token 1 (allowV1), non_host_netns 2 (allowNonHostNetns)",
 		"containers: broker",
-		"names the pod by its uid "+uid,
+		"the rule matches the pod by its names, not its uid: namespace kube-system and container broker exactly, and pod iam-broker-?????: the names of the pods of the DaemonSet or Job iam-broker, iam-broker-<5 characters>, so the rule holds when they are re-created",
 		// what was left out, by reason, with counts
 		"forwarded_request (4 events): requests relayed by a proxy",
 		`- 4 from "/system.slice/nginx.service", processes nginx 4, 4 audit events at 2025-06-01T11:05:00Z`,

@@ -3,6 +3,7 @@ package suggest
 import (
 	"cmp"
 	"fmt"
+	"strings"
 
 	"github.com/imdsguard/imdsguard/bpf"
 	"github.com/imdsguard/imdsguard/internal/policy"
@@ -54,12 +55,12 @@ func (t *tally) add(r record) {
 		t.leave(r, r.Reason, r.Cgroup, "")
 		return
 	}
-	w, why := workloadOf(r.Cgroup)
+	w, why := workloadFor(r)
 	if why != "" {
 		t.leave(r, r.Reason, r.Cgroup, why)
 		return
 	}
-	hit := firstMatch(t.rules, who{r.Cgroup, r.Comm, r.UID})
+	hit := firstMatch(t.rules, whoOf(r))
 	if hit >= 0 {
 		rule := &t.rules[hit]
 		if rule.Deny {
@@ -76,7 +77,7 @@ func (t *tally) add(r record) {
 			return
 		}
 	}
-	k := t.keyFor(w.glob, hit)
+	k := t.keyFor(w, hit)
 	g := t.groups[k]
 	if g == nil {
 		g = newGroup(w, k.amend)
@@ -88,10 +89,11 @@ func (t *tally) add(r record) {
 // groupKey tells groups apart: one per workload and the conditions its
 // rule keeps from the base rule its events hit.
 type groupKey struct {
-	glob  string
-	comm  string
-	uid   int64 // -1: no uid condition
-	amend int   // the base rule to extend, or -1 for a new rule
+	glob                      string
+	namespace, pod, container string // the workload's names, for a pod matched by them
+	comm                      string
+	uid                       int64 // -1: no uid condition
+	amend                     int   // the base rule to extend, or -1 for a new rule
 }
 
 // keyFor is the group of an event of the workload glob that base rule hit
@@ -102,13 +104,13 @@ type groupKey struct {
 // When it is a broader one, the new rule has to come before it, and takes
 // its comm and uid conditions: the processes it matched still match, and
 // the rule reaches no process of the workload that it did not.
-func (t *tally) keyFor(glob string, hit int) groupKey {
-	k := groupKey{glob: glob, uid: -1, amend: -1}
+func (t *tally) keyFor(w workload, hit int) groupKey {
+	k := groupKey{glob: w.glob, namespace: w.namespace, pod: w.pod, container: w.container, uid: -1, amend: -1}
 	if hit < 0 {
 		return k
 	}
 	m := t.rules[hit].Match
-	if m.Cgroup == glob {
+	if sameWorkload(m, k.match()) {
 		k.amend = hit
 		return k
 	}
@@ -121,7 +123,7 @@ func (t *tally) keyFor(glob string, hit int) groupKey {
 
 // match is the new rule's match for the group.
 func (k groupKey) match() policy.Match {
-	m := policy.Match{Cgroup: k.glob, Comm: k.comm}
+	m := policy.Match{Cgroup: k.glob, Namespace: k.namespace, Pod: k.pod, Container: k.container, Comm: k.comm}
 	if k.uid >= 0 {
 		u := uint32(k.uid)
 		m.UID = &u
@@ -129,8 +131,28 @@ func (k groupKey) match() policy.Match {
 	return m
 }
 
+// compareGroupKeys orders groups, and so the new rules placed at one spot.
+// Of two pod globs in one namespace, the one with the longer literal start
+// comes first: "web-admin-*-?????" before "web-*-?????", which also matches
+// web-admin's pods and would take them first.
 func compareGroupKeys(a, b groupKey) int {
-	return cmp.Or(cmp.Compare(a.glob, b.glob), cmp.Compare(a.comm, b.comm), cmp.Compare(a.uid, b.uid), cmp.Compare(a.amend, b.amend))
+	return cmp.Or(cmp.Compare(a.glob, b.glob), cmp.Compare(a.namespace, b.namespace),
+		-cmp.Compare(len(literalStart(a.pod)), len(literalStart(b.pod))), cmp.Compare(a.pod, b.pod), cmp.Compare(a.container, b.container),
+		cmp.Compare(a.comm, b.comm), cmp.Compare(a.uid, b.uid), cmp.Compare(a.amend, b.amend))
+}
+
+// literalStart is a glob's start before its first wildcard.
+func literalStart(glob string) string {
+	if i := strings.IndexAny(glob, `*?[\`); i >= 0 {
+		return glob[:i]
+	}
+	return glob
+}
+
+// sameWorkload reports whether two matches have the same cgroup glob and
+// name conditions: a rule with a's is this workload's own.
+func sameWorkload(a, b policy.Match) bool {
+	return a.Cgroup == b.Cgroup && a.Namespace == b.Namespace && a.Pod == b.Pod && a.Container == b.Container
 }
 
 func (t *tally) leave(r record, reason, cgroup, why string) {
@@ -158,11 +180,14 @@ func orDefault(s, def string) string {
 }
 
 // firstMatch is the index of the first rule that matches the process, as
-// the kernel picks it (first match wins), or -1.
+// the kernel picks it (first match wins), or -1. Rules by name are judged as
+// the daemon judges them (policy.Rule.AppliesTo): by the names the events
+// give the process's pod, and as unknown where they give none.
 func firstMatch(rules []policy.Rule, p who) int {
+	id := p.identity()
 	for i := range rules {
 		m := &rules[i].Match
-		if m.Cgroup != "" && !policy.MatchCgroup(m.Cgroup, p.cgroup) {
+		if !rules[i].AppliesTo(p.cgroup, id) {
 			continue
 		}
 		if m.Comm != "" && m.Comm != p.comm {

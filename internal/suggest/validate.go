@@ -49,5 +49,6 @@ func checkGranted(rules []policy.Rule, w who, reasons map[string]bool) error {
 }
 
 func compareWho(a, b who) int {
-	return cmp.Or(cmp.Compare(a.cgroup, b.cgroup), cmp.Compare(a.comm, b.comm), cmp.Compare(a.uid, b.uid))
+	return cmp.Or(cmp.Compare(a.cgroup, b.cgroup), cmp.Compare(a.comm, b.comm), cmp.Compare(a.uid, b.uid),
+		cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.pod, b.pod), cmp.Compare(a.container, b.container))
 }

@@ -18,11 +18,15 @@ const (
 	workloadCgroup    = "cgroup"    // any other cgroup, named as it is
 )
 
-// workload is what one suggested rule is for: the cgroup glob that names it,
-// and what that glob's stability depends on.
+// workload is what one suggested rule is for: the cgroup glob that names it
+// (with the pod's names, when the events have them), and what that glob's
+// stability depends on.
 type workload struct {
 	glob string // the rule's match.cgroup
-	kind string
+	// namespace, pod and container are the rule's name conditions (a pod
+	// glob for pod), for a pod's container named by the events; "" else.
+	namespace, pod, container string
+	kind                      string
 	// name is the cgroup segment the rule's name is made from when the
 	// events carry no pod or container name.
 	name string
@@ -31,16 +35,31 @@ type workload struct {
 	note string
 }
 
+// workloadFor names the workload of an event: a pod's container whose
+// event names its namespace, pod and container by those names (see
+// namedWorkload), so that the rule survives the pod's re-creation; any
+// other by its cgroup (workloadOf).
+func workloadFor(r record) (workload, string) {
+	w, why := workloadOf(r.Cgroup)
+	if why != "" || w.kind != workloadPod {
+		return w, why
+	}
+	if named, ok := namedWorkload(r.Cgroup, containerid.Parse(r.Cgroup), r.Namespace, r.Pod, r.Container); ok {
+		return named, ""
+	}
+	return w, ""
+}
+
 // workloadOf names the workload a cgroup belongs to with the narrowest glob
 // that still matches it after the restarts it survives. It returns why not
 // when no glob can name it on its own: a grant must pin one workload, and
 // suggest never widens a glob to do so.
 //
-// The policy matches cgroups (and comm, uid), not pod names or namespaces,
-// so a kubelet pod is named by its pod uid, kept literal: with the uid
-// wildcarded the glob would match every pod of its QoS class. Only the
-// container id is wildcarded, because it changes on every container
-// restart while the pod (and its uid) stays.
+// A kubelet pod whose events do not name it (no runtime, or a cgroup below
+// the container's, which rules by name never match) is named by its pod
+// uid, kept literal: with the uid wildcarded the glob would match every
+// pod of its QoS class. Only the container id is wildcarded, because it
+// changes on every container restart while the pod (and its uid) stays.
 func workloadOf(cgroup string) (workload, string) {
 	switch {
 	case cgroup == "":
@@ -108,7 +127,7 @@ func podWorkload(cgroup string, info containerid.Info) workload {
 		// containerid leaves the uid out for static pods only.
 		w.note = "a static pod (a kubelet manifest): its pod uid is the hash of the manifest, so the rule holds until the manifest changes; container restarts keep it (the container id is wildcarded)"
 	} else {
-		w.note = fmt.Sprintf("names the pod by its uid %s, because the policy matches cgroups, not pod names, and with the uid wildcarded the glob would match every %s pod: a re-created pod (rollout, eviction, rescheduling) gets a new uid and needs a new rule; container restarts keep it (the container id is wildcarded)", info.PodUID, info.QoS)
+		w.note = fmt.Sprintf("names the pod by its uid %s, because the events do not name the pod (or name it from a cgroup below its container's, which rules by name never match), and with the uid wildcarded the glob would match every %s pod: a re-created pod (rollout, eviction, rescheduling) gets a new uid and needs a new rule; container restarts keep it (the container id is wildcarded)", info.PodUID, info.QoS)
 	}
 	return w
 }
