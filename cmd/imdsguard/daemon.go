@@ -317,6 +317,9 @@ func (d *daemon) startTableLog() {
 // startReader makes the event reader, with what enriches events: the
 // instance id, pod and container names.
 func (d *daemon) startReader(ctx context.Context) error {
+	if d.cgroups != nil {
+		go d.cgroups.Watch(ctx, d.log)
+	}
 	ropts := eventreader.ReaderOptions{Cgroups: d.cgroups, Rules: d.enf.RuleName, Hostname: d.hostname, InstanceID: d.instanceID(ctx), Names: d.podNames(),
 		Cloud: func() string { return d.enf.Plan().Policy.Profile.Name }}
 	d.folder = eventreader.NewFolder(d.sink, d.cfg.fold)

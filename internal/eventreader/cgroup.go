@@ -51,13 +51,17 @@ func (r *CgroupResolver) Path(id uint64) string {
 	if err != nil {
 		return ""
 	}
+	r.store(id, p)
+	return p
+}
+
+func (r *CgroupResolver) store(id uint64, p string) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	if len(r.cache) >= maxCachedCgroups {
 		clear(r.cache)
 	}
 	r.cache[id] = p
-	r.mu.Unlock()
-	return p
 }
 
 // lookup opens the cgroup by its id (cgroupfs exports ids as file handles)

@@ -31,6 +31,7 @@ type Pod struct {
 	// the kubelet names it (its cgroup_parent).
 	Cgroup, Parent string
 	config         *runtimeapi.PodSandboxConfig
+	attempts       map[string]uint32 // containers started by name, as the kubelet counts restarts
 }
 
 // RunPod starts a pod sandbox with the kubelet's labels and its cgroupfs
@@ -41,7 +42,7 @@ func (n *Node) RunPod(spec PodSpec) *Pod {
 	if uid == "" {
 		uid = NewUID()
 	}
-	p := &Pod{UID: uid, Name: spec.Name, Namespace: spec.Namespace}
+	p := &Pod{UID: uid, Name: spec.Name, Namespace: spec.Namespace, attempts: map[string]uint32{}}
 	p.Parent = n.podsParent + "/besteffort/pod" + uid
 	p.Cgroup = filepath.Join(n.PodsCgroup, "besteffort", "pod"+uid)
 	netMode := runtimeapi.NamespaceMode_POD
@@ -108,15 +109,16 @@ func (n *Node) Start(p *Pod, name string, argv ...string) *Container {
 	ctx, cancel := context.WithTimeout(context.Background(), lab.Patience(60*time.Second))
 	defer cancel()
 	cfg := &runtimeapi.ContainerConfig{
-		Metadata: &runtimeapi.ContainerMetadata{Name: name},
+		Metadata: &runtimeapi.ContainerMetadata{Name: name, Attempt: p.attempts[name]},
 		Image:    &runtimeapi.ImageSpec{Image: ImageName},
 		Command:  argv,
-		LogPath:  name + ".log",
+		LogPath:  fmt.Sprintf("%s_%d.log", name, p.attempts[name]),
 		Labels: map[string]string{
 			"io.kubernetes.pod.name": p.Name, "io.kubernetes.pod.namespace": p.Namespace,
 			"io.kubernetes.pod.uid": p.UID, "io.kubernetes.container.name": name,
 		},
 	}
+	p.attempts[name]++ // a name is the runtime's once per attempt
 	created, err := n.rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: p.ID, Config: cfg, SandboxConfig: p.config})
 	if err != nil {
 		n.t.Fatalf("kubenode: create container %s in %s: %v", name, p.Name, err)
