@@ -4,7 +4,6 @@
 package integration
 
 import (
-	"fmt"
 	"os"
 	"testing"
 
@@ -23,35 +22,10 @@ type binaries struct {
 var bins binaries
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "imdsguard-integration-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := func() int {
-		defer os.RemoveAll(dir)
-		// Readable by the unprivileged user a start-failure test runs as.
-		if err := os.Chmod(dir, 0o755); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		for _, b := range []struct {
-			dst *string
-			pkg string
-		}{
-			{&bins.imdsguard, "github.com/imdsguard/imdsguard/cmd/imdsguard"},
-			{&bins.labclient, "github.com/imdsguard/imdsguard/test/labclient"},
-			{&bins.mock, "github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock"},
-			{&bins.rawclient, "github.com/imdsguard/imdsguard/test/rawclient"},
-		} {
-			out, err := testbin.Build(b.pkg, dir)
-			if err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				return 1
-			}
-			*b.dst = out
-		}
-		return m.Run()
-	}()
-	os.Exit(code)
+	os.Exit(testbin.Main(m,
+		testbin.Target{Dst: &bins.imdsguard, Pkg: "github.com/imdsguard/imdsguard/cmd/imdsguard"},
+		testbin.Target{Dst: &bins.labclient, Pkg: "github.com/imdsguard/imdsguard/test/labclient"},
+		testbin.Target{Dst: &bins.mock, Pkg: "github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock"},
+		testbin.Target{Dst: &bins.rawclient, Pkg: "github.com/imdsguard/imdsguard/test/rawclient"},
+	))
 }

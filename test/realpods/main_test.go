@@ -6,7 +6,6 @@
 package realpods
 
 import (
-	"fmt"
 	"os"
 	"testing"
 
@@ -23,28 +22,8 @@ type binaries struct {
 var bins binaries
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "imdsguard-realpods-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := func() int {
-		defer os.RemoveAll(dir)
-		for _, b := range []struct {
-			dst *string
-			pkg string
-		}{
-			{&bins.imdsguard, "github.com/imdsguard/imdsguard/cmd/imdsguard"},
-			{&bins.labclient, "github.com/imdsguard/imdsguard/test/labclient"},
-		} {
-			out, err := testbin.Build(b.pkg, dir)
-			if err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				return 1
-			}
-			*b.dst = out
-		}
-		return m.Run()
-	}()
-	os.Exit(code)
+	os.Exit(testbin.Main(m,
+		testbin.Target{Dst: &bins.imdsguard, Pkg: "github.com/imdsguard/imdsguard/cmd/imdsguard"},
+		testbin.Target{Dst: &bins.labclient, Pkg: "github.com/imdsguard/imdsguard/test/labclient"},
+	))
 }

@@ -47,3 +47,35 @@ func goTool() string {
 	}
 	return filepath.Join(runtime.GOROOT(), "bin", "go")
 }
+
+// Target is a package whose binary a test binary needs, and where its
+// path goes.
+type Target struct {
+	Dst *string
+	Pkg string
+}
+
+// Main builds targets into a temporary directory (readable by every user:
+// some tests run a binary as an unprivileged one), runs the tests and
+// removes the directory; it returns the exit code for os.Exit.
+func Main(m interface{ Run() int }, targets ...Target) int {
+	dir, err := os.MkdirTemp("", "imdsguard-bins-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	for _, t := range targets {
+		out, err := Build(t.Pkg, dir)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		*t.Dst = out
+	}
+	return m.Run()
+}
