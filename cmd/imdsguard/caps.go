@@ -13,12 +13,11 @@ type capability struct {
 }
 
 var (
-	capDACReadSearch = capability{2, "CAP_DAC_READ_SEARCH"}
-	capNetAdmin      = capability{12, "CAP_NET_ADMIN"}
-	capSysPtrace     = capability{19, "CAP_SYS_PTRACE"}
-	capSysAdmin      = capability{21, "CAP_SYS_ADMIN"}
-	capPerfmon       = capability{38, "CAP_PERFMON"}
-	capBPF           = capability{39, "CAP_BPF"}
+	capNetAdmin  = capability{12, "CAP_NET_ADMIN"}
+	capSysPtrace = capability{19, "CAP_SYS_PTRACE"}
+	capSysAdmin  = capability{21, "CAP_SYS_ADMIN"}
+	capPerfmon   = capability{38, "CAP_PERFMON"}
+	capBPF       = capability{39, "CAP_BPF"}
 )
 
 // missingCapabilities reads the effective set from /proc/self/status.

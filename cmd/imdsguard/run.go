@@ -305,19 +305,11 @@ func checkPrivileges() error {
 	return nil
 }
 
-// warnDegraded names the capabilities whose absence costs visibility, not
+// warnDegraded names the capability whose absence costs visibility, not
 // enforcement, so a too-tight sandbox shows in the log.
 func warnDegraded(log *zap.Logger) {
-	missing, err := missingCapabilities([]capability{capSysPtrace, capDACReadSearch})
-	if err != nil || len(missing) == 0 {
-		return
-	}
-	for _, c := range missing {
-		switch c {
-		case capSysPtrace:
-			log.Warn("without CAP_SYS_PTRACE: events lack exe and cmdline of other users' processes, and pods allowed by allowNonHostNetns are not let through the nftables table (their network namespaces cannot be read)")
-		case capDACReadSearch:
-			log.Warn("without CAP_DAC_READ_SEARCH: events lack cgroup paths (and so container and pod names)")
-		}
+	missing, err := missingCapabilities([]capability{capSysPtrace})
+	if err == nil && len(missing) > 0 {
+		log.Warn("without CAP_SYS_PTRACE: events lack exe and cmdline of other users' processes, and pods allowed by allowNonHostNetns are not let through the nftables table (their network namespaces cannot be read)")
 	}
 }

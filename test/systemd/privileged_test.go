@@ -486,8 +486,6 @@ func TestEachCapabilityIsNeeded(t *testing.T) {
 		// the pod's packets; nor the client's executable.
 		// (and it says so: a warning at start)
 		{[]string{"CAP_SYS_PTRACE"}, outcome{broken: []probe{allowedPod200, eventExe, quietLog}}, "/proc/PID/ns/net, /proc/PID/exe"},
-		// open_by_handle_at(2) names the event's cgroup.
-		{[]string{"CAP_DAC_READ_SEARCH"}, outcome{broken: []probe{eventCgroup, quietLog}}, "open_by_handle_at"},
 	}
 	// Every capability of the unit must be shown needed by some row.
 	for _, c := range caps {
