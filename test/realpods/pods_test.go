@@ -2,6 +2,7 @@ package realpods
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/imdsguard/imdsguard/test/daemon"
@@ -44,6 +45,12 @@ func TestRealPodIsRefusedAndNamed(t *testing.T) {
 	checkNames(t, ev, pod, c)
 	if n := f.served(pod.IP); n != 0 {
 		t.Errorf("the server answered %d requests from the pod", n)
+	}
+	for _, line := range d.Lines() {
+		if strings.Contains(line, c.ID) {
+			t.Logf("the event as emitted: %s", line) // what a SIEM gets from a real runtime's pod
+			break
+		}
 	}
 }
 
