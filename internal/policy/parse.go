@@ -112,8 +112,10 @@ func (d *decoder) scan(data []byte) bool {
 			continue
 		}
 		for j, r := range string(line) {
-			cr := r == '\r' && j < len(line)-1 // CR only as part of CRLF
-			if r < 0x20 && r != '\r' || cr || r >= 0x7f && r <= 0x9f || r == 0x2028 || r == 0x2029 || r == 0xfffe || r == 0xffff {
+			if r == '\r' && j == len(line)-1 {
+				continue // CR only as part of CRLF
+			}
+			if forbiddenRune(r) {
 				d.add(n, "", "control character %U is not allowed", r)
 				clean = false
 				break
@@ -121,6 +123,19 @@ func (d *decoder) scan(data []byte) bool {
 		}
 	}
 	return clean
+}
+
+// forbiddenRune reports whether a policy file may not hold r: control
+// characters, the Unicode line and paragraph separators, and the
+// noncharacters U+FFFE and U+FFFF (a CR is allowed only as part of CRLF).
+func forbiddenRune(r rune) bool {
+	return r < 0x20 || r >= 0x7f && r <= 0x9f || r == 0x2028 || r == 0x2029 || r == 0xfffe || r == 0xffff
+}
+
+// Writable reports whether s can be written as a value in a policy file:
+// valid UTF-8, with no character the file may not hold.
+func Writable(s string) bool {
+	return utf8.ValidString(s) && strings.IndexFunc(s, forbiddenRune) < 0
 }
 
 var (

@@ -3,8 +3,6 @@ package suggest
 import (
 	"fmt"
 	"strings"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/imdsguard/imdsguard/internal/containerid"
 	"github.com/imdsguard/imdsguard/internal/policy"
@@ -68,7 +66,7 @@ func workloadOf(cgroup string) (workload, string) {
 		return workload{}, "the root cgroup: a rule for \"/\" would cover whatever runs outside every service and pod, not one workload; run the client in a unit of its own (systemd-run --unit NAME …) and audit again"
 	case !strings.HasPrefix(cgroup, "/"):
 		return workload{}, "not a cgroup path (they start with \"/\", relative to the cgroup2 mount)"
-	case !printable(cgroup):
+	case !policy.Writable(cgroup):
 		return workload{}, "the cgroup path holds control characters or invalid UTF-8, which a policy file cannot"
 	}
 	var w workload
@@ -168,16 +166,4 @@ func escapeGlob(s string) string {
 		b.WriteRune(r)
 	}
 	return b.String()
-}
-
-// printable reports whether s can be written in a policy file, which
-// refuses control characters (and the Unicode line separators YAML may
-// count as line breaks).
-func printable(s string) bool {
-	if !utf8.ValidString(s) {
-		return false
-	}
-	return strings.IndexFunc(s, func(r rune) bool {
-		return unicode.IsControl(r) || r == 0x2028 || r == 0x2029 || r == 0xfffe || r == 0xffff
-	}) < 0
 }
