@@ -12,6 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
+	"github.com/imdsguard/imdsguard/bpf"
+	"github.com/imdsguard/imdsguard/internal/pindir"
 	"github.com/imdsguard/imdsguard/test/daemon"
 	"github.com/imdsguard/imdsguard/test/imdsserver"
 	"github.com/imdsguard/imdsguard/test/lab"
@@ -152,7 +156,7 @@ rules:
     match: {cgroup: "%s/late*"}
     deny: true
 `, l.CgroupRel))
-	d := startDaemon(t, l, "--policy", pol, "--log-level", "debug")
+	startDaemon(t, l, "--policy", pol)
 	dir := filepath.Join(l.Cgroup, "late1")
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -166,13 +170,46 @@ rules:
 	if took := time.Since(created); took > 1500*time.Millisecond {
 		t.Errorf("matched after %s, want within about a second", took)
 	}
-	// known to the daemon (the kernel refuses it from the first connect,
-	// by the lab cgroup's subtree list), and forgotten once removed
-	d.WaitLog(`"added":1`, 3*time.Second)
+	// Known to the daemon (the kernel refuses it from the first connect,
+	// by the lab cgroup's subtree list), and forgotten once removed. The
+	// kernel's list is read, not the daemon's log: other tests' cgroups
+	// come and go on the same tree at the same time.
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Second, "the late cgroup's own rule list", func() bool { return cgroupListed(t, l, st.Ino) })
 	if err := os.Remove(dir); err != nil {
 		t.Fatal(err)
 	}
-	d.WaitLog(`"removed":1`, 3*time.Second)
+	waitFor(t, 3*time.Second, "the removed cgroup's rule list to go", func() bool { return !cgroupListed(t, l, st.Ino) })
+}
+
+// cgroupListed says whether the daemon's pinned cgroup_rules map holds a
+// list for cgroup id.
+func cgroupListed(t testing.TB, l *lab.Lab, id uint64) bool {
+	t.Helper()
+	pinDir, err := l.PinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, pindir.MapsDir, bpf.ImdsguardMapCgroupRules), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("opening the pinned cgroup_rules map: %v", err)
+	}
+	defer m.Close()
+	var key bpf.ImdsguardCgroupKey
+	var list bpf.ImdsguardRuleList
+	it := m.Iterate()
+	for it.Next(&key, &list) {
+		if key.CgroupId == id {
+			return true
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("reading the pinned cgroup_rules map: %v", err)
+	}
+	return false
 }
 
 // 100 reloads, valid and invalid, while a client hammers IMDS with
