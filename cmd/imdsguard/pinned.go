@@ -172,7 +172,7 @@ func printEnforcement(line statusLine, r *statusReport) {
 	}
 	line("policy", "%s from %s, loaded %s (generation %d)", m.PolicyHash, m.PolicySource, m.PolicyLoadedAt.Format(time.RFC3339), m.Generation)
 	if r.LastRescanAgeSeconds != nil {
-		line("cgroup rescan", "%.1fs ago (new cgroups get their rules at each rescan)", *r.LastRescanAgeSeconds)
+		line("cgroup tree", "checked %.1fs ago (new cgroups get their rules as they are made)", *r.LastRescanAgeSeconds)
 	}
 	line("cgroup", "%s (id %d)", m.Cgroup, m.CgroupID)
 	line("started", "%s by pid %d", m.StartedAt.Format(time.RFC3339), m.PID)

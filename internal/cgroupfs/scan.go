@@ -31,6 +31,26 @@ func Scan(mount string) (map[uint64]string, error) {
 	return out, nil
 }
 
+// ScanSubtree returns the cgroup at rel (a path relative to mount, as Scan
+// gives them) and every cgroup below it: what a cgroup made since the last
+// look brought, read without walking the rest of the tree. A cgroup that is
+// gone returns an error wrapping fs.ErrNotExist.
+func ScanSubtree(mount, rel string) (map[uint64]string, error) {
+	dir := filepath.Join(filepath.Clean(mount), rel)
+	id, err := ID(dir)
+	if err != nil {
+		return nil, err
+	}
+	out := map[uint64]string{id: rel}
+	if rel == "/" {
+		rel = ""
+	}
+	if err := scanDir(dir, rel, out, make([]byte, 32<<10)); err != nil {
+		return nil, fmt.Errorf("reading %s: %w", dir, err)
+	}
+	return out, nil
+}
+
 // scanDir adds the cgroups below dir (rel relative to the mount).
 func scanDir(dir, rel string, out map[uint64]string, buf []byte) error {
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)

@@ -1,6 +1,9 @@
 package cgroupfs_test
 
 import (
+	"errors"
+	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,6 +54,24 @@ func TestScanListsEveryCgroupWithItsID(t *testing.T) {
 		if strings.HasSuffix(p, "cgroup.procs") || strings.Contains(p, "/.") {
 			t.Errorf("not a cgroup: %q", p)
 		}
+	}
+
+	// A subtree scan lists that cgroup and those below it, nothing else.
+	rel := strings.TrimPrefix(filepath.Join(top, "a"), mount)
+	sub, err := cgroupfs.ScanSubtree(mount, rel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[uint64]string{}
+	for _, r := range []string{"a", "a/b", "a/b/c"} {
+		d := filepath.Join(top, r)
+		want[mustID(t, d)] = strings.TrimPrefix(d, mount)
+	}
+	if !maps.Equal(sub, want) {
+		t.Errorf("ScanSubtree(%s) = %v, want %v", rel, sub, want)
+	}
+	if _, err := cgroupfs.ScanSubtree(mount, rel+"/gone"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("ScanSubtree of a missing cgroup: %v, want ErrNotExist", err)
 	}
 }
 

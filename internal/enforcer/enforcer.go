@@ -115,7 +115,8 @@ type Options struct {
 	ModeOverride string        // --mode: applied to every policy loaded
 	Cloud        string        // what the policy's cloud: auto resolves to (detected at start)
 	CgroupMount  string        // the cgroup v2 mount, for cgroup paths
-	Rescan       time.Duration // how often new cgroups are looked for
+	Rescan       time.Duration // how often the tree is looked after (see Enforcer.tick)
+	FullRescan   time.Duration // how often it is read in full while watched (0: DefaultFullRescan)
 	// Table is the nftables layer (nil: none, the eBPF layer alone).
 	Table Table
 	// Names names pods' containers for the rules that match names (nil:
@@ -145,6 +146,8 @@ type Enforcer struct {
 	// without the lock by /readyz
 	lastRescan atomic.Int64
 	cgroups    *cgroupWatch // nil when inotify is not available; owned by Run
+	// when Run last read the whole tree; owned by Run
+	lastFullScan time.Time
 }
 
 // New takes over a guard loaded with plan.
@@ -307,11 +310,7 @@ func (e *Enforcer) Rescan() error {
 			return err
 		}
 	}
-	now := time.Now()
-	e.lastRescan.Store(now.UnixNano())
-	if err := e.guard.RecordRescan(now); err != nil {
-		e.log.Warn("recording the rescan in the pinned meta", zap.Error(err))
-	}
+	e.recordRescanLocked()
 	return nil
 }
 
@@ -430,47 +429,22 @@ func (p *Plan) goneFrom(tree map[uint64]string) (remove []loader.CgroupKey, gone
 	return remove, gone
 }
 
-// Run rescans the cgroup tree and reloads the policy on hup and on changes
+// Run follows the cgroup tree and reloads the policy on hup and on changes
 // to the policy file, until ctx ends.
 func (e *Enforcer) Run(ctx context.Context, hup <-chan os.Signal) {
-	rescan := time.NewTicker(e.opts.Rescan)
-	defer rescan.Stop()
-
-	var fileEvents <-chan fsnotify.Event
-	var fileErrors <-chan error
-	if e.opts.PolicyPath != "" {
-		w, err := fsnotify.NewWatcher()
-		if err != nil {
-			e.log.Warn("not watching the policy file; reload with SIGHUP", zap.Error(err))
-		} else {
-			defer w.Close()
-			// The directory, not the file: editors replace files and
-			// Kubernetes swaps a ConfigMap's "..data" symlink.
-			if err := w.Add(filepath.Dir(e.opts.PolicyPath)); err != nil {
-				e.log.Warn("not watching the policy file; reload with SIGHUP", zap.Error(err))
-			} else {
-				fileEvents, fileErrors = w.Events, w.Errors
-			}
-		}
-	}
-	// New cgroups: scan at once rather than at the next tick.
+	tick := time.NewTicker(e.opts.Rescan)
+	defer tick.Stop()
+	fileEvents, fileErrors, closeFiles := e.watchPolicyFile()
+	defer closeFiles()
 	var cgroupEvents <-chan fsnotify.Event
 	var cgroupErrors <-chan error
-	cw := e.cgroups
-	if cw != nil {
+	if cw := e.cgroups; cw != nil {
 		defer cw.close()
 		cgroupEvents, cgroupErrors = cw.w.Events, cw.w.Errors
 	}
-	var scanSoon <-chan time.Time
-	scan := func() {
-		if err := e.Rescan(); err != nil {
-			e.log.Warn("rescanning cgroups", zap.Error(err))
-		} else if cw != nil {
-			cw.sync(e.knownTree())
-		}
-	}
-	// Changes come in bursts (write, chmod, rename): act once they settle.
-	var settle <-chan time.Time
+	// A cgroup made between the start's scan and its watches is read now.
+	e.fullScan()
+	var scanSoon, settle <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -478,6 +452,8 @@ func (e *Enforcer) Run(ctx context.Context, hup <-chan os.Signal) {
 		case <-hup:
 			e.Reload("SIGHUP")
 		case <-fileEvents:
+			// Changes come in bursts (write, chmod, rename): act once
+			// they settle.
 			settle = time.After(100 * time.Millisecond)
 		case err := <-fileErrors:
 			e.log.Warn("watching the policy file", zap.Error(err))
@@ -485,18 +461,88 @@ func (e *Enforcer) Run(ctx context.Context, hup <-chan os.Signal) {
 			settle = nil
 			e.Reload("file change")
 		case ev := <-cgroupEvents:
-			// a burst (a pod's cgroups) is scanned once
-			if made(ev) && scanSoon == nil {
+			// a burst (a pod's cgroups) is read once
+			if e.cgroups.note(ev) && scanSoon == nil {
 				scanSoon = time.After(5 * time.Millisecond)
 			}
 		case err := <-cgroupErrors:
-			e.log.Warn("watching for new cgroups", zap.Error(err))
+			e.cgroups.noteError(err)
+			e.log.Warn("watching the cgroup tree", zap.Error(err))
+			if scanSoon == nil {
+				scanSoon = time.After(5 * time.Millisecond)
+			}
 		case <-scanSoon:
 			scanSoon = nil
-			scan()
-		case <-rescan.C:
-			scan()
+			e.track()
+		case <-tick.C:
+			e.tick()
 		}
+	}
+}
+
+// watchPolicyFile watches the policy file's directory, not the file:
+// editors replace files and Kubernetes swaps a ConfigMap's "..data"
+// symlink. Nothing to watch for the embedded policy.
+func (e *Enforcer) watchPolicyFile() (<-chan fsnotify.Event, <-chan error, func()) {
+	if e.opts.PolicyPath == "" {
+		return nil, nil, func() {}
+	}
+	w, err := fsnotify.NewWatcher()
+	if err == nil {
+		if err = w.Add(filepath.Dir(e.opts.PolicyPath)); err != nil {
+			w.Close()
+		}
+	}
+	if err != nil {
+		e.log.Warn("not watching the policy file; reload with SIGHUP", zap.Error(err))
+		return nil, nil, func() {}
+	}
+	return w.Events, w.Errors, func() { w.Close() }
+}
+
+// track applies what the watch reported: only what changed, unless events
+// were lost.
+func (e *Enforcer) track() {
+	ch, made, lost := e.cgroups.take()
+	if lost {
+		e.fullScan()
+		return
+	}
+	if err := e.update(ch, made); err != nil {
+		e.log.Warn("updating cgroups", zap.Error(err))
+	}
+}
+
+// tick reads the whole tree when nothing reports every change (no watch,
+// or not every cgroup watched) and, as a safety net, every FullRescan;
+// otherwise it only does what no event announces (see refresh).
+func (e *Enforcer) tick() {
+	cw := e.cgroups
+	if cw == nil || cw.incomplete || time.Since(e.lastFullScan) >= e.fullRescanEvery() {
+		e.fullScan()
+		return
+	}
+	if err := e.refresh(); err != nil {
+		e.log.Warn("updating cgroups", zap.Error(err))
+	}
+}
+
+func (e *Enforcer) fullRescanEvery() time.Duration {
+	if e.opts.FullRescan > 0 {
+		return e.opts.FullRescan
+	}
+	return DefaultFullRescan
+}
+
+// fullScan reads the whole tree and watches what it found.
+func (e *Enforcer) fullScan() {
+	e.lastFullScan = time.Now()
+	if err := e.Rescan(); err != nil {
+		e.log.Warn("rescanning cgroups", zap.Error(err))
+		return
+	}
+	if e.cgroups != nil {
+		e.cgroups.sync(e.knownTree())
 	}
 }
 

@@ -149,3 +149,54 @@ func TestNewCgroupWithTooManyRulesIsRefused(t *testing.T) {
 		t.Errorf("event %+v, want policy_rule by %q", ev, policy.OverflowRuleName)
 	}
 }
+
+// waitV1 waits until a token-less GET from the cgroup at dir gets want
+// (200, or 0 for refused with EACCES) and says how long it took.
+func waitV1(t *testing.T, l *lab.Lab, dir string, want int, within time.Duration) time.Duration {
+	t.Helper()
+	get := []string{"-mode", "http", "-addr", imdsAddr, "-path", "/latest/meta-data/instance-id"}
+	start := time.Now()
+	for {
+		r := runClient(t, l, lab.Node, dir, get...)
+		switch {
+		case want == 200 && r.Status == 200, want == 0 && strings.Contains(r.Error, "EACCES"):
+			return time.Since(start)
+		case r.Status != 200 && !strings.Contains(r.Error, "EACCES"):
+			t.Fatalf("token-less GET from %s: %+v, want 200 or EACCES", dir, r)
+		}
+		if time.Since(start) > within {
+			t.Fatalf("token-less GET from %s still %+v after %s, want %d", dir, r, within, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A cgroup made several levels deep at once (mkdir -p: the levels below
+// the first are made before the daemon watches them) gets its grant as
+// fast as one made alone, not at the next full read of the tree.
+func TestDeepNewCgroupGetsItsGrantAtOnce(t *testing.T) {
+	l := lab.New(t)
+	startIMDS(t, l, imdsserver.Options{})
+	pol := writePolicy(t, t.TempDir(), "policy.yaml", fmt.Sprintf(`
+rules:
+  - name: deep-v1
+    match: {cgroup: "%s/**/deep"}
+    allowV1: true
+`, l.CgroupRel))
+	startDaemon(t, l, "--policy", pol)
+	top := filepath.Join(l.Cgroup, "a")
+	dir := filepath.Join(top, "b", "c", "deep")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for d := dir; d != l.Cgroup; d = filepath.Dir(d) {
+			os.Remove(d)
+		}
+	})
+	took := waitV1(t, l, dir, 200, 10*time.Second)
+	t.Logf("allowV1 reached %s %s after mkdir -p", dir, took.Round(time.Millisecond))
+	if took > 2*time.Second {
+		t.Errorf("the grant took %s, want about as fast as for a cgroup made alone", took)
+	}
+}
