@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imdsguard/imdsguard/internal/enforcer"
 	"github.com/imdsguard/imdsguard/test/testbin"
 )
 
@@ -50,7 +51,8 @@ type scale struct {
 	floodRamps    int
 	startups      int // section 5
 	idleCPU       time.Duration
-	scaleCgroups  int // section 6
+	scaleCgroups  int           // section 6
+	scaleIdle     time.Duration // idle CPU of the largest policy: a full-read period and more
 	scaleRules    []int
 	scaleStarts   int
 	scaleReloads  int
@@ -66,7 +68,7 @@ func currentScale() scale {
 			refuseRounds: 1, refuseN: 200, refuseDropN: 1,
 			floodStep: time.Second, floodRates: []int{1000, 10000, 0}, floodRamps: 1,
 			startups: 3, idleCPU: 2 * time.Second,
-			scaleCgroups: 1000, scaleRules: []int{1, 100, 1000}, scaleStarts: 1, scaleReloads: 1, planRepeats: 1,
+			scaleCgroups: 1000, scaleIdle: 2 * time.Second, scaleRules: []int{1, 100, 1000}, scaleStarts: 1, scaleReloads: 1, planRepeats: 1,
 			latencyPacing: time.Millisecond,
 		}
 	}
@@ -76,7 +78,7 @@ func currentScale() scale {
 		refuseRounds: 3, refuseN: 1000, refuseDropN: 3,
 		floodStep: 3 * time.Second, floodRates: []int{1000, 2000, 5000, 10000, 20000, 30000, 40000, 50000, 100000, 0}, floodRamps: 3,
 		startups: 10, idleCPU: 5 * time.Second,
-		scaleCgroups: 10000, scaleRules: []int{1, 100, 1000}, scaleStarts: 3, scaleReloads: 3, planRepeats: 3,
+		scaleCgroups: 10000, scaleIdle: enforcer.DefaultFullRescan + 5*time.Second, scaleRules: []int{1, 100, 1000}, scaleStarts: 3, scaleReloads: 3, planRepeats: 3,
 		latencyPacing: time.Millisecond,
 	}
 }
