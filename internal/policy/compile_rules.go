@@ -84,8 +84,13 @@ func (c *Compiled) Candidates(path string) ([]uint16, error) {
 // More than RulesPerCgroup candidates fail closed: the list returned is the
 // overflow rule's (a deny), with an error that says why.
 func (c *Compiled) CandidatesOf(path string, id Identity) ([]uint16, error) {
-	out := c.candidates(func(r *Rule) bool { return r.AppliesTo(path, id) })
-	return c.bounded(out, "cgroup "+path)
+	segs, canonical := splitCgroupPath(path)
+	var sc pathScratch
+	out := c.candidates(func(i int, r *Rule) bool {
+		// the names first: they are cheaper than the glob
+		return r.namesApply(id) && sc.matches(&c.globs[i], segs, canonical)
+	})
+	return c.bounded(out, "cgroup ", path)
 }
 
 // SubtreeCandidates is the rule list of the cgroups below the one at path
@@ -98,14 +103,13 @@ func (c *Compiled) CandidatesOf(path string, id Identity) ([]uint16, error) {
 // of the workload in a new cgroup are not known yet, so a rule with name
 // conditions is kept only if it denies, as for an unknown Identity.
 func (c *Compiled) SubtreeCandidates(path string) ([]uint16, error) {
-	out := c.candidates(func(r *Rule) bool {
+	segs, canonical := splitCgroupPath(path)
+	var sc pathScratch
+	out := c.candidates(func(i int, r *Rule) bool {
 		if !r.namesApply(Identity{}) {
 			return false
 		}
-		if r.Match.Cgroup == "" {
-			return true
-		}
-		switch matchBelow(r.Match.Cgroup, path) {
+		switch sc.below(&c.globs[i], segs, canonical) {
 		case belowAll:
 			return true
 		case belowSome:
@@ -113,10 +117,58 @@ func (c *Compiled) SubtreeCandidates(path string) ([]uint16, error) {
 		}
 		return false
 	})
-	return c.bounded(out, "new cgroups under "+path)
+	return c.bounded(out, "new cgroups under ", path)
 }
 
-func (c *Compiled) bounded(out []uint16, what string) ([]uint16, error) {
+// pathScratch holds the states CandidatesOf and SubtreeCandidates run
+// their rules' globs with, one rule after the other.
+type pathScratch struct{ s, tmp []uint64 }
+
+// state runs g over segs: the state of the path and whether it has any
+// position left; none for a path not in canonical form (segs, canonical
+// are splitCgroupPath's), which no pattern matches.
+func (sc *pathScratch) state(g *compiledGlob, segs []string, canonical bool) ([]uint64, bool) {
+	if !canonical {
+		return nil, false
+	}
+	if cap(sc.s) < g.words {
+		sc.s, sc.tmp = make([]uint64, g.words), make([]uint64, g.words)
+	}
+	s := sc.s[:g.words]
+	return s, g.state(s, sc.tmp[:g.words], segs)
+}
+
+// matches is MatchCgroup for a rule's glob ("": every cgroup).
+func (sc *pathScratch) matches(g *compiledGlob, segs []string, canonical bool) bool {
+	switch g.cond {
+	case globNone:
+		return true
+	case globInvalid:
+		return false
+	}
+	s, ok := sc.state(g, segs, canonical)
+	return ok && g.matches(s)
+}
+
+// below is matchBelow for a rule's glob ("": every cgroup).
+func (sc *pathScratch) below(g *compiledGlob, segs []string, canonical bool) below {
+	switch g.cond {
+	case globNone:
+		return belowAll
+	case globInvalid:
+		return belowNone
+	}
+	s, ok := sc.state(g, segs, canonical)
+	if !ok {
+		return belowNone
+	}
+	return g.below(s)
+}
+
+// bounded fails a list of more than RulesPerCgroup rules closed; the error
+// names the cgroups (what, then path: concatenated only on failure, as
+// this runs for every cgroup of the tree).
+func (c *Compiled) bounded(out []uint16, what, path string) ([]uint16, error) {
 	if len(out) <= RulesPerCgroup {
 		return out, nil
 	}
@@ -124,8 +176,8 @@ func (c *Compiled) bounded(out []uint16, what string) ([]uint16, error) {
 	for i, idx := range out {
 		names[i] = c.rules[idx].Name
 	}
-	return overflowList, fmt.Errorf("%s: %d rules can apply (%v), at most %d: its processes are refused IMDS",
-		what, len(out), names, RulesPerCgroup)
+	return overflowList, fmt.Errorf("%s%s: %d rules can apply (%v), at most %d: its processes are refused IMDS",
+		what, path, len(out), names, RulesPerCgroup)
 }
 
 // DefaultCandidates is the rule list of every cgroup that no rule's cgroup
@@ -133,7 +185,7 @@ func (c *Compiled) bounded(out []uint16, what string) ([]uint16, error) {
 // conditions only if they deny (the cgroups the kernel gives this list are
 // ones it has no entry for, whose names are not known).
 func (c *Compiled) DefaultCandidates() ([]uint16, error) {
-	out := c.candidates(func(r *Rule) bool { return r.Match.Cgroup == "" && r.namesApply(Identity{}) })
+	out := c.candidates(func(_ int, r *Rule) bool { return r.Match.Cgroup == "" && r.namesApply(Identity{}) })
 	if len(out) > RulesPerCgroup {
 		return nil, fmt.Errorf("%d rules without a cgroup condition apply to every cgroup, at most %d", len(out), RulesPerCgroup)
 	}
@@ -143,11 +195,11 @@ func (c *Compiled) DefaultCandidates() ([]uint16, error) {
 // candidates lists, in policy order, the rules that applies accepts, up to
 // and including the first without a comm or uid condition: it matches every
 // process the list is for, so nothing after it can win.
-func (c *Compiled) candidates(applies func(*Rule) bool) []uint16 {
+func (c *Compiled) candidates(applies func(i int, r *Rule) bool) []uint16 {
 	var out []uint16
 	for i := range c.rules {
 		r := &c.rules[i]
-		if !applies(r) {
+		if !applies(i, r) {
 			continue
 		}
 		out = append(out, uint16(i))

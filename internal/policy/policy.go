@@ -390,6 +390,7 @@ func EndpointAddrs(list []string) ([]netip.Addr, error) {
 type Compiled struct {
 	ktables.Tables
 	rules []Rule
+	globs []compiledGlob // rules[i]'s cgroup glob, compiled once
 }
 
 // Compile turns a validated policy into map entries.
@@ -431,6 +432,10 @@ func (p *Policy) Compile() (*Compiled, error) {
 		return nil, err
 	}
 	c.Rules, c.rules = rules, slices.Clone(p.Rules)
+	c.globs = make([]compiledGlob, len(c.rules))
+	for i := range c.rules {
+		c.globs[i] = compileGlob(c.rules[i].Match.Cgroup)
+	}
 	for _, s := range p.Endpoints {
 		ap, err := ParseEndpoint(s)
 		if err != nil {
