@@ -55,6 +55,19 @@ type segMatcher struct {
 	// hasQ: a segGlob with "?", which path.Match takes as one rune, not one
 	// byte; globMatch answers it only for ASCII names.
 	hasQ bool
+	// anchor, when anchored, is what an ASCII name needs to match (see
+	// childIndex).
+	anchor   segAnchor
+	anchored bool
+}
+
+// compileGlobs compiles the cgroup glob of each rule.
+func compileGlobs(rules []Rule) []compiledGlob {
+	out := make([]compiledGlob, len(rules))
+	for i := range rules {
+		out[i] = compileGlob(rules[i].Match.Cgroup)
+	}
+	return out
 }
 
 // compileGlob compiles a rule's cgroup pattern ("" for no condition).
@@ -69,6 +82,7 @@ func compileGlob(pattern string) compiledGlob {
 	g := compiledGlob{cond: globValid, segs: make([]segMatcher, len(pat)), tail: len(pat), words: len(pat)/64 + 1}
 	for i, s := range pat {
 		g.segs[i] = classify(s)
+		g.segs[i].anchor, g.segs[i].anchored = anchorOf(&g.segs[i])
 		if s == "**" {
 			g.stars = append(g.stars, i)
 		}

@@ -432,10 +432,7 @@ func (p *Policy) Compile() (*Compiled, error) {
 		return nil, err
 	}
 	c.Rules, c.rules = rules, slices.Clone(p.Rules)
-	c.globs = make([]compiledGlob, len(c.rules))
-	for i := range c.rules {
-		c.globs[i] = compileGlob(c.rules[i].Match.Cgroup)
-	}
+	c.globs = compileGlobs(c.rules)
 	for _, s := range p.Endpoints {
 		ap, err := ParseEndpoint(s)
 		if err != nil {
