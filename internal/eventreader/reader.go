@@ -96,14 +96,20 @@ func (r *Reader) Run(stop <-chan struct{}) {
 			}
 			continue
 		}
-		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &raw); err != nil {
-			r.log.Warn("decoding event", zap.Error(err), zap.Int("bytes", len(rec.RawSample)))
-			continue
-		}
-		ev := events.Decode(&raw, r.bootOffset)
-		r.enrich(&ev)
-		r.sink.Emit(&ev)
+		r.handle(rec.RawSample, &raw)
 	}
+}
+
+// handle decodes, enriches and emits one ring buffer record; raw is the
+// caller's scratch space, reused from record to record.
+func (r *Reader) handle(sample []byte, raw *bpf.ImdsguardEvent) {
+	if err := binary.Read(bytes.NewReader(sample), binary.NativeEndian, raw); err != nil {
+		r.log.Warn("decoding event", zap.Error(err), zap.Int("bytes", len(sample)))
+		return
+	}
+	ev := events.Decode(raw, r.bootOffset)
+	r.enrich(&ev)
+	r.sink.Emit(&ev)
 }
 
 // PodNames are what the container runtime says of a container.
