@@ -4,8 +4,6 @@
 package eventreader
 
 import (
-	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -103,7 +101,7 @@ func (r *Reader) Run(stop <-chan struct{}) {
 // handle decodes, enriches and emits one ring buffer record; raw is the
 // caller's scratch space, reused from record to record.
 func (r *Reader) handle(sample []byte, raw *bpf.ImdsguardEvent) {
-	if err := binary.Read(bytes.NewReader(sample), binary.NativeEndian, raw); err != nil {
+	if err := decodeRecord(sample, raw); err != nil {
 		r.log.Warn("decoding event", zap.Error(err), zap.Int("bytes", len(sample)))
 		return
 	}
