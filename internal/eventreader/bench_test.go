@@ -15,7 +15,6 @@ import (
 
 	"github.com/imdsguard/imdsguard/bpf"
 	"github.com/imdsguard/imdsguard/internal/cgroupfs"
-	"github.com/imdsguard/imdsguard/internal/events"
 	"github.com/imdsguard/imdsguard/internal/output"
 	"github.com/imdsguard/imdsguard/internal/target"
 )
@@ -92,17 +91,16 @@ func BenchmarkEventPath(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer pipe.Close()
-			r := &Reader{
-				opts: ReaderOptions{
-					Cgroups: cgroups, Hostname: "node-1", InstanceID: "i-0123456789abcdef0",
-					Rules: func(uint8, uint16) string { return "deny-credentials" },
-					Names: func(string) (PodNames, bool) {
-						return PodNames{Pod: "web-1", Namespace: "default", Container: "app", Image: "nginx:1.27"}, true
-					},
-					Cloud: func() string { return "aws" },
+			opts := ReaderOptions{
+				Cgroups: cgroups, Hostname: "node-1", InstanceID: "i-0123456789abcdef0",
+				Rules: func(uint8, uint16) string { return "deny-credentials" },
+				Names: func(string) (PodNames, bool) {
+					return PodNames{Pod: "web-1", Namespace: "default", Container: "app", Image: "nginx:1.27"}, true
 				},
-				sink: NewFolder(pipe, 0), bootOffset: events.MonotonicOffset(), log: zap.NewNop(),
+				Cloud: func() string { return "aws" },
 			}
+			r := newReader(nil, opts, NewFolder(pipe, 0), zap.NewNop())
+			defer r.procs.close()
 			rec := rawRecord(b, uint32(os.Getpid()), cgroupID, selfComm(b))
 			var raw bpf.ImdsguardEvent
 			b.ReportAllocs()

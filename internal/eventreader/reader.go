@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/imdsguard/imdsguard/bpf"
 	"github.com/imdsguard/imdsguard/internal/containerid"
@@ -31,6 +32,7 @@ type Reader struct {
 	opts       ReaderOptions
 	sink       Sink
 	bootOffset time.Duration
+	procs      *procCache
 	log        *zap.Logger
 }
 
@@ -57,7 +59,12 @@ func NewReader(ring *ebpf.Map, opts ReaderOptions, sink Sink, log *zap.Logger) (
 	if err != nil {
 		return nil, fmt.Errorf("opening ring buffer: %w", err)
 	}
-	return &Reader{rb: rb, opts: opts, sink: sink, bootOffset: events.MonotonicOffset(), log: log}, nil
+	return newReader(rb, opts, sink, log), nil
+}
+
+func newReader(rb *ringbuf.Reader, opts ReaderOptions, sink Sink, log *zap.Logger) *Reader {
+	return &Reader{rb: rb, opts: opts, sink: sink, bootOffset: events.MonotonicOffset(),
+		procs: newProcCache(maxCachedProcs, procMaxAge), log: log}
 }
 
 // pollInterval is how often Run reads the ring buffer. The programs submit
@@ -116,7 +123,10 @@ type PodNames struct {
 }
 
 // Close releases the ring buffer; call it after Run has returned.
-func (r *Reader) Close() error { return r.rb.Close() }
+func (r *Reader) Close() error {
+	r.procs.close()
+	return r.rb.Close()
+}
 
 // enrich adds what the kernel record does not carry. Best effort: a process
 // or cgroup that is already gone leaves its field empty, never guessed.
@@ -141,25 +151,68 @@ func (r *Reader) enrich(ev *events.Event) {
 		ev.Rule = r.opts.Rules(ev.Gen, ev.RuleIndex-1)
 	}
 	if ev.PID != 0 {
-		ev.Exe, ev.Cmdline = processInfo(ev.PID)
+		ev.Exe, ev.Cmdline = r.procs.lookup(ev.PID, ev.Comm)
 	}
 }
 
 // processInfo reads a process's executable and command line from /proc.
-// The process may have exited already: then both stay empty.
+// The process may have exited already: then both stay empty. It reads with
+// plain system calls into stack buffers: os.Open would also stat the file
+// and try to register it with the poller, and only the first MaxCmdline
+// bytes of the command line are kept anyway.
 func processInfo(pid uint32) (exe, cmdline string) {
 	dir := "/proc/" + strconv.FormatUint(uint64(pid), 10)
-	exe, _ = os.Readlink(dir + "/exe")
-	exe = strings.TrimSuffix(exe, " (deleted)")
-	data, err := os.ReadFile(dir + "/cmdline")
+	exe = strings.TrimSuffix(readlink(dir+"/exe"), " (deleted)")
+	var buf [MaxCmdline]byte
+	n, err := readPrefix(dir+"/cmdline", buf[:])
 	if err == nil {
-		if len(data) > MaxCmdline {
-			data = data[:MaxCmdline]
-		}
-		args := strings.Split(strings.TrimRight(string(data), "\x00"), "\x00")
+		args := strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00")
 		cmdline = strings.Join(redactTokens(args), " ")
 	}
 	return exe, cmdline
+}
+
+// readlink is os.Readlink ("" on error) without its growing heap buffer:
+// procfs links are at most a page less one byte long.
+func readlink(path string) string {
+	var buf [4096]byte
+	for {
+		n, err := unix.Readlink(path, buf[:])
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return ""
+		case n == len(buf):
+			// cannot happen on procfs; os.Readlink copes anyway
+			s, _ := os.Readlink(path)
+			return s
+		}
+		return string(buf[:n])
+	}
+}
+
+// readPrefix reads the file at path until buf is full or the file ends.
+func readPrefix(path string, buf []byte) (int, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("opening %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	n := 0
+	for n < len(buf) {
+		m, err := unix.Read(fd, buf[n:])
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return n, fmt.Errorf("reading %s: %w", path, err)
+		case m == 0:
+			return n, nil
+		}
+		n += m
+	}
+	return n, nil
 }
 
 // tokenHeader is how a client names the session token, as an argument
