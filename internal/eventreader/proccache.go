@@ -83,8 +83,9 @@ func (c *procCache) fill(pid uint32, comm string) (exe, cmdline string) {
 		return c.read(pid)
 	}
 	exe, cmdline = c.read(pid)
-	if !alive(fd) {
-		// Exited meanwhile: the pid may be another's by now.
+	if !alive(fd) || !complete(exe, cmdline) {
+		// Exited meanwhile (the pid may be another's by now), or caught
+		// halfway through an exec.
 		unix.Close(fd)
 		return exe, cmdline
 	}
@@ -97,7 +98,7 @@ func (c *procCache) fill(pid uint32, comm string) (exe, cmdline string) {
 // comm is a name they were not confirmed for (another thread, or an exec).
 func (c *procCache) refresh(pid uint32, e *procEntry, comm string) (exe, cmdline string) {
 	exe, cmdline = c.read(pid)
-	if !alive(e.pidfd) {
+	if !alive(e.pidfd) || !complete(exe, cmdline) {
 		c.drop(pid, e)
 		return exe, cmdline
 	}
@@ -141,6 +142,14 @@ func (c *procCache) close() {
 	for pid, e := range c.procs {
 		c.drop(pid, e)
 	}
+}
+
+// complete reports whether details are worth keeping. A process halfway
+// through an exec already has its new exe but no command line yet (the
+// kernel maps the arguments after switching the executable), and only
+// kernel threads, which do not call IMDS, have neither for good.
+func complete(exe, cmdline string) bool {
+	return exe != "" && cmdline != ""
 }
 
 // alive reports whether the process of a pidfd has not exited yet (a pidfd

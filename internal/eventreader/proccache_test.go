@@ -18,6 +18,7 @@ func startChild(t *testing.T, name string, args ...string) *exec.Cmd {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { stopChild(cmd) })
+	waitExe(t, cmd.Process.Pid, "") // Start returns once the exe is the child's
 	return cmd
 }
 
@@ -134,11 +135,13 @@ func TestProcCacheExec(t *testing.T) {
 	}
 }
 
-// waitExe waits until /proc/PID/exe ends in suffix.
+// waitExe waits until /proc/PID/exe ends in suffix and the exec is done:
+// exec(2) returns to the parent, and switches the exe, before the command
+// line is in place.
 func waitExe(t *testing.T, pid int, suffix string) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if exe, _ := processInfo(uint32(pid)); strings.HasSuffix(exe, suffix) {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if exe, cmdline := processInfo(uint32(pid)); strings.HasSuffix(exe, suffix) && cmdline != "" {
 			return
 		}
 	}
@@ -159,6 +162,23 @@ func TestProcCacheRereadsAfterMaxAge(t *testing.T) {
 	checkLookup(t, c, os.Getpid(), "comm")
 	if *reads != 2 {
 		t.Fatalf("%d reads, want 2 (once at first, once after procMaxAge)", *reads)
+	}
+}
+
+// Details read halfway through an exec (exe but no command line yet) are
+// returned but not kept.
+func TestProcCacheKeepsNoHalfExec(t *testing.T) {
+	c := newProcCache(8, procMaxAge)
+	defer c.close()
+	reads := 0
+	c.read = func(uint32) (string, string) { reads++; return "/usr/bin/curl", "" }
+	for range 2 {
+		if exe, cmdline := c.lookup(uint32(os.Getpid()), "curl"); exe != "/usr/bin/curl" || cmdline != "" {
+			t.Fatalf("lookup = %q, %q", exe, cmdline)
+		}
+	}
+	if reads != 2 || len(c.procs) != 0 {
+		t.Fatalf("%d reads, %d cached: half an exec was kept", reads, len(c.procs))
 	}
 }
 
