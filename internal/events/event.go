@@ -149,25 +149,30 @@ func Decode(raw *bpf.ImdsguardEvent, bootOffset time.Duration) Event {
 	}
 }
 
-// bytesOf returns the first n bytes of a fixed-size kernel field.
+// bytesOf returns the first n bytes of a fixed-size kernel field (at most
+// 128 bytes, the longest field). Copied through a stack array, the string
+// is the only allocation.
 func bytesOf(b []int8, n int) string {
-	n = min(n, len(b))
-	out := make([]byte, n)
+	var out [128]byte
+	n = min(n, len(b), len(out))
 	for i := range n {
 		out[i] = byte(b[i])
 	}
-	return string(out)
+	return string(out[:n])
 }
 
+// cString returns a NUL-terminated kernel field (comm: 16 bytes).
 func cString(b []int8) string {
-	out := make([]byte, 0, len(b))
-	for _, c := range b {
+	var out [16]byte
+	n := 0
+	for _, c := range b[:min(len(b), len(out))] {
 		if c == 0 {
 			break
 		}
-		out = append(out, byte(c))
+		out[n] = byte(c)
+		n++
 	}
-	return string(out)
+	return string(out[:n])
 }
 
 // MonotonicOffset returns wall-clock time minus CLOCK_MONOTONIC, the offset

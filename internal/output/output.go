@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -41,6 +42,12 @@ type Pipeline struct {
 	files   []*sinks.File
 	syslogs []*sinks.Syslog
 	log     *zap.Logger
+	json    *events.JSONEncoder
+	// bufs holds *[]byte render buffers: the sinks copy what they keep,
+	// so one buffer serves event after event. A pool, not one buffer,
+	// because the reader, the folder's flush and the nftables log emit
+	// from their own goroutines.
+	bufs sync.Pool
 }
 
 // New opens every target. stdout is where "stdout" writes.
@@ -54,7 +61,8 @@ func New(cfg Config, stdout io.Writer, log *zap.Logger) (*Pipeline, error) {
 	if len(cfg.Targets) == 0 {
 		cfg.Targets = []string{"stdout"}
 	}
-	p := &Pipeline{cfg: cfg, log: log}
+	p := &Pipeline{cfg: cfg, log: log, json: events.NewJSONEncoder()}
+	p.bufs.New = func() any { return new([]byte) }
 	for _, t := range cfg.Targets {
 		tg, err := target.Parse(t)
 		kind, where := tg.Kind, tg.Where
@@ -131,15 +139,29 @@ func (p *Pipeline) send(r sinks.Record) {
 	}
 }
 
-// render is the event in the configured format: OCSF through toOCSF, else
-// imdsguard's own JSON. nil when it cannot be rendered (logged).
-func (p *Pipeline) render(t time.Time, ev zapcore.ObjectMarshaler, toOCSF func(ocsf.Product) ([]byte, error)) []byte {
+// render appends the event in the configured format to dst: OCSF through
+// toOCSF, else imdsguard's own JSON. nil when it cannot be rendered (logged).
+func (p *Pipeline) render(dst []byte, t time.Time, ev zapcore.ObjectMarshaler, toOCSF func(ocsf.Product) ([]byte, error)) []byte {
+	var b []byte
+	var err error
 	if p.cfg.Format != target.FormatOCSF {
-		return events.EncodeJSON(t, ev)
+		b, err = p.json.Append(dst, t, ev)
+	} else {
+		b, err = toOCSF(p.cfg.Product)
 	}
-	b, err := toOCSF(p.cfg.Product)
 	if err != nil {
-		p.log.Warn("rendering OCSF", zap.Error(err))
+		p.log.Warn("rendering "+p.cfg.Format, zap.Error(err))
+		return nil
+	}
+	return b
+}
+
+// plainJSON is imdsguard's own JSON whatever the format, for the events
+// OCSF has no class for; nil when it cannot be rendered (logged).
+func (p *Pipeline) plainJSON(t time.Time, ev zapcore.ObjectMarshaler) []byte {
+	b, err := p.json.Append(nil, t, ev)
+	if err != nil {
+		p.log.Warn("rendering JSON", zap.Error(err))
 		return nil
 	}
 	return b
@@ -147,26 +169,38 @@ func (p *Pipeline) render(t time.Time, ev zapcore.ObjectMarshaler, toOCSF func(o
 
 // Emit delivers a connect or request event.
 func (p *Pipeline) Emit(ev *events.Event) {
-	js := p.render(ev.Time, ev, func(pr ocsf.Product) ([]byte, error) { return ocsf.Render(ev, pr) })
+	buf := p.bufs.Get().(*[]byte)
+	defer p.bufs.Put(buf)
+	js := p.render((*buf)[:0], ev.Time, ev, func(pr ocsf.Product) ([]byte, error) { return ocsf.Render(ev, pr) })
 	if js == nil {
 		return
 	}
+	*buf = js
 	p.send(sinks.Record{
 		Time: ev.Time, JSON: js, MsgID: ev.Kind.String(), Severity: severity(ev.Action),
-		SDID: "imdsguard@32473",
-		SD: [][2]string{
-			{"action", ev.Action.String()}, {"reason", ev.Reason.String()}, {"endpoint", ev.Endpoint.String()},
-			{"pid", strconv.FormatUint(uint64(ev.PID), 10)}, {"comm", ev.Comm}, {"uid", strconv.FormatUint(uint64(ev.UID), 10)},
-			{"cgroup", ev.Cgroup}, {"container_id", ev.ContainerID}, {"pod_uid", ev.PodUID},
-			{"method", ev.Method}, {"path", ev.Path}, {"credential_access", strconv.FormatBool(ev.CredentialAccess)},
-			{"rule", ev.Rule},
-		},
+		SDID: "imdsguard@32473", SD: p.eventSD(ev),
 	})
+}
+
+// eventSD is the syslog structured data of an event, nil without syslog
+// sinks: no other sink reads it, and it is most of what rendering for them
+// allocates.
+func (p *Pipeline) eventSD(ev *events.Event) [][2]string {
+	if len(p.syslogs) == 0 {
+		return nil
+	}
+	return [][2]string{
+		{"action", ev.Action.String()}, {"reason", ev.Reason.String()}, {"endpoint", ev.Endpoint.String()},
+		{"pid", strconv.FormatUint(uint64(ev.PID), 10)}, {"comm", ev.Comm}, {"uid", strconv.FormatUint(uint64(ev.UID), 10)},
+		{"cgroup", ev.Cgroup}, {"container_id", ev.ContainerID}, {"pod_uid", ev.PodUID},
+		{"method", ev.Method}, {"path", ev.Path}, {"credential_access", strconv.FormatBool(ev.CredentialAccess)},
+		{"rule", ev.Rule},
+	}
 }
 
 // EmitPacket delivers an nftables drop.
 func (p *Pipeline) EmitPacket(ev *events.PacketEvent) {
-	js := p.render(ev.Time, ev, func(pr ocsf.Product) ([]byte, error) { return ocsf.Packet(ev, pr) })
+	js := p.render(nil, ev.Time, ev, func(pr ocsf.Product) ([]byte, error) { return ocsf.Packet(ev, pr) })
 	if js == nil {
 		return
 	}
@@ -182,13 +216,13 @@ func (p *Pipeline) EmitPolicy(ev *events.PolicyEvent) {
 	if ev.Result != "loaded" {
 		sev = 3
 	}
-	p.send(sinks.Record{Time: ev.Time, JSON: events.EncodeJSON(ev.Time, ev), MsgID: "policy", Severity: sev,
+	p.send(sinks.Record{Time: ev.Time, JSON: p.plainJSON(ev.Time, ev), MsgID: "policy", Severity: sev,
 		SDID: "imdsguard@32473", SD: [][2]string{{"result", ev.Result}, {"policy_hash", ev.Hash}}})
 }
 
 // EmitTable delivers an nftables table event.
 func (p *Pipeline) EmitTable(ev *events.TableEvent) {
-	p.send(sinks.Record{Time: ev.Time, JSON: events.EncodeJSON(ev.Time, ev), MsgID: "nftables", Severity: 4,
+	p.send(sinks.Record{Time: ev.Time, JSON: p.plainJSON(ev.Time, ev), MsgID: "nftables", Severity: 4,
 		SDID: "imdsguard@32473", SD: [][2]string{{"result", ev.Result}}})
 }
 
