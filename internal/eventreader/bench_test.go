@@ -24,7 +24,7 @@ import (
 func rawRecord(tb testing.TB, pid uint32, cgroupID uint64, comm string) []byte {
 	tb.Helper()
 	raw := bpf.ImdsguardEvent{
-		TsNs: 123456789, CgroupId: cgroupID, NetnsCookie: 4096, Pid: pid, Ppid: 1, Tid: pid,
+		CgroupId: cgroupID, NetnsCookie: 4096, Pid: pid, Ppid: 1, Tid: pid,
 		Uid: 1000, Gid: 1000, Port: 80, Kind: uint8(bpf.KindRequest), Action: uint8(bpf.ActionDeny),
 		Reason: uint8(bpf.ReasonIMDSv1NoToken), Flags: uint8(bpf.EventCredentialAccess | bpf.EventHostNetns), Gen: 1, Rule: 2,
 	}
@@ -79,40 +79,54 @@ func benchCgroup(b *testing.B) (*CgroupResolver, uint64) {
 
 // BenchmarkEventPath is what one reported event costs the daemon from the
 // ring buffer record to the bytes written: decode, enrich (cgroup path from
-// a warm cache, container id, pod names, /proc of a live process) and the
-// output pipeline writing to io.Discard. Folding is off, so every record is
-// reported.
+// a warm cache, container id, pod names, a live process's /proc details)
+// and the output pipeline writing to io.Discard. Folding is off, so every
+// record is reported. "polled" events are stamped after the process
+// cache's last check of their process, so each costs a poll; "batched"
+// ones before it, as most of a batch read from the ring buffer are.
 func BenchmarkEventPath(b *testing.B) {
 	cgroups, cgroupID := benchCgroup(b)
 	for _, format := range []string{target.FormatJSON, target.FormatOCSF} {
-		b.Run(format, func(b *testing.B) {
-			pipe, err := output.New(output.Config{Format: format, Targets: []string{"stdout"}, Hostname: "node-1"}, io.Discard, zap.NewNop())
-			if err != nil {
-				b.Fatal(err)
+		for _, polled := range []bool{true, false} {
+			name := format + "/batched"
+			if polled {
+				name = format + "/polled"
 			}
-			defer pipe.Close()
-			opts := ReaderOptions{
-				Cgroups: cgroups, Hostname: "node-1", InstanceID: "i-0123456789abcdef0",
-				Rules: func(uint8, uint16) string { return "deny-credentials" },
-				Names: func(string) (PodNames, bool) {
-					return PodNames{Pod: "web-1", Namespace: "default", Container: "app", Image: "nginx:1.27"}, true
-				},
-				Cloud: func() string { return "aws" },
-			}
-			r := newReader(nil, opts, NewFolder(pipe, 0), zap.NewNop())
-			defer r.procs.close()
-			rec := rawRecord(b, uint32(os.Getpid()), cgroupID, selfComm(b))
-			var raw bpf.ImdsguardEvent
-			b.ReportAllocs()
-			start := cpuTime(b)
-			for b.Loop() {
-				r.handle(rec, &raw)
-			}
-			// The machine may be shared: CPU time, not wall time, is what
-			// an event costs the node.
-			b.ReportMetric(float64(cpuTime(b)-start)/float64(b.N), "cpu-ns/op")
-		})
+			b.Run(name, func(b *testing.B) { benchEventPath(b, format, polled, cgroups, cgroupID) })
+		}
 	}
+}
+
+func benchEventPath(b *testing.B, format string, polled bool, cgroups *CgroupResolver, cgroupID uint64) {
+	pipe, err := output.New(output.Config{Format: format, Targets: []string{"stdout"}, Hostname: "node-1"}, io.Discard, zap.NewNop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pipe.Close()
+	opts := ReaderOptions{
+		Cgroups: cgroups, Hostname: "node-1", InstanceID: "i-0123456789abcdef0",
+		Rules: func(uint8, uint16) string { return "deny-credentials" },
+		Names: func(string) (PodNames, bool) {
+			return PodNames{Pod: "web-1", Namespace: "default", Container: "app", Image: "nginx:1.27"}, true
+		},
+		Cloud: func() string { return "aws" },
+	}
+	r := newReader(nil, opts, NewFolder(pipe, 0), zap.NewNop())
+	defer r.procs.close()
+	rec := rawRecord(b, uint32(os.Getpid()), cgroupID, selfComm(b))
+	binary.NativeEndian.PutUint64(rec, r.procs.mono())
+	var raw bpf.ImdsguardEvent
+	b.ReportAllocs()
+	start := cpuTime(b)
+	for b.Loop() {
+		if polled {
+			binary.NativeEndian.PutUint64(rec, r.procs.mono())
+		}
+		r.handle(rec, &raw)
+	}
+	// The machine may be shared: CPU time, not wall time, is what an
+	// event costs the node.
+	b.ReportMetric(float64(cpuTime(b)-start)/float64(b.N), "cpu-ns/op")
 }
 
 // cpuTime is the CPU time the process has used (all threads: the GC's

@@ -30,7 +30,10 @@ const procMaxAge = time.Second
 // number, and reports that process's exit; as long as it has not exited
 // its pid cannot belong to another, so /proc/PID is still that process.
 // Polling it costs one system call, far less than reading the start time
-// from /proc/PID/stat (which sums every thread's times) would.
+// from /proc/PID/stat (which sums every thread's times) would. And an event
+// the kernel stamped before the last poll that found the process alive
+// needs none: the process held the pid then too. Events are read in
+// batches, so a busy process costs one poll per batch.
 //
 // A pidfd does not see exec. An exec renames the thread to the new
 // program, so an event's kernel comm that the entry has not seen makes the
@@ -42,6 +45,7 @@ type procCache struct {
 	max    int
 	maxAge time.Duration
 	now    func() time.Time
+	mono   func() uint64                          // CLOCK_MONOTONIC ns, the clock of the events' stamps
 	read   func(pid uint32) (exe, cmdline string) // processInfo
 	procs  map[uint32]*procEntry
 }
@@ -51,22 +55,43 @@ type procEntry struct {
 	exe, cmdline string
 	comms        []string // kernel comms whose events these details were confirmed for
 	readAt       time.Time
+	aliveAt      uint64 // CLOCK_MONOTONIC ns at or before a poll that found the process alive
 }
 
 func newProcCache(max int, maxAge time.Duration) *procCache {
-	return &procCache{max: max, maxAge: maxAge, now: time.Now, read: processInfo, procs: map[uint32]*procEntry{}}
+	return &procCache{max: max, maxAge: maxAge, now: time.Now, mono: monotonicClock(), read: processInfo, procs: map[uint32]*procEntry{}}
 }
 
-// lookup returns what processInfo(pid) returns, from the cache when the
-// process is the one that was read and comm a name it was seen under.
-func (c *procCache) lookup(pid uint32, comm string) (exe, cmdline string) {
+// monotonicClock reads CLOCK_MONOTONIC through the runtime's clock (a vDSO
+// call, not the system call unix.ClockGettime makes): the clock's value
+// once, plus the monotonic time since, which Go's runtime takes from
+// CLOCK_MONOTONIC too. Read in that order it never runs ahead of the
+// clock, so an event is never taken for older than it is. Without the
+// clock it says 0: every event is then newer, and polls.
+func monotonicClock() func() uint64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return func() uint64 { return 0 }
+	}
+	base, start := uint64(ts.Nano()), time.Now()
+	return func() uint64 { return base + uint64(time.Since(start)) }
+}
+
+// lookup returns what processInfo(pid) returns for an event the kernel
+// stamped at ts from a thread named comm: from the cache when the process
+// is the one that was read and comm a name it was seen under.
+func (c *procCache) lookup(pid uint32, comm string, ts uint64) (exe, cmdline string) {
 	e := c.procs[pid]
 	if e == nil {
 		return c.fill(pid, comm)
 	}
-	if !alive(e.pidfd) {
-		c.drop(pid, e)
-		return c.fill(pid, comm)
+	if ts > e.aliveAt {
+		at := c.mono()
+		if !alive(e.pidfd) {
+			c.drop(pid, e)
+			return c.fill(pid, comm)
+		}
+		e.aliveAt = at
 	}
 	if slices.Contains(e.comms, comm) && c.now().Sub(e.readAt) < c.maxAge {
 		return e.exe, e.cmdline
@@ -83,6 +108,7 @@ func (c *procCache) fill(pid uint32, comm string) (exe, cmdline string) {
 		return c.read(pid)
 	}
 	exe, cmdline = c.read(pid)
+	at := c.mono()
 	if !alive(fd) || !complete(exe, cmdline) {
 		// Exited meanwhile (the pid may be another's by now), or caught
 		// halfway through an exec.
@@ -90,7 +116,7 @@ func (c *procCache) fill(pid uint32, comm string) (exe, cmdline string) {
 		return exe, cmdline
 	}
 	c.makeRoom()
-	c.procs[pid] = &procEntry{pidfd: fd, exe: exe, cmdline: cmdline, comms: []string{comm}, readAt: c.now()}
+	c.procs[pid] = &procEntry{pidfd: fd, exe: exe, cmdline: cmdline, comms: []string{comm}, readAt: c.now(), aliveAt: at}
 	return exe, cmdline
 }
 
@@ -98,10 +124,12 @@ func (c *procCache) fill(pid uint32, comm string) (exe, cmdline string) {
 // comm is a name they were not confirmed for (another thread, or an exec).
 func (c *procCache) refresh(pid uint32, e *procEntry, comm string) (exe, cmdline string) {
 	exe, cmdline = c.read(pid)
+	at := c.mono()
 	if !alive(e.pidfd) || !complete(exe, cmdline) {
 		c.drop(pid, e)
 		return exe, cmdline
 	}
+	e.aliveAt = at
 	if exe != e.exe || cmdline != e.cmdline || len(e.comms) >= maxCommsPerProc {
 		// A new program (or argv): the names seen before were the old one's.
 		e.exe, e.cmdline, e.comms = exe, cmdline, e.comms[:0]

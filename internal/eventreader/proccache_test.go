@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // startChild runs a command that lives until the test ends.
@@ -40,7 +42,7 @@ func countingCache(max int) (*procCache, *int) {
 
 func checkLookup(t *testing.T, c *procCache, pid int, comm string) {
 	t.Helper()
-	exe, cmdline := c.lookup(uint32(pid), comm)
+	exe, cmdline := c.lookup(uint32(pid), comm, c.mono())
 	wantExe, wantCmdline := processInfo(uint32(pid))
 	if exe != wantExe || cmdline != wantCmdline {
 		t.Fatalf("lookup(%d, %q) = %q, %q; /proc says %q, %q", pid, comm, exe, cmdline, wantExe, wantCmdline)
@@ -68,11 +70,45 @@ func TestProcCacheExitedProcess(t *testing.T) {
 	pid := child.Process.Pid
 	checkLookup(t, c, pid, "sleep")
 	stopChild(child)
-	if exe, cmdline := c.lookup(uint32(pid), "sleep"); exe != "" || cmdline != "" {
+	if exe, cmdline := c.lookup(uint32(pid), "sleep", c.mono()); exe != "" || cmdline != "" {
 		t.Fatalf("exited pid %d: lookup = %q, %q, want empty", pid, exe, cmdline)
 	}
 	if len(c.procs) != 0 {
 		t.Fatalf("exited process still cached: %v", c.procs)
+	}
+}
+
+// An event stamped before the last poll that found its process alive is
+// that process's, even once it has exited: it is served without a poll.
+// One stamped after the exit is not.
+func TestProcCacheEventsBeforeLastCheck(t *testing.T) {
+	c, reads := countingCache(8)
+	defer c.close()
+	child := startChild(t, "sleep", "61")
+	pid := uint32(child.Process.Pid)
+	c.lookup(pid, "sleep", c.mono())
+	checkedAt := c.procs[pid].aliveAt
+	stopChild(child)
+	if exe, cmdline := c.lookup(pid, "sleep", checkedAt); !strings.HasSuffix(exe, "/sleep") || cmdline != "sleep 61" || *reads != 1 {
+		t.Fatalf("event from before the exit: lookup = %q, %q after %d reads, want the cached child's", exe, cmdline, *reads)
+	}
+	if exe, cmdline := c.lookup(pid, "sleep", c.mono()); exe != "" || cmdline != "" {
+		t.Fatalf("event from after the exit: lookup = %q, %q, want empty", exe, cmdline)
+	}
+}
+
+// The clock of the checks is the kernel's CLOCK_MONOTONIC, never ahead of it.
+func TestMonotonicClock(t *testing.T) {
+	mono := monotonicClock()
+	for range 100 {
+		var ts unix.Timespec
+		got := mono()
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+			t.Fatal(err)
+		}
+		if kernel := uint64(ts.Nano()); got > kernel || kernel-got > uint64(100*time.Millisecond) {
+			t.Fatalf("monotonicClock() = %d, CLOCK_MONOTONIC then %d", got, kernel)
+		}
 	}
 }
 
@@ -100,7 +136,7 @@ func TestProcCachePidReused(t *testing.T) {
 			stopChild(second)
 			continue
 		}
-		exe, cmdline := c.lookup(uint32(pid), "worker")
+		exe, cmdline := c.lookup(uint32(pid), "worker", c.mono())
 		if !strings.HasSuffix(exe, "/tail") || cmdline != "tail -f /dev/null" {
 			t.Fatalf("reused pid %d: lookup = %q, %q, want tail's", pid, exe, cmdline)
 		}
@@ -124,12 +160,12 @@ func TestProcCacheExec(t *testing.T) {
 	}
 	t.Cleanup(func() { stopChild(sh) })
 	pid := sh.Process.Pid
-	if exe, _ := c.lookup(uint32(pid), "sh"); strings.HasSuffix(exe, "/sleep") {
+	if exe, _ := c.lookup(uint32(pid), "sh", c.mono()); strings.HasSuffix(exe, "/sleep") {
 		t.Fatalf("before exec: exe %q", exe)
 	}
 	fmt.Fprintln(stdin)
 	waitExe(t, pid, "/sleep")
-	exe, cmdline := c.lookup(uint32(pid), "sleep")
+	exe, cmdline := c.lookup(uint32(pid), "sleep", c.mono())
 	if !strings.HasSuffix(exe, "/sleep") || cmdline != "sleep 60" {
 		t.Fatalf("after exec: lookup = %q, %q, want sleep's", exe, cmdline)
 	}
@@ -173,7 +209,7 @@ func TestProcCacheKeepsNoHalfExec(t *testing.T) {
 	reads := 0
 	c.read = func(uint32) (string, string) { reads++; return "/usr/bin/curl", "" }
 	for range 2 {
-		if exe, cmdline := c.lookup(uint32(os.Getpid()), "curl"); exe != "/usr/bin/curl" || cmdline != "" {
+		if exe, cmdline := c.lookup(uint32(os.Getpid()), "curl", c.mono()); exe != "/usr/bin/curl" || cmdline != "" {
 			t.Fatalf("lookup = %q, %q", exe, cmdline)
 		}
 	}

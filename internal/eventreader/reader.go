@@ -21,7 +21,8 @@ import (
 	"github.com/imdsguard/imdsguard/internal/events"
 )
 
-// Sink receives enriched events.
+// Sink receives enriched events. The event is the reader's to reuse once
+// Emit returns: a sink copies what it keeps.
 type Sink interface {
 	Emit(*events.Event)
 }
@@ -34,6 +35,9 @@ type Reader struct {
 	bootOffset time.Duration
 	procs      *procCache
 	log        *zap.Logger
+	// ev is the event being handled: a field, not a local, so that passing
+	// it to the sink (an interface) does not allocate it anew each time.
+	ev events.Event
 }
 
 // ReaderOptions say how events are enriched. Every source is optional and
@@ -112,9 +116,9 @@ func (r *Reader) handle(sample []byte, raw *bpf.ImdsguardEvent) {
 		r.log.Warn("decoding event", zap.Error(err), zap.Int("bytes", len(sample)))
 		return
 	}
-	ev := events.Decode(raw, r.bootOffset)
-	r.enrich(&ev)
-	r.sink.Emit(&ev)
+	r.ev = events.Decode(raw, r.bootOffset)
+	r.enrich(&r.ev, raw.TsNs)
+	r.sink.Emit(&r.ev)
 }
 
 // PodNames are what the container runtime says of a container.
@@ -128,9 +132,10 @@ func (r *Reader) Close() error {
 	return r.rb.Close()
 }
 
-// enrich adds what the kernel record does not carry. Best effort: a process
-// or cgroup that is already gone leaves its field empty, never guessed.
-func (r *Reader) enrich(ev *events.Event) {
+// enrich adds what the kernel record, stamped at ts, does not carry. Best
+// effort: a process or cgroup that is already gone leaves its field empty,
+// never guessed.
+func (r *Reader) enrich(ev *events.Event, ts uint64) {
 	if r.opts.Cgroups != nil {
 		ev.Cgroup = r.opts.Cgroups.Path(ev.CgroupID)
 	}
@@ -151,7 +156,7 @@ func (r *Reader) enrich(ev *events.Event) {
 		ev.Rule = r.opts.Rules(ev.Gen, ev.RuleIndex-1)
 	}
 	if ev.PID != 0 {
-		ev.Exe, ev.Cmdline = r.procs.lookup(ev.PID, ev.Comm)
+		ev.Exe, ev.Cmdline = r.procs.lookup(ev.PID, ev.Comm, ts)
 	}
 }
 
