@@ -7,6 +7,7 @@
 package sinks
 
 import (
+	"encoding/binary"
 	"io"
 	"sync"
 	"time"
@@ -131,9 +132,14 @@ func cleanJSON(dst, js []byte, asciiOnly bool) []byte {
 	return dst
 }
 
-// jsonIsClean reports whether cleanJSON would copy js unchanged.
+// jsonIsClean reports whether cleanJSON would copy js unchanged. Every
+// record passes through it, and is printable ASCII but for the odd name or
+// path, so it checks eight bytes at a time until one is not.
 func jsonIsClean(js []byte, asciiOnly bool) bool {
-	for i := 0; i < len(js); {
+	i := 0
+	for ; i+8 <= len(js) && printableASCII8(binary.LittleEndian.Uint64(js[i:])); i += 8 {
+	}
+	for i < len(js) {
 		c := js[i]
 		if c < utf8.RuneSelf {
 			if c < 0x20 || c == 0x7f {
@@ -152,6 +158,16 @@ func jsonIsClean(js []byte, asciiOnly bool) bool {
 		i += size
 	}
 	return true
+}
+
+// printableASCII8 reports whether each byte of w is printable ASCII,
+// 0x20 to 0x7e: none has bit 7 set; none borrows from bit 7 when 0x20 is
+// taken off (a borrow passed on to the next byte only comes from a byte
+// below 0x20, which fails anyway); none reaches bit 7 when 1 is added
+// (only 0x7f does).
+func printableASCII8(w uint64) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	return w&highs == 0 && (w-0x20*ones)&highs == 0 && (w+ones)&highs == 0
 }
 
 // isDangerousRune reports non-ASCII characters that terminals, log viewers

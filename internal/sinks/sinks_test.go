@@ -2,6 +2,7 @@ package sinks
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"os"
@@ -81,6 +82,35 @@ func TestCleanJSON(t *testing.T) {
 
 // TestCleanJSONKeepsValue checks that escaping changes bytes, not meaning:
 // the cleaned text decodes to the same value as the valid input.
+// The eight-bytes-at-a-time check agrees with a byte-by-byte one on every
+// byte value in every position.
+func TestPrintableASCII8(t *testing.T) {
+	base := []byte("{\"ab\":1}")
+	for pos := range 8 {
+		for c := range 256 {
+			b := append([]byte{}, base...)
+			b[pos] = byte(c)
+			want := true
+			for _, x := range b {
+				want = want && x >= 0x20 && x < 0x7f
+			}
+			if got := printableASCII8(binary.LittleEndian.Uint64(b)); got != want {
+				t.Fatalf("printableASCII8(%q) = %v, want %v", b, got, want)
+			}
+		}
+	}
+	for _, w := range []uint64{0, 0x1f1f1f1f1f1f1f1f, 0x7f7f7f7f7f7f7f7f, 0x2020202020202020, 0x7e7e7e7e7e7e7e7e, 0x20207e1f7e202020} {
+		want := true
+		for i := range 8 {
+			x := byte(w >> (8 * i))
+			want = want && x >= 0x20 && x < 0x7f
+		}
+		if got := printableASCII8(w); got != want {
+			t.Errorf("printableASCII8(%#x) = %v, want %v", w, got, want)
+		}
+	}
+}
+
 func TestCleanJSONKeepsValue(t *testing.T) {
 	in := []byte(`{"path":"/latest/meta-data/iam/security-credentials/rôle-✓-😀","comm":"cu\"rl\\]","n":[1,2.5,true,null]}`)
 	out := cleanJSON(nil, in, true)
