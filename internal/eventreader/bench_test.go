@@ -148,3 +148,19 @@ func selfComm(tb testing.TB) string {
 	}
 	return strings.TrimSuffix(string(b), "\n")
 }
+
+// BenchmarkProcessInfo is what an event of a process the cache does not
+// know yet costs in /proc reads, against the os package's reads before.
+func BenchmarkProcessInfo(b *testing.B) {
+	pid := uint32(os.Getpid())
+	for name, read := range map[string]func(uint32) (string, string){"syscalls": processInfo, "os": processInfoOS} {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			start := cpuTime(b)
+			for b.Loop() {
+				read(pid)
+			}
+			b.ReportMetric(float64(cpuTime(b)-start)/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
