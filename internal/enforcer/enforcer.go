@@ -75,12 +75,8 @@ func MakePlanWithNames(pol *policy.Policy, mount string, rt Runtime) (*Plan, err
 		}
 		ids := identifyAll(compiled, p.tree, rt)
 		p.pending = ids.pending
-		for id, path := range p.tree {
-			// A policy that cannot say what a cgroup of today gets is
-			// refused; one made later fails closed (see applyScanLocked).
-			if err := p.addCgroup(id, path, ids.of[id], p.Cgroups); err != nil {
-				return nil, fmt.Errorf("compiling rules: %w", err)
-			}
+		if err := p.addTree(ids); err != nil {
+			return nil, err
 		}
 	}
 	y, err := pol.YAML()
@@ -90,6 +86,24 @@ func MakePlanWithNames(pol *policy.Policy, mount string, rt Runtime) (*Plan, err
 	sum := sha256.Sum256(y)
 	p.Hash = hex.EncodeToString(sum[:6])
 	return p, nil
+}
+
+// addTree puts the rule lists of every cgroup of the plan's tree into the
+// plan, matched in one walk of the tree (as addCgroup does for one). A
+// policy that cannot say what a cgroup of today gets is refused; one made
+// later fails closed (see applyScanLocked).
+func (p *Plan) addTree(ids identities) error {
+	lists := p.Compiled.ListsForTree(p.tree, func(id uint64) policy.Identity { return ids.of[id] })
+	for id, l := range lists {
+		if l.OwnErr != nil {
+			return fmt.Errorf("compiling rules: %w", l.OwnErr)
+		}
+		p.Cgroups[loader.CgroupKey{ID: id}] = l.Own
+		if p.Compiled.NeedsEntry(l.Subtree, p.defaults) {
+			p.Cgroups[loader.CgroupKey{ID: id, Subtree: true}] = l.Subtree
+		}
+	}
+	return nil
 }
 
 // addCgroup puts the rule lists of a known cgroup into set: its own, always
