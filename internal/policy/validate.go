@@ -104,6 +104,7 @@ func (d *decoder) validateRules(rules []Rule) {
 	}
 	names := map[string]int{}             // name -> index of the rule that has it first
 	canShadow := make([]bool, len(rules)) // the rule is sound and can match
+	anyCgroup := make([]bool, len(rules)) // its cgroup glob is no condition (see covers)
 	for i := range rules {
 		rp := indexPath("rules", i)
 		if d.failed[rp] {
@@ -118,9 +119,10 @@ func (d *decoder) validateRules(rules []Rule) {
 		}
 		d.checkRuleGrants(&rules[i], rp)
 		if !neverMatches {
-			d.checkShadowed(rules, i, canShadow)
+			d.checkShadowed(rules, i, canShadow, anyCgroup)
 		}
 		canShadow[i] = sound
+		anyCgroup[i] = rules[i].Match.Cgroup == "" || matchesEveryCgroup(rules[i].Match.Cgroup)
 	}
 }
 
@@ -244,7 +246,7 @@ func (d *decoder) checkRuleGrants(r *Rule, rp string) {
 
 // checkShadowed reports rule i if an earlier sound rule matches
 // everything it matches (first match wins).
-func (d *decoder) checkShadowed(rules []Rule, i int, canShadow []bool) {
+func (d *decoder) checkShadowed(rules []Rule, i int, canShadow, anyCgroup []bool) {
 	label := func(i int) string {
 		if ruleName.MatchString(rules[i].Name) {
 			return fmt.Sprintf("%q", rules[i].Name)
@@ -252,7 +254,7 @@ func (d *decoder) checkShadowed(rules []Rule, i int, canShadow []bool) {
 		return indexPath("rules", i)
 	}
 	for j := range i {
-		if canShadow[j] && covers(rules[j].Match, rules[i].Match) {
+		if canShadow[j] && covers(rules[j].Match, anyCgroup[j], rules[i].Match) {
 			rp := indexPath("rules", i)
 			d.add(d.line(rp), rp, "rule %s can never match: rule %s (line %d) matches everything it matches", label(i), label(j), d.line(indexPath("rules", j)))
 			return
@@ -303,11 +305,12 @@ func commProblem(c string) (msg string, never bool) {
 
 // covers reports whether every process match b matches is also matched by
 // a: a's conditions are a subset of b's (a cgroup of only "**" segments is
-// no condition). Globs are compared as text. Name conditions match only
+// no condition: aAnyCgroup, worked out once per rule, since every pair of
+// rules is checked). Globs are compared as text. Name conditions match only
 // pods' container cgroups, so a's names cover b's cgroup, whatever it is,
 // when b has the same names.
-func covers(a, b Match) bool {
-	if a.Cgroup != "" && !matchesEveryCgroup(a.Cgroup) && a.Cgroup != b.Cgroup {
+func covers(a Match, aAnyCgroup bool, b Match) bool {
+	if !aAnyCgroup && a.Cgroup != b.Cgroup {
 		return false
 	}
 	if a.Namespace != "" && a.Namespace != b.Namespace || a.Pod != "" && a.Pod != b.Pod || a.Container != "" && a.Container != b.Container {
