@@ -511,7 +511,8 @@ func benchJudgeAlone(b *testing.B, msg []byte) {
 		b.Fatal(err)
 	}
 	enableStats(b)
-	in := bpf.JudgeTestJudgeRun{Data: uint64(uintptr(unsafe.Pointer(&msg[0]))), Len: uint32(len(msg)), MsgSize: uint32(len(msg))}
+	// no credential-read limit, as the default policy has none
+	in := bpf.JudgeTestJudgeRun{Data: uint64(uintptr(unsafe.Pointer(&msg[0]))), Len: uint32(len(msg)), MsgSize: uint32(len(msg)), CredBudget: ^uint32(0)}
 	var out bpf.JudgeTestJudgeRun
 	runs0, ns0 := progStats(b, objs.JudgeTest)
 	b.ResetTimer()
