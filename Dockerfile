@@ -18,11 +18,12 @@ COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
 # Static (CGO_ENABLED=0): the final image has no libc. -trimpath keeps build
-# paths out of the binary; cross-compiled on the build host's platform.
+# paths out of the binary; cross-compiled on the build host's platform. The
+# flags are the Makefile's build target's (see there why grpcnotrace).
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
-    go build -trimpath -buildvcs=false -ldflags "-s -w -X main.version=${VERSION}" \
+    go build -trimpath -tags grpcnotrace -buildvcs=false -ldflags "-s -w -X main.version=${VERSION}" \
       -o /out/imdsguard ./cmd/imdsguard
 
 # distroless/static, and not its :nonroot variant: the daemon runs as uid 0.
