@@ -11,8 +11,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
 	"github.com/imdsguard/imdsguard/bpf"
@@ -30,53 +28,38 @@ type Source interface {
 	OutputDropped() uint64
 }
 
-type collector struct {
-	src                                     Source
-	requests, connections, credential, lost *prometheus.Desc
-	reloads, attached, outputDropped        *prometheus.Desc
-}
-
-func newCollector(src Source) *collector {
-	return &collector{
-		src:         src,
-		requests:    prometheus.NewDesc("imdsguard_requests_total", "HTTP requests to IMDS judged, by verdict.", []string{"action", "reason"}, nil),
-		connections: prometheus.NewDesc("imdsguard_connections_total", "Connection attempts to IMDS, by verdict.", []string{"action", "reason"}, nil),
-		credential:  prometheus.NewDesc("imdsguard_credential_access_total", "Requests for credential paths, by verdict.", []string{"action"}, nil),
-		lost:        prometheus.NewDesc("imdsguard_events_lost_total", "Events the kernel could not queue (verdict counters stay exact).", nil, nil),
-		reloads:     prometheus.NewDesc("imdsguard_policy_reloads_total", "Policy reload attempts, by result.", []string{"result"}, nil),
-		attached:    prometheus.NewDesc("imdsguard_attached", "1 for each attached hook.", []string{"hook"}, nil),
-		outputDropped: prometheus.NewDesc("imdsguard_output_dropped_total",
-			"Events network outputs dropped because their queue was full while the collector was down.", nil, nil),
-	}
-}
-
-func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.requests, c.connections, c.credential, c.lost, c.reloads, c.attached, c.outputDropped} {
-		ch <- d
-	}
-}
-
-func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	if totals, err := c.src.Counters(); err == nil {
+// families reads the daemon's state into the metric families it serves,
+// at each scrape.
+func families(src Source) []*family {
+	requests := &family{name: "imdsguard_requests_total", help: "HTTP requests to IMDS judged, by verdict.", kind: "counter", labels: []string{"action", "reason"}}
+	connections := &family{name: "imdsguard_connections_total", help: "Connection attempts to IMDS, by verdict.", kind: "counter", labels: []string{"action", "reason"}}
+	credential := &family{name: "imdsguard_credential_access_total", help: "Requests for credential paths, by verdict.", kind: "counter", labels: []string{"action"}}
+	lost := &family{name: "imdsguard_events_lost_total", help: "Events the kernel could not queue (verdict counters stay exact).", kind: "counter"}
+	reloads := &family{name: "imdsguard_policy_reloads_total", help: "Policy reload attempts, by result.", kind: "counter", labels: []string{"result"}}
+	attached := &family{name: "imdsguard_attached", help: "1 for each attached hook.", kind: "gauge", labels: []string{"hook"}}
+	outputDropped := &family{name: "imdsguard_output_dropped_total", kind: "counter",
+		help: "Events network outputs dropped because their queue was full while the collector was down."}
+	if totals, err := src.Counters(); err == nil {
 		for _, v := range totals.Verdicts() {
-			desc := c.requests
+			f := requests
 			if v.Kind == bpf.KindConnect {
-				desc = c.connections
+				f = connections
 			}
-			ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v.Count), v.Action.String(), v.Reason.String())
+			f.add(float64(v.Count), v.Action.String(), v.Reason.String())
 		}
 		for _, a := range []bpf.Action{bpf.ActionAllow, bpf.ActionDeny, bpf.ActionAudit} {
-			ch <- prometheus.MustNewConstMetric(c.credential, prometheus.CounterValue, float64(totals.CredentialAccess(a)), a.String())
+			credential.add(float64(totals.CredentialAccess(a)), a.String())
 		}
-		ch <- prometheus.MustNewConstMetric(c.lost, prometheus.CounterValue, float64(totals.EventsLost()))
+		lost.add(float64(totals.EventsLost()))
 	}
-	for result, n := range c.src.Reloads() {
-		ch <- prometheus.MustNewConstMetric(c.reloads, prometheus.CounterValue, float64(n), result)
+	for result, n := range src.Reloads() {
+		reloads.add(float64(n), result)
 	}
-	ch <- prometheus.MustNewConstMetric(c.outputDropped, prometheus.CounterValue, float64(c.src.OutputDropped()))
-	for _, h := range c.src.Hooks() {
-		ch <- prometheus.MustNewConstMetric(c.attached, prometheus.GaugeValue, 1, h)
+	outputDropped.add(float64(src.OutputDropped()))
+	for _, h := range src.Hooks() {
+		attached.add(1, h)
 	}
+	return []*family{requests, connections, credential, lost, reloads, attached, outputDropped}
 }
 
 // StaleRescan is how old the last cgroup rescan may be before /readyz
@@ -86,10 +69,10 @@ const StaleRescan = 10 * time.Second
 // Handler serves /metrics, /healthz (the process is alive) and /readyz
 // (programs attached and a policy loaded).
 func Handler(src Source) http.Handler {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(newCollector(src))
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+		serveText(w, r, families(src))
+	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})

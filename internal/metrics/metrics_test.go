@@ -1,12 +1,17 @@
 package metrics
 
 import (
+	"compress/gzip"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/imdsguard/imdsguard/bpf"
 	"github.com/imdsguard/imdsguard/internal/counters"
@@ -85,5 +90,45 @@ func TestReadinessFollowsAttachmentAndRescans(t *testing.T) {
 				t.Errorf("/healthz = %d, want 200", code)
 			}
 		})
+	}
+}
+
+// What /metrics writes is what Prometheus's own parser reads, escapes
+// included, plain or gzipped as the scraper asks.
+func TestMetricsParseAsPrometheusText(t *testing.T) {
+	src := &source{hooks: []string{"sk_msg", `odd"hook\` + "\n"}, ready: true, lastRescan: time.Now()}
+	for _, enc := range []string{"", "gzip", "gzip;q=0", "br, gzip;q=0.5"} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+		req.Header.Set("Accept-Encoding", enc)
+		Handler(src).ServeHTTP(rec, req)
+		body := io.Reader(rec.Body)
+		if gzipped := rec.Header().Get("Content-Encoding") == "gzip"; gzipped != acceptsGzip(enc) {
+			t.Fatalf("Accept-Encoding %q: Content-Encoding %q", enc, rec.Header().Get("Content-Encoding"))
+		} else if gzipped {
+			zr, err := gzip.NewReader(rec.Body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body = zr
+		}
+		if ct := rec.Header().Get("Content-Type"); !strings.HasPrefix(ct, "text/plain; version=0.0.4") {
+			t.Errorf("Content-Type %q", ct)
+		}
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		fams, err := parser.TextToMetricFamilies(body)
+		if err != nil {
+			t.Fatalf("Accept-Encoding %q: %v", enc, err)
+		}
+		var hooks []string
+		for _, m := range fams["imdsguard_attached"].GetMetric() {
+			hooks = append(hooks, m.GetLabel()[0].GetValue())
+		}
+		if want := []string{`odd"hook\` + "\n", "sk_msg"}; !slices.Equal(hooks, want) {
+			t.Errorf("hooks %q, want %q", hooks, want)
+		}
+		if got := fams["imdsguard_policy_reloads_total"].GetMetric()[1].GetCounter().GetValue(); got != 1 {
+			t.Errorf("reloads rejected = %v", got)
+		}
 	}
 }
