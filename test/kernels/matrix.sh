@@ -111,8 +111,9 @@ build_payload() {
 		name=$(awk -v p="$pkg" '$2 == p {print $1; exit}' "${lists[@]}")
 		CGO_ENABLED=0 "$GO" test -c -o "$p/bins/$name.test" "./$pkg" || die "go test -c ./$pkg failed"
 	done
-	# Every program a test runs, as test/testbin finds them by name.
-	CGO_ENABLED=0 "$GO" build -o "$p/bins/" \
+	# Every program a test runs, as test/testbin finds them by name, built
+	# with the shipped build's flags (the Makefile's build target).
+	CGO_ENABLED=0 "$GO" build -trimpath -tags grpcnotrace -ldflags "-s -w" -o "$p/bins/" \
 		./cmd/imdsguard ./test/labclient ./test/rawclient ./test/sdkclient ./test/systemd/unitexec \
 		github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock || die "go build failed"
 	# The tests read files of the tree (deploy/, policies) relative to their package.

@@ -31,7 +31,9 @@ func Build(pkg, dir string) (string, error) {
 		return p, nil
 	}
 	out := filepath.Join(dir, name)
-	cmd := exec.Command(goTool(), "build", "-o", out, pkg)
+	// The shipped build's flags (the Makefile's build target, the
+	// Dockerfile): tests and benchmarks run what users run.
+	cmd := exec.Command(goTool(), "build", "-trimpath", "-tags", "grpcnotrace", "-ldflags", "-s -w", "-o", out, pkg)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("building %s: %w\n%s", pkg, err, msg)
