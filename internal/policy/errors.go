@@ -42,8 +42,14 @@ func (ps *problems) add(line int, key, format string, args ...any) {
 	ps.list = append(ps.list, &ParseError{Source: ps.source, Line: line, Key: key, Msg: fmt.Sprintf(format, args...)})
 }
 
-// err returns the problems in line order (those without a line last), one
-// error each, or nil.
+// maxProblems is how many problems err reports; the rest are counted.
+// Past the first few the list is mostly consequences of them (a file
+// replaced by something else fails on every line), and a long list buries
+// the line to fix first.
+const maxProblems = 20
+
+// err returns the first maxProblems problems in line order (those without
+// a line last), one error each, then one that counts the rest; or nil.
 func (ps *problems) err() error {
 	if len(ps.list) == 0 {
 		return nil
@@ -55,11 +61,22 @@ func (ps *problems) err() error {
 		}
 		return a < b
 	})
-	errs := make([]error, len(ps.list))
-	for i, e := range ps.list {
-		errs[i] = e
+	shown := ps.list[:min(len(ps.list), maxProblems)]
+	errs := make([]error, 0, len(shown)+1)
+	for _, e := range shown {
+		errs = append(errs, e)
+	}
+	if more := len(ps.list) - len(shown); more > 0 {
+		errs = append(errs, &ParseError{Source: ps.source, Msg: fmt.Sprintf("and %d more %s", more, plural(more, "problem"))})
 	}
 	return errors.Join(errs...)
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return word
+	}
+	return word + "s"
 }
 
 // keyPath joins a parent key path and a key: "rules[1]" + "match".

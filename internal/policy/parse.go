@@ -98,14 +98,16 @@ func (d *decoder) document(data []byte) *yaml.Node {
 // may count them as line breaks, which would make every later line number
 // wrong). It reports whether the file is clean.
 func (d *decoder) scan(data []byte) bool {
+	if msg, line, ok := notText(data); ok {
+		// One line for the whole file: a binary file (or one in another
+		// encoding) fails on most of its lines, and a line-by-line list
+		// would only bury the point.
+		d.add(line, "", "%s", msg)
+		return false
+	}
 	clean := true
 	for i, line := range bytes.Split(data, []byte("\n")) {
 		n := i + 1
-		if !utf8.Valid(line) {
-			d.add(n, "", "not valid UTF-8 (a policy file is UTF-8 text)")
-			clean = false
-			continue
-		}
 		if bytes.IndexByte(line, '\t') >= 0 {
 			d.add(n, "", "tab character: YAML indents with spaces, and a policy file may hold no tabs at all")
 			clean = false
@@ -124,6 +126,36 @@ func (d *decoder) scan(data []byte) bool {
 	}
 	return clean
 }
+
+// notText reports whether data is not UTF-8 text at all (NUL bytes, or
+// bytes that are not UTF-8), with the message and the first line that
+// shows it.
+func notText(data []byte) (msg string, line int, ok bool) {
+	if i := bytes.IndexByte(data, 0); i >= 0 {
+		return fmt.Sprintf("not a text file (a NUL byte at offset %d): a policy file is YAML text in UTF-8", i), lineOf(data, i), true
+	}
+	if !utf8.Valid(data) {
+		i := invalidUTF8(data)
+		return fmt.Sprintf("not valid UTF-8 (first bad byte 0x%02x at offset %d): a policy file is YAML text in UTF-8", data[i], i), lineOf(data, i), true
+	}
+	return "", 0, false
+}
+
+// invalidUTF8 is the offset of the first byte of data that does not start
+// a valid UTF-8 sequence (data is known to hold one).
+func invalidUTF8(data []byte) int {
+	for i := 0; i < len(data); {
+		r, n := utf8.DecodeRune(data[i:])
+		if r == utf8.RuneError && n <= 1 {
+			return i
+		}
+		i += n
+	}
+	return 0
+}
+
+// lineOf is the 1-based line of the byte at offset i.
+func lineOf(data []byte, i int) int { return bytes.Count(data[:i], []byte("\n")) + 1 }
 
 // forbiddenRune reports whether a policy file may not hold r: control
 // characters, the Unicode line and paragraph separators, and the

@@ -86,7 +86,9 @@ func TestParseErrorsWithLines(t *testing.T) {
 		// The file as a whole.
 		{"tab", "mode: audit\n\trequireToken: false\n", []wantErr{{2, "", "tab character"}}},
 		{"tab in a comment", "mode: audit # a\tb\n", []wantErr{{1, "", "tab character"}}},
-		{"invalid UTF-8", "mode: audit\nkind: \xff\n", []wantErr{{2, "", "not valid UTF-8"}}},
+		{"invalid UTF-8", "mode: audit\nkind: \xff\n", []wantErr{{2, "", "not valid UTF-8 (first bad byte 0xff at offset 18): a policy file is YAML text in UTF-8"}}},
+		{"invalid UTF-8 on many lines", "mode: audit\nkind: \xff\n\xfe: 1\n\xc3\n", []wantErr{{2, "", "not valid UTF-8 (first bad byte 0xff at offset 18)"}}},
+		{"NUL byte", "mode: audit\nki\x00nd: Policy\n", []wantErr{{2, "", "not a text file (a NUL byte at offset 14): a policy file is YAML text in UTF-8"}}},
 		{"control character", "mode: audit\n\nkind: a\x01\n", []wantErr{{3, "", "control character U+0001"}}},
 		{"syntax error", "mode: audit\nkind: [Policy\n", []wantErr{{2, "", "YAML syntax error: did not find expected ',' or ']'"}}},
 		{"syntax error in the only line", "kind: [Policy\n", []wantErr{{1, "", "YAML syntax error"}}},
@@ -623,5 +625,50 @@ func TestConnectionBoundsAreValidated(t *testing.T) {
 	}
 	if c.Config.MaxConnsCgroup != 5 || c.Config.MaxConnsUid != DefaultMaxConnectionsPerUser {
 		t.Errorf("compiled bounds %d, %d; want 5, %d", c.Config.MaxConnsCgroup, c.Config.MaxConnsUid, DefaultMaxConnectionsPerUser)
+	}
+}
+
+// A policy file replaced by binary junk gets one line saying so, not one
+// per line of junk.
+func TestBinaryFileIsOneProblem(t *testing.T) {
+	junk := make([]byte, 64<<10)
+	for i := range junk {
+		junk[i] = byte(i*7919 + i/13) // NULs, invalid UTF-8 and newlines all over
+	}
+	_, err := Parse(junk, "policy.yaml")
+	errs := splitErrors(err)
+	if len(errs) != 1 {
+		t.Fatalf("binary junk gave %d problems, want 1:\n%v", len(errs), err)
+	}
+	if want := "policy.yaml:1: not a text file (a NUL byte at offset 0): a policy file is YAML text in UTF-8"; err.Error() != want {
+		t.Errorf("got %q\nwant %q", err.Error(), want)
+	}
+}
+
+// A text file with problems on every line gets the first 20, in line
+// order, then a count of the rest.
+func TestProblemsAreCapped(t *testing.T) {
+	for _, tc := range []struct {
+		lines int
+		last  string
+	}{
+		{20, "policy.yaml:20: tab character"},
+		{21, "policy.yaml: and 1 more problem"},
+		{5000, "policy.yaml: and 4980 more problems"},
+	} {
+		doc := strings.Repeat("\tmode: audit\n", tc.lines)
+		_, err := Parse([]byte(doc), "policy.yaml")
+		lines := strings.Split(err.Error(), "\n")
+		if want := min(tc.lines, 21); len(lines) != want {
+			t.Fatalf("%d bad lines: got %d lines of errors, want %d:\n%v", tc.lines, len(lines), want, err)
+		}
+		for i, l := range lines[:20] {
+			if want := fmt.Sprintf("policy.yaml:%d: tab character", i+1); !strings.HasPrefix(l, want) {
+				t.Errorf("%d bad lines: line %d is %q, want %q…", tc.lines, i+1, l, want)
+			}
+		}
+		if last := lines[len(lines)-1]; !strings.HasPrefix(last, tc.last) {
+			t.Errorf("%d bad lines: last line %q, want %q…", tc.lines, last, tc.last)
+		}
 	}
 }
