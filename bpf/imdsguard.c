@@ -18,10 +18,18 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 
 #define AF_INET 2
 
-/* Only the field read; CO-RE finds it in the running kernel's layout. */
+/* Only the fields read; CO-RE finds them in the running kernel's layout. */
 struct tcp_sock {
 	__u32 write_seq; /* sequence number just past the bytes queued */
 } __attribute__((preserve_access_index));
+
+/* struct sock starts every tcp_sock (tcp_sock -> inet_connection_sock ->
+ * inet_sock -> sock), so its fields are read through the tcp_sock pointer.
+ * sk_shutdown is a plain u8 on every supported kernel (6.1 on). */
+struct sock {
+	__u8 sk_shutdown;
+} __attribute__((preserve_access_index));
+#define SEND_SHUTDOWN 2
 #define AF_INET6 10
 #define SOCK_STREAM 1
 
@@ -562,6 +570,21 @@ static __always_inline int stream_disagrees(struct bpf_sock *sk, struct sock_sta
 	return report_socket(ec, REASON_UNJUDGED_WRITE) == ACTION_DENY;
 }
 
+/* Whether the writer shut the socket for writing (shutdown(SHUT_WR), or a
+ * reset). Such a write is passed unjudged: tcp_bpf_sendmsg runs this
+ * program before the TCP stack looks at sk_shutdown, and a pass hands the
+ * bytes to tcp_sendmsg_locked, which, under the same socket lock that
+ * shutdown() takes to set the flag, refuses them with EPIPE (and SIGPIPE)
+ * as it would without the guard. Nothing is queued, so nothing unjudged
+ * can reach the server, and no byte is counted as passed. */
+static __always_inline int shut_for_writing(struct bpf_sock *sk)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	return ((struct sock *)tp)->sk_shutdown & SEND_SHUTDOWN;
+}
+
 /* Why every request of this write is refused whatever it says (the
  * owner's deny rule, another network namespace), or REASON_NONE. */
 static __always_inline __u8 forced_reason(const struct config *cfg, __u32 rflags, __u64 netns_cookie)
@@ -642,6 +665,8 @@ int imds_msg(struct sk_msg_md *msg)
 	struct judge *j = bpf_map_lookup_elem(&judges, &zero);
 	if (!j)
 		return fail;
+	if (msg->sk && shut_for_writing(msg->sk))
+		return SK_PASS;
 	struct sock_state *st = judged_state(msg, cfg, j);
 	if (!st)
 		return fail;
