@@ -14,6 +14,7 @@ import (
 	"github.com/imdsguard/imdsguard/internal/enforcer"
 	"github.com/imdsguard/imdsguard/internal/eventreader"
 	"github.com/imdsguard/imdsguard/internal/events"
+	"github.com/imdsguard/imdsguard/internal/hostnetns"
 	"github.com/imdsguard/imdsguard/internal/instance"
 	"github.com/imdsguard/imdsguard/internal/loader"
 	"github.com/imdsguard/imdsguard/internal/nflog"
@@ -40,6 +41,8 @@ type daemon struct {
 	cgroupDir   string
 	cgroupMount string
 	hostCookie  uint64
+	hostInode   uint64 // of the host's network namespace, for the meta
+	hostPath    string // a path to it that outlives the daemon, "" if none
 	hostname    string
 	plan        *enforcer.Plan
 	runtime     podRuntime        // nil without a container runtime to name pods
@@ -113,6 +116,9 @@ func (d *daemon) prepareHost(context.Context) error {
 	if d.hostCookie, err = loader.NetnsCookie(d.cfg.hostNetns); err != nil {
 		return fmt.Errorf("host network namespace: %w", err)
 	}
+	if d.hostInode, d.hostPath, err = hostnetns.Describe(d.cfg.hostNetns); err != nil {
+		return fmt.Errorf("host network namespace: %w", err)
+	}
 	d.openRuntime()
 	if d.plan, err = enforcer.MakePlanWithNames(d.cfg.pol, d.cgroupMount, d.runtime); err != nil {
 		return err
@@ -166,12 +172,14 @@ func (d *daemon) loadGuard(ctx context.Context) error {
 		PinDir:          cfg.pinDir,
 		LockWait:        30 * time.Second,
 		Meta: pindir.Meta{
-			Version:      version,
-			Mode:         cfg.pol.Mode,
-			Cloud:        cfg.pol.Profile.Name,
-			PolicyHash:   d.plan.Hash,
-			PolicySource: cfg.policySource(),
-			HostNetns:    cfg.hostNetns,
+			Version:        version,
+			Mode:           cfg.pol.Mode,
+			Cloud:          cfg.pol.Profile.Name,
+			PolicyHash:     d.plan.Hash,
+			PolicySource:   cfg.policySource(),
+			HostNetns:      cfg.hostNetns,
+			HostNetnsInode: d.hostInode,
+			HostNetnsPath:  d.hostPath,
 		},
 	}, d.log)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/imdsguard/imdsguard/internal/counters"
+	"github.com/imdsguard/imdsguard/internal/hostnetns"
 	"github.com/imdsguard/imdsguard/internal/loader"
 	"github.com/imdsguard/imdsguard/internal/nft"
 	"github.com/imdsguard/imdsguard/internal/pindir"
@@ -63,22 +64,7 @@ func statusCommand(args []string, stdout, stderr io.Writer) error {
 		age := time.Since(st.Meta.LastRescanAt).Seconds()
 		r.LastRescanAgeSeconds = &age
 	}
-	r.Nftables.Table = "inet " + nft.TableName
-	present, err := tableExists(tableNetns(*hostNetns, st.Meta))
-	r.Nftables.Present = present
-	if err != nil {
-		r.Nftables.Error = err.Error()
-	}
-	if r.Uplinks, err = uplink.Attached(tableNetns(*hostNetns, st.Meta)); err != nil {
-		r.UplinksError = err.Error()
-	}
-	maps, err := loader.PinnedMapIDs(*pinDir)
-	if err == nil && len(maps) > 0 {
-		r.PodDevices, err = uplink.AttachedInPods(tableNetns(*hostNetns, st.Meta), maps)
-	}
-	if err != nil {
-		r.PodDevicesError = err.Error()
-	}
+	readLayers(&r, *pinDir, *hostNetns)
 	r.Enforcing = st.Pinned && st.Complete
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -95,14 +81,18 @@ func statusCommand(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func tableNetns(flagValue string, meta *pindir.Meta) string {
+// hostNetnsOf returns the network namespace that holds the table and the
+// uplink guard ("" for this process's): the --host-netns flag when given,
+// else the daemon's, found from here by what it recorded (a
+// *hostnetns.UnreachableError when no path leads there).
+func hostNetnsOf(flagValue string, meta *pindir.Meta) (string, error) {
 	if flagValue != "" {
-		return flagValue
+		return flagValue, nil
 	}
-	if meta != nil {
-		return meta.HostNetns
+	if meta == nil {
+		return "", nil
 	}
-	return ""
+	return hostnetns.Find(hostnetns.Record{Cookie: meta.HostNetnsCookie, Inode: meta.HostNetnsInode, Path: meta.HostNetnsPath, Given: meta.HostNetns})
 }
 
 // withTable opens the table in the namespace at path ("" for this
@@ -127,6 +117,32 @@ func tableExists(netns string) (bool, error) {
 		return err
 	})
 	return ok, err
+}
+
+// readLayers fills in the table and the uplink guard's filters, looked
+// for in the daemon's network namespace.
+func readLayers(r *statusReport, pinDir, netnsFlag string) {
+	r.Nftables.Table = "inet " + nft.TableName
+	netns, err := hostNetnsOf(netnsFlag, r.Meta)
+	if err != nil {
+		r.Nftables.Error = err.Error()
+		r.UplinksError = "in the same network namespace as the table"
+	} else {
+		r.Nftables.Present, err = tableExists(netns)
+		if err != nil {
+			r.Nftables.Error = err.Error()
+		}
+		if r.Uplinks, err = uplink.Attached(netns); err != nil {
+			r.UplinksError = err.Error()
+		}
+	}
+	maps, err := loader.PinnedMapIDs(pinDir)
+	if err == nil && len(maps) > 0 {
+		r.PodDevices, err = uplink.AttachedInPods(netns, maps)
+	}
+	if err != nil {
+		r.PodDevicesError = err.Error()
+	}
 }
 
 func printStatus(w io.Writer, r *statusReport) {
@@ -252,50 +268,74 @@ func detachCommand(args []string, stdout, stderr io.Writer) error {
 	if st.Daemon.Running {
 		return fmt.Errorf("imdsguard (pid %d) is running and holds %s: stop it first (systemctl stop imdsguard, or delete the pod); it would go on enforcing through its own descriptors", st.Daemon.PID, *pinDir)
 	}
-	maps, err := loader.PinnedMapIDs(*pinDir)
-	if err != nil {
-		return fmt.Errorf("reading the pinned maps: %w", err)
+	// Where the table is, found before anything is removed: the record
+	// that leads there goes with the pins.
+	netns, err := hostNetnsOf(*hostNetns, st.Meta)
+	var unreachable *hostnetns.UnreachableError
+	if err != nil && !errors.As(err, &unreachable) {
+		return err
 	}
-	removed, err := loader.RemovePinned(*pinDir, zap.NewNop())
-	if err != nil {
-		return fmt.Errorf("detaching: %w", err)
+	removed, err := detachAll(*pinDir, netns, unreachable == nil)
+	for _, r := range removed {
+		fmt.Fprintf(stdout, "removed %s\n", r)
 	}
-	tableErr := withTable(tableNetns(*hostNetns, st.Meta), func(t *nft.Table) error {
-		ok, err := t.Exists()
-		if err != nil || !ok {
-			return err
+	if err != nil {
+		return err
+	}
+	if unreachable != nil {
+		// The hooks are gone, so nothing is judged any more, but the
+		// table still drops forwarded pod traffic to IMDS: scripts must
+		// notice.
+		return fmt.Errorf("the hooks and pins are removed, the table is not: %w", unreachable)
+	}
+	if len(removed) == 0 {
+		fmt.Fprintln(stdout, "nothing to remove: imdsguard is not attached")
+	}
+	return nil
+}
+
+// detachAll removes the pins and hooks, the filters on pods' devices
+// and, with inHost, the table and the uplink guard in the namespace at
+// netns ("" for this process's). It names what it removed.
+func detachAll(pinDir, netns string, inHost bool) (removed []string, err error) {
+	maps, err := loader.PinnedMapIDs(pinDir)
+	if err != nil {
+		return nil, fmt.Errorf("reading the pinned maps: %w", err)
+	}
+	if removed, err = loader.RemovePinned(pinDir, zap.NewNop()); err != nil {
+		return removed, fmt.Errorf("detaching: %w", err)
+	}
+	if inHost {
+		tableErr := withTable(netns, func(t *nft.Table) error {
+			ok, err := t.Exists()
+			if err != nil || !ok {
+				return err
+			}
+			if err := t.Remove(); err != nil {
+				return err
+			}
+			removed = append(removed, "nftables table inet "+nft.TableName)
+			return nil
+		})
+		if tableErr != nil && !errors.Is(tableErr, os.ErrNotExist) {
+			return removed, fmt.Errorf("removing the nftables table: %w", tableErr)
 		}
-		if err := t.Remove(); err != nil {
-			return err
-		}
-		removed = append(removed, "nftables table inet "+nft.TableName)
-		return nil
-	})
-	if tableErr != nil && !errors.Is(tableErr, os.ErrNotExist) {
-		return fmt.Errorf("removing the nftables table: %w", tableErr)
-	}
-	devices, err := uplink.Remove(tableNetns(*hostNetns, st.Meta))
-	for _, d := range devices {
-		removed = append(removed, "uplink guard on "+d)
-	}
-	if err != nil {
-		return fmt.Errorf("removing the uplink guard: %w", err)
-	}
-	if len(maps) > 0 {
-		devices, err := uplink.RemoveFromPods(tableNetns(*hostNetns, st.Meta), maps)
+		devices, err := uplink.Remove(netns)
 		for _, d := range devices {
 			removed = append(removed, "uplink guard on "+d)
 		}
 		if err != nil {
-			return fmt.Errorf("removing the uplink guard from pods: %w", err)
+			return removed, fmt.Errorf("removing the uplink guard: %w", err)
 		}
 	}
-	if len(removed) == 0 {
-		fmt.Fprintln(stdout, "nothing to remove: imdsguard is not attached")
-		return nil
+	if len(maps) > 0 {
+		devices, err := uplink.RemoveFromPods(netns, maps)
+		for _, d := range devices {
+			removed = append(removed, "uplink guard on "+d)
+		}
+		if err != nil {
+			return removed, fmt.Errorf("removing the uplink guard from pods: %w", err)
+		}
 	}
-	for _, r := range removed {
-		fmt.Fprintf(stdout, "removed %s\n", r)
-	}
-	return nil
+	return removed, nil
 }

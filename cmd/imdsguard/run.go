@@ -182,6 +182,8 @@ func (d *daemon) logEnforcing() {
 		zap.String("takeover", string(d.guard.Takeover())),
 		zap.String("on_exit", d.cfg.onExit),
 		zap.Uint64("host_netns_cookie", d.hostCookie),
+		zap.Uint64("host_netns_inode", d.hostInode),
+		zap.String("host_netns_path", d.hostPath),
 		zap.String("version", version))
 }
 

@@ -37,8 +37,15 @@ type Meta struct {
 	HostNetnsCookie uint64    `json:"host_netns_cookie"`
 	// HostNetns is the namespace path given to the daemon ("" for its
 	// own): where its nftables table is.
-	HostNetns  string `json:"host_netns,omitempty"`
-	Generation uint32 `json:"generation"`
+	HostNetns string `json:"host_netns,omitempty"`
+	// HostNetnsInode is that namespace's nsfs inode (net:[N] in lsns),
+	// and HostNetnsPath a path to it that outlives the daemon
+	// (/proc/1/ns/net, /run/netns/NAME), "" when there is none: detach
+	// and status, run from another namespace, find the table by them,
+	// checking the cookie (internal/hostnetns).
+	HostNetnsInode uint64 `json:"host_netns_inode,omitempty"`
+	HostNetnsPath  string `json:"host_netns_path,omitempty"`
+	Generation     uint32 `json:"generation"`
 	// LastRescanAt is when the daemon last scanned the cgroup tree (new
 	// cgroups get their rules then), written at most once a second.
 	LastRescanAt time.Time `json:"last_rescan_at"`
