@@ -59,6 +59,17 @@ func MakePlan(pol *policy.Policy, mount string) (*Plan, error) {
 // MakePlanWithNames is MakePlan with the names of pods' containers from rt
 // (nil: none), for the rules that match names.
 func MakePlanWithNames(pol *policy.Policy, mount string, rt Runtime) (*Plan, error) {
+	return makePlan(pol, rt, func() (map[uint64]string, error) { return cgroupfs.Scan(mount) })
+}
+
+// MakePlanForTree is MakePlanWithNames for a cgroup tree already read (id ->
+// path, as cgroupfs.Scan gives it; not changed, and not to be changed
+// afterwards): what a reload does with the tree the daemon follows.
+func MakePlanForTree(pol *policy.Policy, tree map[uint64]string, rt Runtime) (*Plan, error) {
+	return makePlan(pol, rt, func() (map[uint64]string, error) { return tree, nil })
+}
+
+func makePlan(pol *policy.Policy, rt Runtime, readTree func() (map[uint64]string, error)) (*Plan, error) {
 	compiled, err := pol.Compile()
 	if err != nil {
 		return nil, err
@@ -70,7 +81,7 @@ func MakePlanWithNames(pol *policy.Policy, mount string, rt Runtime) (*Plan, err
 	p := &Plan{Policy: pol, Compiled: compiled, Cgroups: loader.CgroupRules{{}: defaults}, defaults: defaults, tree: map[uint64]string{},
 		names: rt, pending: map[uint64]bool{}}
 	if compiled.HasCgroupRules() {
-		if p.tree, err = cgroupfs.Scan(mount); err != nil {
+		if p.tree, err = readTree(); err != nil {
 			return nil, fmt.Errorf("reading the cgroup tree: %w", err)
 		}
 		ids := identifyAll(compiled, p.tree, rt)
@@ -263,11 +274,21 @@ func (e *Enforcer) Reload(trigger string) error {
 	return err
 }
 
-// readPlan reads the policy file and compiles it for the cgroup tree.
+// readPlan reads the policy file and compiles it for the cgroup tree: the
+// one the daemon follows when the policy in force has it (reading 10 000
+// cgroup directories again would cost more than the compile), else the
+// one read now. A cgroup made meanwhile is given its rules by the next
+// update or scan, which applies to the plan then in force.
 func (e *Enforcer) readPlan() (*Plan, error) {
 	pol, err := policy.LoadOrDefault(e.opts.PolicyPath, e.opts.ModeOverride, e.opts.Cloud)
 	if err != nil {
 		return nil, err
+	}
+	e.mu.Lock()
+	followed, tree := e.plan.Compiled.HasCgroupRules(), e.plan.tree
+	e.mu.Unlock()
+	if followed {
+		return MakePlanForTree(pol, tree, e.opts.Names)
 	}
 	return MakePlanWithNames(pol, e.opts.CgroupMount, e.opts.Names)
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -198,5 +199,46 @@ rules:
 	t.Logf("allowV1 reached %s %s after mkdir -p", dir, took.Round(time.Millisecond))
 	if took > 2*time.Second {
 		t.Errorf("the grant took %s, want about as fast as for a cgroup made alone", took)
+	}
+}
+
+// A reload compiles against the tree the daemon follows rather than reading
+// it again: a cgroup made after the start, known only from the daemon's
+// watch, gets the new policy's grant at once.
+func TestReloadGrantsACgroupMadeAfterTheStart(t *testing.T) {
+	l := lab.New(t)
+	startIMDS(t, l, imdsserver.Options{})
+	dir := t.TempDir()
+	pol := writePolicy(t, dir, "policy.yaml", fmt.Sprintf(`
+rules:
+  - name: nothing-yet
+    match: {cgroup: "%s/other"}
+    deny: true
+`, l.CgroupRel))
+	d := startDaemon(t, l, "--policy", pol)
+	late := filepath.Join(l.Cgroup, "late")
+	if err := os.Mkdir(late, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(late) })
+	var st syscall.Stat_t
+	if err := syscall.Stat(late, &st); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Second, "the late cgroup's own rule list", func() bool { return cgroupListed(t, l, st.Ino) })
+	waitV1(t, l, late, 0, 5*time.Second)
+
+	writePolicy(t, dir, "policy.yaml", fmt.Sprintf(`
+rules:
+  - name: late-v1
+    match: {cgroup: "%s/late"}
+    allowV1: true
+`, l.CgroupRel))
+	if err := d.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	d.WaitLog(`"msg":"policy reloaded"`, 10*time.Second)
+	if took := waitV1(t, l, late, 200, 10*time.Second); took > 2*time.Second {
+		t.Errorf("the reloaded grant reached the late cgroup after %s, want at once", took)
 	}
 }
