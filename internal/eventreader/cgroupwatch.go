@@ -38,8 +38,11 @@ func (r *CgroupResolver) Watch(ctx context.Context, log *zap.Logger) {
 		case <-ctx.Done():
 			return
 		case ev := <-w.Events:
-			if ev.Has(fsnotify.Create) {
+			switch {
+			case ev.Has(fsnotify.Create):
 				r.learnTree(w, ev.Name, warn)
+			case ev.Has(fsnotify.Remove):
+				r.forget(r.rel(ev.Name))
 			}
 		case err := <-w.Errors:
 			warn(err)
@@ -76,10 +79,15 @@ func (r *CgroupResolver) learn(dir string) bool {
 	if err := unix.Stat(dir, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
 		return false
 	}
+	r.store(st.Ino, r.rel(dir))
+	return true
+}
+
+// rel is dir relative to the mount ("/" for the mount itself).
+func (r *CgroupResolver) rel(dir string) string {
 	rel := strings.TrimPrefix(filepath.Clean(dir), r.mount)
 	if rel == "" {
-		rel = "/"
+		return "/"
 	}
-	r.store(st.Ino, rel)
-	return true
+	return rel
 }
