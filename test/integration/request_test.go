@@ -496,3 +496,16 @@ time.sleep(3)
 		t.Fatalf("events contain the session token:\n%s", raw)
 	}
 }
+
+// runPythonReport runs a python3 script in the node namespace of the lab
+// and decodes the JSON object it prints into report.
+func runPythonReport(t testing.TB, l *lab.Lab, report any, script string, args ...string) {
+	t.Helper()
+	out, stderr, code, _ := runInLab(t, l, lab.Node, nil, "python3", append([]string{"-c", script}, args...)...)
+	if code != 0 {
+		t.Fatalf("python3: exit %d: %s", code, stderr)
+	}
+	if err := json.Unmarshal([]byte(out), report); err != nil {
+		t.Fatalf("python3 printed %q: %v", out, err)
+	}
+}

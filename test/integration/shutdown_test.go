@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"encoding/json"
 	"testing"
 	"time"
 
@@ -44,14 +43,8 @@ func TestWriteAfterShutdownGetsEPIPE(t *testing.T) {
 	l := lab.New(t)
 	srv := startIMDS(t, l, imdsserver.Options{})
 	startDaemon(t, l)
-	out, stderr, code, _ := runInLab(t, l, lab.Node, nil, "python3", "-c", shutClient, lab.IMDSv4)
-	if code != 0 {
-		t.Fatalf("python3: exit %d: %s", code, stderr)
-	}
 	var got map[string]any
-	if err := json.Unmarshal([]byte(out), &got); err != nil {
-		t.Fatalf("python3 printed %q: %v", out, err)
-	}
+	runPythonReport(t, l, &got, shutClient, lab.IMDSv4)
 	const epipe, eacces = float64(32), float64(13)
 	want := map[string]any{"after_shutdown": epipe, "first_half": "ok", "second_half": epipe, "refused": eacces}
 	for k, w := range want {

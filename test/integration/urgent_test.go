@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -42,14 +41,8 @@ func TestUrgentDataPoisonsTheSocket(t *testing.T) {
 	l := lab.New(t)
 	srv := startIMDS(t, l, imdsserver.Options{})
 	d := startDaemon(t, l)
-	out, stderr, code, _ := runInLab(t, l, lab.Node, nil, "python3", "-c", oobClient, lab.IMDSv4)
-	if code != 0 {
-		t.Fatalf("python3: exit %d: %s", code, stderr)
-	}
 	var r map[string]any
-	if err := json.Unmarshal([]byte(out), &r); err != nil {
-		t.Fatalf("python3 printed %q: %v", out, err)
-	}
+	runPythonReport(t, l, &r, oobClient, lab.IMDSv4)
 	if r["first"] != "401" && r["first"] != "200" {
 		t.Fatalf("first request: %v, want an answer", r)
 	}
