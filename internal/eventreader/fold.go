@@ -10,17 +10,26 @@ import (
 )
 
 // foldKey is what makes two events repeats of each other: the same
-// workload (cgroup, comm, uid) doing the same thing (kind, verdict, target).
+// workload (cgroup, network namespace, comm, uid) doing the same thing
+// (kind, verdict and the rule that gave it, target, and whether it carried
+// a token and read credentials). A field a SIEM rule may select on is in
+// the key: a token-less credential read folded into token reads would
+// vanish from a search for token-less reads.
 type foldKey struct {
-	kind     bpf.Kind
-	action   bpf.Action
-	reason   bpf.Reason
-	cgroupID uint64
-	comm     string
-	uid      uint32
-	endpoint netip.AddrPort
-	method   string
-	path     string
+	kind       bpf.Kind
+	action     bpf.Action
+	reason     bpf.Reason
+	rule       uint16
+	gen        uint8
+	cgroupID   uint64
+	netns      uint64
+	comm       string
+	uid        uint32
+	endpoint   netip.AddrPort
+	method     string
+	path       string
+	hasToken   bool
+	credential bool
 }
 
 type fold struct {
@@ -54,7 +63,8 @@ func (f *Folder) Emit(ev *events.Event) {
 		f.next.Emit(ev)
 		return
 	}
-	key := foldKey{ev.Kind, ev.Action, ev.Reason, ev.CgroupID, ev.Comm, ev.UID, ev.Endpoint, ev.Method, ev.Path}
+	key := foldKey{ev.Kind, ev.Action, ev.Reason, ev.RuleIndex, ev.Gen, ev.CgroupID, ev.NetnsCookie, ev.Comm, ev.UID,
+		ev.Endpoint, ev.Method, ev.Path, ev.HasToken, ev.CredentialAccess}
 	now := f.now()
 	f.mu.Lock()
 	if fd, ok := f.open[key]; ok && now.Sub(fd.opened) < f.window {

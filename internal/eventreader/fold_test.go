@@ -59,3 +59,30 @@ func TestFolderOff(t *testing.T) {
 		t.Fatalf("window 0 must pass everything: %d", len(c.evs))
 	}
 }
+
+// Events that differ in what a SIEM rule selects on are not repeats: a
+// token-less credential read among token reads stays an event of its own
+// (in audit mode both are allowed, with the same reason).
+func TestFolderKeepsATokenlessReadApart(t *testing.T) {
+	var c capture
+	f := NewFolder(&c, 10*time.Second)
+	read := func(token bool) *events.Event {
+		return &events.Event{Kind: bpf.KindRequest, Action: bpf.ActionAudit, Reason: bpf.ReasonIMDSv1NoToken, CgroupID: 7, Comm: "python3",
+			Method: "GET", Path: "/latest/meta-data/iam/security-credentials/role", CredentialAccess: true, HasToken: token}
+	}
+	f.Emit(read(true))
+	f.Emit(read(false))
+	f.Emit(read(true))
+	f.Flush(true)
+	var tokenless, withToken uint64
+	for _, ev := range c.evs {
+		if ev.HasToken {
+			withToken += ev.Count
+		} else {
+			tokenless += ev.Count
+		}
+	}
+	if tokenless != 1 || withToken != 2 {
+		t.Fatalf("reported %d token-less and %d token reads (%+v), want 1 and 2", tokenless, withToken, c.evs)
+	}
+}
