@@ -11,7 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/imdsguard/imdsguard/internal/cgroupfs"
-	"github.com/imdsguard/imdsguard/internal/enforcer"
+	"github.com/imdsguard/imdsguard/internal/controller"
 	"github.com/imdsguard/imdsguard/internal/eventreader"
 	"github.com/imdsguard/imdsguard/internal/events"
 	"github.com/imdsguard/imdsguard/internal/hostnetns"
@@ -44,7 +44,7 @@ type daemon struct {
 	hostInode   uint64 // of the host's network namespace, for the meta
 	hostPath    string // a path to it that outlives the daemon, "" if none
 	hostname    string
-	plan        *enforcer.Plan
+	plan        *controller.Plan
 	runtime     podRuntime        // nil without a container runtime to name pods
 	taints      *nodetaint.Client // nil without --startup-taint
 	node        string
@@ -54,7 +54,7 @@ type daemon struct {
 	cgroups *eventreader.CgroupResolver // nil when cgroup paths cannot be read
 	sink    *output.Pipeline
 	table   *nftlayer.Table
-	enf     *enforcer.Enforcer
+	enf     *controller.Controller
 	uplinks *uplink.Guard
 	folder  *eventreader.Folder
 	reader  *eventreader.Reader
@@ -80,7 +80,7 @@ func startDaemon(ctx context.Context, cfg *runConfig, stdout io.Writer, log *zap
 		d.prepareHost,
 		d.loadGuard,
 		func(context.Context) error { return d.startOutputs(stdout) },
-		func(context.Context) error { return d.startEnforcer() },
+		func(context.Context) error { return d.startController() },
 		func(context.Context) error { return d.startUplinks() },
 		func(context.Context) error { d.startTableLog(); return nil },
 		d.startReader,
@@ -120,7 +120,7 @@ func (d *daemon) prepareHost(context.Context) error {
 		return fmt.Errorf("host network namespace: %w", err)
 	}
 	d.openRuntime()
-	if d.plan, err = enforcer.MakePlanWithNames(d.cfg.pol, d.cgroupMount, d.runtime); err != nil {
+	if d.plan, err = controller.MakePlanWithNames(d.cfg.pol, d.cgroupMount, d.runtime); err != nil {
 		return err
 	}
 	return d.prepareTaint()
@@ -236,10 +236,10 @@ func (d *daemon) startOutputs(stdout io.Writer) error {
 	return nil
 }
 
-// startEnforcer puts the nftables layer, then the policy controller that
+// startController puts the nftables layer, then the policy controller that
 // tells it what the policy asks of the table, in place; allowed pods get
 // the uplink guard on their devices.
-func (d *daemon) startEnforcer() error {
+func (d *daemon) startController() error {
 	pods, err := uplink.NewPods(d.guard.UplinkProgram())
 	if err != nil {
 		return fmt.Errorf("uplink guard for pods: %w", err)
@@ -247,7 +247,7 @@ func (d *daemon) startEnforcer() error {
 	if err := d.startTable(pods); err != nil {
 		return err
 	}
-	d.enf = enforcer.New(d.guard, d.plan, enforcer.Options{
+	d.enf = controller.New(d.guard, d.plan, controller.Options{
 		PolicyPath:   d.cfg.policy,
 		ModeOverride: d.cfg.mode,
 		Cloud:        d.cfg.detected.Cloud,

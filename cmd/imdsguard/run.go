@@ -14,8 +14,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/imdsguard/imdsguard/internal/controller"
 	"github.com/imdsguard/imdsguard/internal/counters"
-	"github.com/imdsguard/imdsguard/internal/enforcer"
 	"github.com/imdsguard/imdsguard/internal/loader"
 	"github.com/imdsguard/imdsguard/internal/metrics"
 	"github.com/imdsguard/imdsguard/internal/nodetaint"
@@ -26,7 +26,7 @@ import (
 // daemonState is what /metrics and /readyz read.
 type daemonState struct {
 	guard *loader.Guard
-	enf   *enforcer.Enforcer
+	enf   *controller.Controller
 	out   *output.Pipeline
 	ready atomic.Bool
 }
@@ -112,7 +112,7 @@ func (d *daemon) run(ctx context.Context, notifier *sdnotify.Notifier) error {
 }
 
 // forwardHUP reopens file outputs on SIGHUP (logrotate) and hands the
-// enforcer its own copy of the signal, to reload the policy.
+// controller its own copy of the signal, to reload the policy.
 func (d *daemon) forwardHUP(ctx context.Context, wg *sync.WaitGroup) <-chan os.Signal {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)

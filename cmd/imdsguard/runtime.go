@@ -5,15 +5,15 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/imdsguard/imdsguard/internal/controller"
 	"github.com/imdsguard/imdsguard/internal/cri"
-	"github.com/imdsguard/imdsguard/internal/enforcer"
 	"github.com/imdsguard/imdsguard/internal/policy"
 )
 
 // podRuntime is the container runtime (internal/cri's Client or Auto) that
 // names pods' containers, for events and for the policy's rules by name.
 type podRuntime interface {
-	enforcer.Runtime
+	controller.Runtime
 	Warm()
 	Close() error
 }
@@ -33,7 +33,7 @@ func (d *daemon) openRuntime() {
 	switch sock := d.cfg.criSocket; sock {
 	case "none":
 		if names {
-			d.log.Warn(enforcer.NoRuntimeWarning, zap.String("cri_socket", sock))
+			d.log.Warn(controller.NoRuntimeWarning, zap.String("cri_socket", sock))
 		}
 		return
 	case "auto":
@@ -48,7 +48,7 @@ func (d *daemon) openRuntime() {
 		if err != nil {
 			d.log.Warn("no pod names in events", zap.Error(err))
 			if names {
-				d.log.Warn(enforcer.NoRuntimeWarning, zap.String("cri_socket", sock), zap.Error(err))
+				d.log.Warn(controller.NoRuntimeWarning, zap.String("cri_socket", sock), zap.Error(err))
 			}
 			return
 		}

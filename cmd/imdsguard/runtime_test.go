@@ -9,8 +9,8 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/imdsguard/imdsguard/internal/controller"
 	"github.com/imdsguard/imdsguard/internal/cri"
-	"github.com/imdsguard/imdsguard/internal/enforcer"
 	"github.com/imdsguard/imdsguard/internal/policy"
 )
 
@@ -24,7 +24,7 @@ func TestOpenRuntimeWarnsWhenRulesByNameHaveNoRuntime(t *testing.T) {
 		warning              string // a part of the warning, "" for none
 		runtime              bool
 	}{
-		{"none, rules by name", "none", byNamePolicy, enforcer.NoRuntimeWarning, false},
+		{"none, rules by name", "none", byNamePolicy, controller.NoRuntimeWarning, false},
 		{"none, no rules by name", "none", "", "", false},
 		{"auto, no socket yet", "auto", byNamePolicy, "no container runtime (CRI) socket is there yet", true},
 		{"a socket path (not up yet: rescans ask again)", filepath.Join(t.TempDir(), "cri.sock"), byNamePolicy, "", true},

@@ -30,7 +30,7 @@ import (
 	"github.com/imdsguard/imdsguard/bpf"
 	"github.com/imdsguard/imdsguard/internal/cgroupfs"
 	"github.com/imdsguard/imdsguard/internal/counters"
-	"github.com/imdsguard/imdsguard/internal/ktables"
+	"github.com/imdsguard/imdsguard/internal/kernelpolicy"
 	"github.com/imdsguard/imdsguard/internal/pindir"
 )
 
@@ -93,7 +93,7 @@ type Guard struct {
 // Load loads the programs, writes the policy and attaches every hook,
 // taking over what an earlier daemon pinned in opts.PinDir. ctx ends the
 // wait for a daemon that holds the pin directory.
-func Load(ctx context.Context, pol *ktables.Tables, opts Options, log *zap.Logger) (*Guard, error) {
+func Load(ctx context.Context, pol *kernelpolicy.Tables, opts Options, log *zap.Logger) (*Guard, error) {
 	g, spec, err := newGuard(opts, log)
 	if err != nil {
 		return nil, err
@@ -145,7 +145,7 @@ func newGuard(opts Options, log *zap.Logger) (*Guard, *ebpf.CollectionSpec, erro
 
 // loadPinned takes the pin directory's lock and starts fresh, adopts the
 // pins of this layout, or replaces those of another.
-func (g *Guard) loadPinned(ctx context.Context, spec *ebpf.CollectionSpec, pol *ktables.Tables, opts Options) error {
+func (g *Guard) loadPinned(ctx context.Context, spec *ebpf.CollectionSpec, pol *kernelpolicy.Tables, opts Options) error {
 	if err := pindir.EnsureBPFFS(opts.PinDir); err != nil {
 		return err
 	}
@@ -272,7 +272,7 @@ func (g *Guard) attachHook(name string, attach ebpf.AttachType) error {
 // every hook. sk_msg first, so every socket sockops adds is judged from its
 // first write; the egress guard before the connect hooks that mark the
 // sockets it checks; then sockops; the connect hooks last.
-func (g *Guard) attachFresh(spec *ebpf.CollectionSpec, pol *ktables.Tables, cg CgroupRules) error {
+func (g *Guard) attachFresh(spec *ebpf.CollectionSpec, pol *kernelpolicy.Tables, cg CgroupRules) error {
 	if err := g.loadObjects(spec, nil); err != nil {
 		return err
 	}
@@ -310,7 +310,7 @@ func mapIDs(maps map[string]*ebpf.Map) []ebpf.MapID {
 	return out
 }
 
-func (g *Guard) writeFirstPolicy(pol *ktables.Tables, cg CgroupRules) error {
+func (g *Guard) writeFirstPolicy(pol *kernelpolicy.Tables, cg CgroupRules) error {
 	if err := g.writePolicy(0, pol, cg); err != nil {
 		return err
 	}

@@ -10,7 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/imdsguard/imdsguard/bpf"
-	"github.com/imdsguard/imdsguard/internal/ktables"
+	"github.com/imdsguard/imdsguard/internal/kernelpolicy"
 )
 
 // maxRules is the size of one generation of the rules table.
@@ -48,7 +48,7 @@ func ruleList(idx []uint16) (bpf.ImdsguardRuleList, error) {
 
 // writePolicy writes a whole policy into generation gen, which no program
 // reads while this runs.
-func (g *Guard) writePolicy(gen uint32, pol *ktables.Tables, cg CgroupRules) error {
+func (g *Guard) writePolicy(gen uint32, pol *kernelpolicy.Tables, cg CgroupRules) error {
 	cfg := pol.Config
 	cfg.HostNetnsCookie = g.hostCookie
 	cfg.ScopeCgroupId = g.meta.CgroupID
@@ -71,8 +71,8 @@ func (g *Guard) writePolicy(gen uint32, pol *ktables.Tables, cg CgroupRules) err
 			return fmt.Errorf("writing rules: %w", err)
 		}
 	}
-	overflow := ktables.OverflowRuleEntry()
-	if err := g.objs.Rules.Update(gen*maxRules+uint32(ktables.OverflowRule), &overflow, ebpf.UpdateAny); err != nil {
+	overflow := kernelpolicy.OverflowRuleEntry()
+	if err := g.objs.Rules.Update(gen*maxRules+uint32(kernelpolicy.OverflowRule), &overflow, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("writing rules: %w", err)
 	}
 	for id, idx := range cg {
@@ -141,7 +141,7 @@ func (g *Guard) clearGeneration(gen uint32) error {
 // generation, never a mix. The old generation is removed only once the
 // kernel has waited for every program that could still read it. If
 // anything fails before the switch, the old policy stays in force untouched.
-func (g *Guard) Apply(pol *ktables.Tables, cg CgroupRules) error {
+func (g *Guard) Apply(pol *kernelpolicy.Tables, cg CgroupRules) error {
 	next := 1 - g.gen
 	// The inactive generation is normally empty; a failed Apply may have
 	// left part of a policy there.

@@ -15,7 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/imdsguard/imdsguard/bpf"
-	"github.com/imdsguard/imdsguard/internal/ktables"
+	"github.com/imdsguard/imdsguard/internal/kernelpolicy"
 	"github.com/imdsguard/imdsguard/internal/pindir"
 )
 
@@ -27,7 +27,7 @@ import (
 // program, both reading the same maps), and the new policy is put in force
 // through the two-generation switch. If a step fails, the hooks are
 // switched back and the earlier daemon's enforcement stays as it was.
-func (g *Guard) takeOverPins(spec *ebpf.CollectionSpec, pol *ktables.Tables, cg CgroupRules, old *pinnedState) (err error) {
+func (g *Guard) takeOverPins(spec *ebpf.CollectionSpec, pol *kernelpolicy.Tables, cg CgroupRules, old *pinnedState) (err error) {
 	replacements := map[string]*ebpf.Map{}
 	for _, name := range sharedMaps(spec) {
 		replacements[name] = old.maps[name]
@@ -153,7 +153,7 @@ func (g *Guard) switchLink(name string, l link.Link, prev *ebpf.Program, old *pi
 //     program and policy.
 //
 // Up to step 3 a failure puts everything back as it was.
-func (g *Guard) replace(spec *ebpf.CollectionSpec, pol *ktables.Tables, cg CgroupRules, old *pinnedState) (err error) {
+func (g *Guard) replace(spec *ebpf.CollectionSpec, pol *kernelpolicy.Tables, cg CgroupRules, old *pinnedState) (err error) {
 	if old.meta != nil {
 		g.log.Info("replacing pinned enforcement of another layout",
 			zap.String("pinned_layout", old.meta.Layout), zap.String("pinned_version", old.meta.Version),

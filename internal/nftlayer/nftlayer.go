@@ -3,7 +3,7 @@
 // for, lets through the addresses of the pods an allowNonHostNetns rule
 // allows (once their devices are guarded) and follows them as they come and
 // go, and restores the table when someone deletes or flushes it. It knows
-// nothing of policy files: the policy controller (internal/enforcer) says
+// nothing of policy files: the policy controller (internal/controller) says
 // what it wants as a Want.
 package nftlayer
 

@@ -6,11 +6,11 @@ import (
 	"slices"
 
 	"github.com/imdsguard/imdsguard/bpf"
-	"github.com/imdsguard/imdsguard/internal/ktables"
+	"github.com/imdsguard/imdsguard/internal/kernelpolicy"
 )
 
 // MaxRules is how many rules a policy may hold. The kernel's table
-// (bpf.MaxRules per generation) keeps its last slot for ktables.OverflowRule.
+// (bpf.MaxRules per generation) keeps its last slot for kernelpolicy.OverflowRule.
 const MaxRules = 1000
 
 // A policy's rules and the overflow rule must fit the kernel's table.
@@ -61,7 +61,7 @@ func compileRules(rules []Rule) ([]bpf.ImdsguardRule, error) {
 const OverflowRuleName = "(more than 16 rules could apply)"
 
 // overflowList is the rule list of a cgroup with too many candidates.
-var overflowList = []uint16{ktables.OverflowRule}
+var overflowList = []uint16{kernelpolicy.OverflowRule}
 
 // Candidates is CandidatesOf with the identity the path alone gives
 // (PathIdentity): a pod's container is taken to have unknown names.

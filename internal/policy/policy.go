@@ -18,7 +18,7 @@ import (
 
 	"github.com/imdsguard/imdsguard/bpf"
 	"github.com/imdsguard/imdsguard/internal/cloud"
-	"github.com/imdsguard/imdsguard/internal/ktables"
+	"github.com/imdsguard/imdsguard/internal/kernelpolicy"
 	"github.com/imdsguard/imdsguard/internal/target"
 )
 
@@ -388,7 +388,7 @@ func EndpointAddrs(list []string) ([]netip.Addr, error) {
 // Compiled is what the policy puts into the kernel (Tables, for the
 // loader), with the rules it came from, to match them to cgroups.
 type Compiled struct {
-	ktables.Tables
+	kernelpolicy.Tables
 	rules []Rule
 	globs []compiledGlob // rules[i]'s cgroup glob, compiled once
 }
@@ -438,7 +438,7 @@ func (p *Policy) Compile() (*Compiled, error) {
 		if err != nil {
 			return nil, fmt.Errorf("compiling endpoints: %w", err)
 		}
-		c.Endpoints = append(c.Endpoints, ktables.EndpointKey(ap))
+		c.Endpoints = append(c.Endpoints, kernelpolicy.EndpointKey(ap))
 	}
 	return c, nil
 }

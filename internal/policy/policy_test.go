@@ -7,7 +7,7 @@ import (
 
 	"github.com/imdsguard/imdsguard/bpf"
 
-	"github.com/imdsguard/imdsguard/internal/ktables"
+	"github.com/imdsguard/imdsguard/internal/kernelpolicy"
 )
 
 func TestDefaultPolicy(t *testing.T) {
@@ -96,7 +96,7 @@ func TestEndpointKey(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ParseEndpoint(%q): %v", tt.in, err)
 		}
-		k := ktables.EndpointKey(ap)
+		k := kernelpolicy.EndpointKey(ap)
 		if k.Addr != tt.wantAddr {
 			t.Errorf("%s: addr % x, want % x", tt.in, k.Addr, tt.wantAddr)
 		}

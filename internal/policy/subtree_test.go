@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/imdsguard/imdsguard/bpf"
-	"github.com/imdsguard/imdsguard/internal/ktables"
+	"github.com/imdsguard/imdsguard/internal/kernelpolicy"
 )
 
 func compileDoc(t *testing.T, doc string) *Compiled {
@@ -85,11 +85,11 @@ func TestTooManyCandidatesFailClosed(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "17 rules can apply") {
 			t.Errorf("%s: error %v, want one naming 17 rules", name, err)
 		}
-		if !slices.Equal(got, []uint16{ktables.OverflowRule}) {
+		if !slices.Equal(got, []uint16{kernelpolicy.OverflowRule}) {
 			t.Errorf("%s: list %v, want the overflow rule's", name, got)
 		}
 	}
-	if e := ktables.OverflowRuleEntry(); e.Flags != bpf.RuleDeny {
+	if e := kernelpolicy.OverflowRuleEntry(); e.Flags != bpf.RuleDeny {
 		t.Errorf("overflow rule %+v, want a deny", e)
 	}
 }

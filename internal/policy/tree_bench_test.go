@@ -52,7 +52,7 @@ func BenchmarkCompileTree1000x10000(b *testing.B) {
 	}
 }
 
-// BenchmarkCandidatesPerPath1000x10000 is what the enforcer did before the
+// BenchmarkCandidatesPerPath1000x10000 is what the controller did before the
 // tree API: both lists of every cgroup, one path at a time.
 func BenchmarkCandidatesPerPath1000x10000(b *testing.B) {
 	p, tree := benchScale(b, 1000, 10000)

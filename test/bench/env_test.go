@@ -27,8 +27,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/imdsguard/imdsguard/bpf"
+	"github.com/imdsguard/imdsguard/internal/controller"
 	"github.com/imdsguard/imdsguard/internal/counters"
-	"github.com/imdsguard/imdsguard/internal/enforcer"
 	"github.com/imdsguard/imdsguard/internal/loader"
 	"github.com/imdsguard/imdsguard/internal/policy"
 	"github.com/imdsguard/imdsguard/test/daemon"
@@ -155,7 +155,7 @@ func loadPrograms(b *testing.B, l *lab.Lab) (func(), *loader.Guard) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	plan, err := enforcer.MakePlan(pol, l.CgroupMount)
+	plan, err := controller.MakePlan(pol, l.CgroupMount)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/imdsguard/imdsguard/internal/enforcer"
+	"github.com/imdsguard/imdsguard/internal/controller"
 	"github.com/imdsguard/imdsguard/test/testbin"
 )
 
@@ -78,7 +78,7 @@ func currentScale() scale {
 		refuseRounds: 3, refuseN: 1000, refuseDropN: 3,
 		floodStep: 3 * time.Second, floodRates: []int{1000, 2000, 5000, 10000, 20000, 30000, 40000, 50000, 100000, 0}, floodRamps: 3,
 		startups: 10, idleCPU: 5 * time.Second,
-		scaleCgroups: 10000, scaleIdle: enforcer.DefaultFullRescan + 5*time.Second, scaleRules: []int{1, 100, 1000}, scaleStarts: 3, scaleReloads: 3, planRepeats: 3,
+		scaleCgroups: 10000, scaleIdle: controller.DefaultFullRescan + 5*time.Second, scaleRules: []int{1, 100, 1000}, scaleStarts: 3, scaleReloads: 3, planRepeats: 3,
 		latencyPacing: time.Millisecond,
 	}
 }

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/imdsguard/imdsguard/internal/cgroupfs"
-	"github.com/imdsguard/imdsguard/internal/enforcer"
+	"github.com/imdsguard/imdsguard/internal/controller"
 	"github.com/imdsguard/imdsguard/internal/policy"
 	"github.com/imdsguard/imdsguard/test/lab"
 )
@@ -147,7 +147,7 @@ func BenchmarkPolicyScale(b *testing.B) {
 			if err != nil {
 				b.Fatalf("%d rules: %v", n, err)
 			}
-			plan, err := enforcer.MakePlanForTree(pol, tree, nil)
+			plan, err := controller.MakePlanForTree(pol, tree, nil)
 			if err != nil {
 				b.Fatalf("%d rules: %v", n, err)
 			}
@@ -221,7 +221,7 @@ runs the daemon with the policy file (%d start(s) per row): exec to the
 "enforcing" log line, which includes attaching to a cgroup with %d
 descendants. Reload: a rewritten policy (every rule renamed), then SIGHUP,
 until the daemon's "policy reloaded" log line (%d per start). Compile is the
-same work done in the bench process (policy.Parse and enforcer.MakePlanForTree
+same work done in the bench process (policy.Parse and controller.MakePlanForTree
 against the tree read once, as a reload does with the tree the daemon
 follows; %d time(s)), before any map is written. Reading the tree
 (cgroupfs.Scan, which the start-up does once more) took %s ms. Idle CPU: the daemon's utime+stime over
@@ -230,7 +230,7 @@ its inotify events and reads it in full only every %s, so the window
 holds one full read); the default policy's row, which has no cgroup rule
 and does not follow the tree, is the floor.`,
 		sc.scaleCgroups, mkTime.Round(time.Millisecond), sc.scaleStarts, sc.scaleCgroups, sc.scaleReloads, sc.planRepeats,
-		Summarize(reads).Fmt(1), sc.idleCPU, sc.scaleIdle, enforcer.DefaultFullRescan)})
+		Summarize(reads).Fmt(1), sc.idleCPU, sc.scaleIdle, controller.DefaultFullRescan)})
 }
 
 // scaleGoals judges the largest policy's compile and idle CPU.

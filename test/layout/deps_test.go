@@ -17,20 +17,22 @@ const module = "github.com/imdsguard/imdsguard/"
 // of where events go, and the policy knows nothing of outputs.
 func TestLayersPointOneWay(t *testing.T) {
 	for pkg, banned := range map[string][]string{
-		"internal/loader": {"internal/policy", "internal/events", "internal/ocsf", "internal/sinks", "internal/output", "internal/enforcer"},
-		"internal/policy": {"internal/events", "internal/ocsf", "internal/sinks", "internal/output", "internal/loader"},
+		"internal/loader": {"internal/policy", "internal/events", "internal/ocsf", "internal/sinks", "internal/output", "internal/controller"},
+		// the controller hands policy events to a sink it is given
+		"internal/controller": {"internal/ocsf", "internal/sinks", "internal/output", "internal/eventreader"},
+		"internal/policy":     {"internal/events", "internal/ocsf", "internal/sinks", "internal/output", "internal/loader"},
 		// rendering events needs their schema, not the kernel's reader
 		"internal/output": {"internal/eventreader", "internal/loader", "internal/policy"},
 		"internal/ocsf":   {"internal/eventreader", "internal/loader", "internal/policy"},
 		// the pin directory and the counters sit below the loader: what reads
 		// only them (metrics, status output) pulls in no loader, policy or output
-		"internal/pindir":   {"internal/loader", "internal/policy", "internal/enforcer", "internal/events", "internal/ocsf", "internal/sinks", "internal/output"},
-		"internal/counters": {"internal/loader", "internal/policy", "internal/enforcer", "internal/events", "internal/ocsf", "internal/sinks", "internal/output"},
+		"internal/pindir":   {"internal/loader", "internal/policy", "internal/controller", "internal/events", "internal/ocsf", "internal/sinks", "internal/output"},
+		"internal/counters": {"internal/loader", "internal/policy", "internal/controller", "internal/events", "internal/ocsf", "internal/sinks", "internal/output"},
 		// the nftables layer gets what the policy wants as a plain Want and the
 		// pod guard as an interface: no policy, no events, no kernel loader
 		// the clouds' facts are a table anyone can read without the daemon
-		"internal/cloud":    {"bpf", "internal/policy", "internal/loader", "internal/events", "internal/enforcer"},
-		"internal/nftlayer": {"internal/enforcer", "internal/policy", "internal/events", "internal/ocsf", "internal/sinks", "internal/output", "internal/loader", "internal/uplink"},
+		"internal/cloud":    {"bpf", "internal/policy", "internal/loader", "internal/events", "internal/controller"},
+		"internal/nftlayer": {"internal/controller", "internal/policy", "internal/events", "internal/ocsf", "internal/sinks", "internal/output", "internal/loader", "internal/uplink"},
 	} {
 		deps := moduleDeps(t, pkg)
 		for _, b := range banned {

@@ -1,7 +1,7 @@
-// Package ktables is a policy as imdsguard's kernel maps hold it: what
+// Package kernelpolicy is a policy as imdsguard's kernel maps hold it: what
 // internal/policy compiles a policy file into and internal/loader writes.
 // It knows the kernel's layout (bpf) and nothing of files or outputs.
-package ktables
+package kernelpolicy
 
 import (
 	"net/netip"

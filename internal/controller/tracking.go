@@ -1,4 +1,4 @@
-package enforcer
+package controller
 
 import (
 	"maps"
@@ -33,7 +33,7 @@ type treeChanges struct {
 // the whole tree: the cgroups removed (ch.gone) are forgotten, those made
 // (made: what the directories of ch.made hold, id -> path) are added, and
 // those whose names were pending are asked again.
-func (e *Enforcer) update(ch treeChanges, made map[uint64]string) error {
+func (e *Controller) update(ch treeChanges, made map[uint64]string) error {
 	e.mu.Lock()
 	p, known, pending := e.plan, e.plan.tree, e.plan.pending
 	e.mu.Unlock()
@@ -107,7 +107,7 @@ func relPath(mount, dir string) string {
 // cgroups whose names the runtime had not given are asked again, and the
 // pods the table lets through are looked at again (a process may have
 // joined an allowed cgroup).
-func (e *Enforcer) refresh() error {
+func (e *Controller) refresh() error {
 	e.mu.Lock()
 	pending := len(e.plan.pending) > 0
 	e.mu.Unlock()
@@ -123,7 +123,7 @@ func (e *Enforcer) refresh() error {
 
 // recordRescanLocked says the tree is known as of now, for /readyz and
 // status.
-func (e *Enforcer) recordRescanLocked() {
+func (e *Controller) recordRescanLocked() {
 	now := time.Now()
 	e.lastRescan.Store(now.UnixNano())
 	if err := e.guard.RecordRescan(now); err != nil {

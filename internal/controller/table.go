@@ -1,4 +1,4 @@
-package enforcer
+package controller
 
 import (
 	"slices"
@@ -64,13 +64,13 @@ func (p *Plan) allowedCgroups() []string {
 // SyncTable puts in place the table the plan in force asks for. The
 // daemon calls it once at start, where a failure is fatal; reloads sync
 // the table themselves.
-func (e *Enforcer) SyncTable() error {
+func (e *Controller) SyncTable() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.syncTableLocked()
 }
 
-func (e *Enforcer) syncTableLocked() error {
+func (e *Controller) syncTableLocked() error {
 	if e.opts.Table == nil {
 		return nil
 	}
@@ -83,7 +83,7 @@ func (e *Enforcer) syncTableLocked() error {
 
 // followPodsLocked hands the table the allowed cgroups of the tree just
 // scanned: pods come and go without a reload.
-func (e *Enforcer) followPodsLocked() {
+func (e *Controller) followPodsLocked() {
 	if e.opts.Table == nil || !*e.plan.Policy.Nftables {
 		return // no table, no pods to let through it
 	}

@@ -1,4 +1,4 @@
-package enforcer
+package controller
 
 import (
 	"net/netip"
@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/imdsguard/imdsguard/internal/cloud"
-	"github.com/imdsguard/imdsguard/internal/ktables"
+	"github.com/imdsguard/imdsguard/internal/kernelpolicy"
 	"github.com/imdsguard/imdsguard/internal/policy"
 )
 
@@ -48,13 +48,13 @@ func TestPlanOfTheDefaultPolicyAndItsTable(t *testing.T) {
 // Events name rules by the generation their verdict came from; the
 // overflow slot has its own name.
 func TestRuleNamesFollowTheGeneration(t *testing.T) {
-	e := &Enforcer{names: [2][]string{{"a", "b"}, {"c"}}}
+	e := &Controller{names: [2][]string{{"a", "b"}, {"c"}}}
 	for _, tc := range []struct {
 		gen  uint8
 		idx  uint16
 		want string
 	}{
-		{0, 1, "b"}, {1, 0, "c"}, {1, 1, ""}, {2, 0, "a"}, {0, ktables.OverflowRule, policy.OverflowRuleName},
+		{0, 1, "b"}, {1, 0, "c"}, {1, 1, ""}, {2, 0, "a"}, {0, kernelpolicy.OverflowRule, policy.OverflowRuleName},
 	} {
 		if got := e.RuleName(tc.gen, tc.idx); got != tc.want {
 			t.Errorf("RuleName(%d, %d) = %q, want %q", tc.gen, tc.idx, got, tc.want)

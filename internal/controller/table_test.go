@@ -1,4 +1,4 @@
-package enforcer
+package controller
 
 import (
 	"errors"
@@ -32,11 +32,11 @@ func (f *fakeTable) FollowPods(cgroups []string) error {
 	return f.err
 }
 
-// controller is an Enforcer holding plan, with a fake table and no guard:
+// controller is a Controller holding plan, with a fake table and no guard:
 // enough for what it asks of the table.
-func controller(plan *Plan) (*Enforcer, *fakeTable) {
+func controller(plan *Plan) (*Controller, *fakeTable) {
 	ft := &fakeTable{}
-	return &Enforcer{plan: plan, opts: Options{Table: ft}, log: zap.NewNop()}, ft
+	return &Controller{plan: plan, opts: Options{Table: ft}, log: zap.NewNop()}, ft
 }
 
 // syncedWant is what the controller asks of the table for plan at start.

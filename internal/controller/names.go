@@ -1,4 +1,4 @@
-package enforcer
+package controller
 
 import (
 	"github.com/imdsguard/imdsguard/internal/containerid"

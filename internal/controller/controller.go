@@ -1,4 +1,4 @@
-// Package enforcer keeps the policy in the kernel in step with the policy
+// Package controller keeps the policy in the kernel in step with the policy
 // file and the cgroup tree: it compiles a policy against the cgroups that
 // exist, puts it in force atomically, reloads it on SIGHUP or when the file
 // changes (also a Kubernetes ConfigMap's symlink swap), and gives cgroups
@@ -9,7 +9,7 @@
 // policy.Identity). It tells the nftables layer (internal/nftlayer) what
 // the policy asks of the table, through the Table interface, and leaves the
 // table itself to it.
-package enforcer
+package controller
 
 import (
 	"context"
@@ -29,7 +29,7 @@ import (
 
 	"github.com/imdsguard/imdsguard/internal/cgroupfs"
 	"github.com/imdsguard/imdsguard/internal/events"
-	"github.com/imdsguard/imdsguard/internal/ktables"
+	"github.com/imdsguard/imdsguard/internal/kernelpolicy"
 	"github.com/imdsguard/imdsguard/internal/loader"
 	"github.com/imdsguard/imdsguard/internal/policy"
 )
@@ -134,13 +134,13 @@ func (p *Plan) addCgroup(id uint64, path string, ident policy.Identity, set load
 	return err
 }
 
-// Options configure an Enforcer.
+// Options configure a Controller.
 type Options struct {
 	PolicyPath   string        // "" for the embedded default (nothing to watch)
 	ModeOverride string        // --mode: applied to every policy loaded
 	Cloud        string        // what the policy's cloud: auto resolves to (detected at start)
 	CgroupMount  string        // the cgroup v2 mount, for cgroup paths
-	Rescan       time.Duration // how often the tree is looked after (see Enforcer.tick)
+	Rescan       time.Duration // how often the tree is looked after (see Controller.tick)
 	FullRescan   time.Duration // how often it is read in full while watched (0: DefaultFullRescan)
 	// Table is the nftables layer (nil: none, the eBPF layer alone).
 	Table Table
@@ -155,8 +155,8 @@ type PolicySink interface {
 	EmitPolicy(*events.PolicyEvent)
 }
 
-// Enforcer owns the policy in force.
-type Enforcer struct {
+// Controller owns the policy in force.
+type Controller struct {
 	guard *loader.Guard
 	opts  Options
 	log   *zap.Logger
@@ -176,8 +176,8 @@ type Enforcer struct {
 }
 
 // New takes over a guard loaded with plan.
-func New(guard *loader.Guard, plan *Plan, opts Options, sink PolicySink, log *zap.Logger) *Enforcer {
-	e := &Enforcer{guard: guard, opts: opts, log: log, sink: sink, plan: plan, reloads: map[string]uint64{}}
+func New(guard *loader.Guard, plan *Plan, opts Options, sink PolicySink, log *zap.Logger) *Controller {
+	e := &Controller{guard: guard, opts: opts, log: log, sink: sink, plan: plan, reloads: map[string]uint64{}}
 	e.names[guard.Generation()&1] = ruleNames(plan.Compiled)
 	e.lastRescan.Store(time.Now().UnixNano()) // MakePlan scanned the tree
 	// Watched from here, before the daemon says it enforces, so that no
@@ -194,7 +194,7 @@ func New(guard *loader.Guard, plan *Plan, opts Options, sink PolicySink, log *za
 
 // knownTree is the cgroup tree as of the last scan (id -> path); the map
 // is replaced, never changed, by later scans.
-func (e *Enforcer) knownTree() map[uint64]string {
+func (e *Controller) knownTree() map[uint64]string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.plan.tree
@@ -203,7 +203,7 @@ func (e *Enforcer) knownTree() map[uint64]string {
 // LastRescan is when the cgroup tree was last scanned successfully: new
 // cgroups get their rules only through rescans, so an old one means the
 // daemon is stuck.
-func (e *Enforcer) LastRescan() time.Time { return time.Unix(0, e.lastRescan.Load()) }
+func (e *Controller) LastRescan() time.Time { return time.Unix(0, e.lastRescan.Load()) }
 
 func ruleNames(c *policy.Compiled) []string {
 	names := make([]string, len(c.Rules))
@@ -214,21 +214,21 @@ func ruleNames(c *policy.Compiled) []string {
 }
 
 // RuleName names rule idx of policy generation gen, for events.
-func (e *Enforcer) RuleName(gen uint8, idx uint16) string {
+func (e *Controller) RuleName(gen uint8, idx uint16) string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	names := e.names[gen&1]
 	if int(idx) < len(names) {
 		return names[idx]
 	}
-	if idx == ktables.OverflowRule {
+	if idx == kernelpolicy.OverflowRule {
 		return policy.OverflowRuleName
 	}
 	return ""
 }
 
 // Plan returns the plan in force.
-func (e *Enforcer) Plan() *Plan {
+func (e *Controller) Plan() *Plan {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.plan
@@ -236,7 +236,7 @@ func (e *Enforcer) Plan() *Plan {
 
 // Reloads counts reload attempts by result: "loaded", "unchanged",
 // "invalid" (the file did not validate), "failed" (the kernel refused it).
-func (e *Enforcer) Reloads() map[string]uint64 {
+func (e *Controller) Reloads() map[string]uint64 {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	out := make(map[string]uint64, len(e.reloads))
@@ -249,7 +249,7 @@ func (e *Enforcer) Reloads() map[string]uint64 {
 // Reload reads the policy file again and puts it in force. An invalid file,
 // or one the kernel refuses, leaves the policy in force untouched; either
 // way the result is logged, counted and reported as an event.
-func (e *Enforcer) Reload(trigger string) error {
+func (e *Controller) Reload(trigger string) error {
 	pe := &events.PolicyEvent{Time: time.Now(), Source: e.opts.PolicyPath, Trigger: trigger}
 	// Read and compile outside the lock: a slow file system cannot stop
 	// rescans or a shutdown (and a FIFO or device fails the read at once).
@@ -279,7 +279,7 @@ func (e *Enforcer) Reload(trigger string) error {
 // cgroup directories again would cost more than the compile), else the
 // one read now. A cgroup made meanwhile is given its rules by the next
 // update or scan, which applies to the plan then in force.
-func (e *Enforcer) readPlan() (*Plan, error) {
+func (e *Controller) readPlan() (*Plan, error) {
 	pol, err := policy.LoadOrDefault(e.opts.PolicyPath, e.opts.ModeOverride, e.opts.Cloud)
 	if err != nil {
 		return nil, err
@@ -293,7 +293,7 @@ func (e *Enforcer) readPlan() (*Plan, error) {
 	return MakePlanWithNames(pol, e.opts.CgroupMount, e.opts.Names)
 }
 
-func (e *Enforcer) reloadLocked(pe *events.PolicyEvent, plan *Plan, err error) (string, error) {
+func (e *Controller) reloadLocked(pe *events.PolicyEvent, plan *Plan, err error) (string, error) {
 	if err != nil {
 		return "invalid", err
 	}
@@ -325,7 +325,7 @@ func (e *Enforcer) reloadLocked(pe *events.PolicyEvent, plan *Plan, err error) (
 // Rescan gives cgroups created since the last scan their rules, and those
 // whose names the container runtime has given since theirs, and forgets
 // removed ones.
-func (e *Enforcer) Rescan() error {
+func (e *Controller) Rescan() error {
 	e.mu.Lock()
 	p, known, pending := e.plan, e.plan.tree, e.plan.pending
 	e.mu.Unlock()
@@ -372,7 +372,7 @@ func scanTree(p *Plan, mount string, known map[uint64]string, pending map[uint64
 
 // applyScanLocked puts what sc found into the kernel for plan p, if it is
 // still the plan in force (a reload made its own scan).
-func (e *Enforcer) applyScanLocked(p *Plan, sc *treeScan) error {
+func (e *Controller) applyScanLocked(p *Plan, sc *treeScan) error {
 	if e.plan != p {
 		return nil
 	}
@@ -466,7 +466,7 @@ func (p *Plan) goneFrom(tree map[uint64]string) (remove []loader.CgroupKey, gone
 
 // Run follows the cgroup tree and reloads the policy on hup and on changes
 // to the policy file, until ctx ends.
-func (e *Enforcer) Run(ctx context.Context, hup <-chan os.Signal) {
+func (e *Controller) Run(ctx context.Context, hup <-chan os.Signal) {
 	tick := time.NewTicker(e.opts.Rescan)
 	defer tick.Stop()
 	fileEvents, fileErrors, closeFiles := e.watchPolicyFile()
@@ -518,7 +518,7 @@ func (e *Enforcer) Run(ctx context.Context, hup <-chan os.Signal) {
 // watchPolicyFile watches the policy file's directory, not the file:
 // editors replace files and Kubernetes swaps a ConfigMap's "..data"
 // symlink. Nothing to watch for the embedded policy.
-func (e *Enforcer) watchPolicyFile() (<-chan fsnotify.Event, <-chan error, func()) {
+func (e *Controller) watchPolicyFile() (<-chan fsnotify.Event, <-chan error, func()) {
 	if e.opts.PolicyPath == "" {
 		return nil, nil, func() {}
 	}
@@ -537,7 +537,7 @@ func (e *Enforcer) watchPolicyFile() (<-chan fsnotify.Event, <-chan error, func(
 
 // track applies what the watch reported: only what changed, unless events
 // were lost.
-func (e *Enforcer) track() {
+func (e *Controller) track() {
 	ch, made, lost := e.cgroups.take()
 	if lost {
 		e.fullScan()
@@ -551,7 +551,7 @@ func (e *Enforcer) track() {
 // tick reads the whole tree when nothing reports every change (no watch,
 // or not every cgroup watched) and, as a safety net, every FullRescan;
 // otherwise it only does what no event announces (see refresh).
-func (e *Enforcer) tick() {
+func (e *Controller) tick() {
 	cw := e.cgroups
 	if cw == nil || cw.incomplete || time.Since(e.lastFullScan) >= e.fullRescanEvery() {
 		e.fullScan()
@@ -562,7 +562,7 @@ func (e *Enforcer) tick() {
 	}
 }
 
-func (e *Enforcer) fullRescanEvery() time.Duration {
+func (e *Controller) fullRescanEvery() time.Duration {
 	if e.opts.FullRescan > 0 {
 		return e.opts.FullRescan
 	}
@@ -570,7 +570,7 @@ func (e *Enforcer) fullRescanEvery() time.Duration {
 }
 
 // fullScan reads the whole tree and watches what it found.
-func (e *Enforcer) fullScan() {
+func (e *Controller) fullScan() {
 	e.lastFullScan = time.Now()
 	if err := e.Rescan(); err != nil {
 		e.log.Warn("rescanning cgroups", zap.Error(err))
@@ -582,7 +582,7 @@ func (e *Enforcer) fullScan() {
 }
 
 // Audit reports whether the policy in force is in audit mode.
-func (e *Enforcer) Audit() bool {
+func (e *Controller) Audit() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.plan.Policy.Mode == policy.ModeAudit
