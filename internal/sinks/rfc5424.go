@@ -15,11 +15,6 @@ const (
 	maxSDName   = 32
 )
 
-// maxUDPMessage is the largest UDP payload over IPv4 (65535 minus the IP and
-// UDP headers). RFC 5426 lets a datagram carry up to that; a larger one
-// would be refused by the kernel and lost whole.
-const maxUDPMessage = 65507
-
 // nilValue is RFC 5424's NILVALUE, for a field with nothing in it.
 const nilValue = '-'
 
@@ -41,30 +36,63 @@ func newFormatter(facility int, hostname, appName string, pid int) formatter {
 	}
 }
 
+// fit says what render did to make a message fit its limit.
+type fit uint8
+
+const (
+	fitWhole     fit = iota // sent as it is
+	fitWithoutSD            // the structured data dropped: the JSON MSG carries the same fields
+	fitTruncated            // also cut at the limit
+)
+
 // render returns r as one RFC 5424 message of at most limit bytes (no limit
 // when limit <= 0), without transport framing:
 //
 //	<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA MSG
 //
-// now stamps records without a time. A message over the limit loses the end
-// of its MSG; if even the header and structured data do not fit, the
-// structured data is dropped (the JSON MSG carries the same fields).
-func (f *formatter) render(r *Record, now time.Time, limit int) []byte {
-	msg, msgAt := f.appendMessage(nil, r, now, true)
+// now stamps records without a time. A message over the limit loses its
+// structured data first: the JSON MSG carries the same fields, so nothing
+// is lost and the JSON stays whole. If it is still over, the structured
+// data says so ([SDID truncated="true" msg_len="N"], N the octets of the
+// whole MSG), so that a receiver can tell a cut record from a broken
+// sender, and the message is cut at the limit on a UTF-8 boundary.
+func (f *formatter) render(r *Record, now time.Time, limit int) ([]byte, fit) {
+	msg, _ := f.appendMessage(nil, r, now, r.SDID, r.SD)
 	if limit <= 0 || len(msg) <= limit {
-		return msg
+		return msg, fitWhole
 	}
-	if msgAt > limit {
-		msg, _ = f.appendMessage(msg[:0], r, now, false)
+	msg, at := f.appendMessage(msg[:0], r, now, "", nil)
+	if len(msg) <= limit {
+		return msg, fitWithoutSD
 	}
-	// MSG is plain ASCII (cleanJSON with asciiOnly), so any cut falls on a
-	// character boundary.
-	return msg[:min(len(msg), limit)]
+	if r.SDID != "" {
+		mark := [][2]string{{"truncated", "true"}, {"msg_len", strconv.Itoa(len(msg) - at)}}
+		if marked, markedAt := f.appendMessage(nil, r, now, r.SDID, mark); markedAt < limit {
+			msg = marked
+		}
+	}
+	return cutUTF8(msg, limit), fitTruncated
 }
 
-// appendMessage appends the message and returns it with the offset where MSG
+// cutUTF8 returns b cut to at most n bytes without splitting a UTF-8
+// sequence: a receiver that checks MSG or PARAM-VALUE for valid UTF-8 (RFC
+// 5424 requires it where a BOM or SD says so) would reject a split one.
+// MSG is plain ASCII today (cleanJSON with asciiOnly); this keeps the cut
+// safe if that ever changes.
+func cutUTF8(b []byte, n int) []byte {
+	if len(b) <= n {
+		return b
+	}
+	for n > 0 && !utf8.RuneStart(b[n]) {
+		n--
+	}
+	return b[:n]
+}
+
+// appendMessage appends the message, with the SD-ELEMENT [id params...] or
+// NILVALUE when id is empty, and returns it with the offset where MSG
 // would start.
-func (f *formatter) appendMessage(dst []byte, r *Record, now time.Time, withSD bool) ([]byte, int) {
+func (f *formatter) appendMessage(dst []byte, r *Record, now time.Time, id string, params [][2]string) ([]byte, int) {
 	dst = append(dst, '<')
 	dst = strconv.AppendInt(dst, int64(f.facility*8+clampSeverity(r.Severity)), 10)
 	dst = append(dst, ">1 "...)
@@ -84,8 +112,8 @@ func (f *formatter) appendMessage(dst []byte, r *Record, now time.Time, withSD b
 	dst = append(dst, ' ')
 	dst = appendHeaderField(dst, r.MsgID, maxMsgID)
 	dst = append(dst, ' ')
-	if withSD && r.SDID != "" {
-		dst = appendSD(dst, r.SDID, r.SD)
+	if id != "" {
+		dst = appendSD(dst, id, params)
 	} else {
 		dst = append(dst, nilValue)
 	}

@@ -14,6 +14,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/imdsguard/imdsguard/internal/target"
 )
 
 const (
@@ -62,6 +64,11 @@ type SyslogOptions struct {
 	// Facility is the syslog facility, 1..23; 0 selects local0 (16). Kern
 	// (0) cannot be chosen: it is reserved for the kernel's own messages.
 	Facility int
+	// UDPMaxBytes bounds a message sent over UDP, in octets, 480..65507;
+	// 0 selects 2048, what RFC 5426 says every receiver should accept.
+	// A larger message loses its structured data, then its end (see
+	// render). TCP and TLS are not bounded by it.
+	UDPMaxBytes int
 }
 
 // Syslog sends records to a syslog collector as RFC 5424 messages from a
@@ -86,7 +93,7 @@ type Syslog struct {
 	tlsConf *tls.Config
 	fmt     formatter
 	log     *zap.Logger
-	limit   int // message size limit, 0 for none
+	limit   int // message size limit (UDP), 0 for none
 
 	mu      sync.Mutex
 	ring    [][]byte
@@ -96,8 +103,8 @@ type Syslog struct {
 	wake       chan struct{} // a record was queued
 	quit       chan struct{} // Close was called: flush, then stop
 	done       chan struct{} // the sender stopped
-	dropNote   chan struct{} // a record was dropped
-	reportDone chan struct{} // the drop reporter stopped
+	note       chan struct{} // a record was dropped, or shrunk to the limit
+	reportDone chan struct{} // the reporter stopped
 	ctx        context.Context
 	cancel     context.CancelFunc
 	closeOnce  sync.Once
@@ -106,7 +113,10 @@ type Syslog struct {
 	sent          atomic.Uint64
 	dropped       atomic.Uint64
 	droppedLogged atomic.Uint64
-	cur           atomic.Pointer[conn]
+	// Records over the UDP limit: sent without structured data, or cut.
+	sdDropped atomic.Uint64
+	truncated atomic.Uint64
+	cur       atomic.Pointer[conn]
 }
 
 // NewSyslog validates opts and starts the sender. It does not wait for the
@@ -123,7 +133,13 @@ func NewSyslog(opts SyslogOptions, log *zap.Logger) (*Syslog, error) {
 	s := &Syslog{network: opts.Network, addr: opts.Addr, log: log.With(zap.String("syslog", opts.Network+"://"+opts.Addr))}
 	switch opts.Network {
 	case "udp":
-		s.limit = maxUDPMessage
+		s.limit = target.SyslogUDPMaxBytesDefault
+		if opts.UDPMaxBytes != 0 {
+			if err := target.CheckSyslogUDPMaxBytes(opts.UDPMaxBytes); err != nil {
+				return nil, fmt.Errorf("syslog UDP size limit: %w", err)
+			}
+			s.limit = opts.UDPMaxBytes
+		}
 	case "tcp":
 	case "tls":
 		s.tlsConf = &tls.Config{}
@@ -163,18 +179,26 @@ func NewSyslog(opts SyslogOptions, log *zap.Logger) (*Syslog, error) {
 	s.wake = make(chan struct{}, 1)
 	s.quit = make(chan struct{})
 	s.done = make(chan struct{})
-	s.dropNote = make(chan struct{}, 1)
+	s.note = make(chan struct{}, 1)
 	s.reportDone = make(chan struct{})
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	go s.run()
-	go s.reportDrops()
+	go s.report()
 	return s, nil
 }
 
 // Send renders r and queues it. It never blocks: when the queue is full the
 // record is dropped and counted. Records sent after Close are discarded.
 func (s *Syslog) Send(r Record) {
-	msg := s.fmt.render(&r, time.Now(), s.limit)
+	msg, fitted := s.fmt.render(&r, time.Now(), s.limit)
+	switch fitted {
+	case fitWithoutSD:
+		s.sdDropped.Add(1)
+		s.notify()
+	case fitTruncated:
+		s.truncated.Add(1)
+		s.notify()
+	}
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -183,10 +207,7 @@ func (s *Syslog) Send(r Record) {
 	if s.n == len(s.ring) {
 		s.mu.Unlock()
 		s.dropped.Add(1)
-		select {
-		case s.dropNote <- struct{}{}:
-		default:
-		}
+		s.notify()
 		return
 	}
 	s.ring[(s.head+s.n)%len(s.ring)] = msg
@@ -198,8 +219,23 @@ func (s *Syslog) Send(r Record) {
 	}
 }
 
+// notify wakes the reporter without waiting for it.
+func (s *Syslog) notify() {
+	select {
+	case s.note <- struct{}{}:
+	default:
+	}
+}
+
 // Dropped returns how many records were lost because the queue was full.
 func (s *Syslog) Dropped() uint64 { return s.dropped.Load() }
+
+// Oversize returns how many records were over the UDP size limit: sent
+// without their structured data (their JSON whole), or also cut at the
+// limit.
+func (s *Syslog) Oversize() (sdDropped, truncated uint64) {
+	return s.sdDropped.Load(), s.truncated.Load()
+}
 
 // Sent returns how many records were written to the collector's connection.
 func (s *Syslog) Sent() uint64 { return s.sent.Load() }
@@ -241,16 +277,18 @@ func (s *Syslog) Close() error {
 	return s.closeErr
 }
 
-// reportDrops logs drops at most once per errorLogInterval, with the
-// running count, so a flood of events against a dead collector produces a
+// report logs drops and records shrunk to the UDP limit at most once per
+// errorLogInterval, with the running counts, so a flood of events against
+// a dead collector (or of records too large for a datagram) produces a
 // handful of log lines rather than one per event. It runs apart from Send
 // so that Send never waits on the daemon's own log.
-func (s *Syslog) reportDrops() {
+func (s *Syslog) report() {
 	defer close(s.reportDone)
 	var last time.Time
+	var logged struct{ sdDropped, truncated uint64 }
 	for {
 		select {
-		case <-s.dropNote:
+		case <-s.note:
 		case <-s.ctx.Done():
 			return
 		}
@@ -263,14 +301,18 @@ func (s *Syslog) reportDrops() {
 				return
 			}
 		}
-		n := s.dropped.Load()
-		if n == s.droppedLogged.Load() {
-			continue
+		if n := s.dropped.Load(); n != s.droppedLogged.Load() {
+			s.droppedLogged.Store(n)
+			last = time.Now()
+			s.log.Warn("syslog queue full, dropping newest records",
+				zap.Uint64("dropped_total", n), zap.Int("queue_len", len(s.ring)))
 		}
-		s.droppedLogged.Store(n)
-		last = time.Now()
-		s.log.Warn("syslog queue full, dropping newest records",
-			zap.Uint64("dropped_total", n), zap.Int("queue_len", len(s.ring)))
+		if sd, cut := s.Oversize(); sd != logged.sdDropped || cut != logged.truncated {
+			logged.sdDropped, logged.truncated = sd, cut
+			last = time.Now()
+			s.log.Warn("syslog records over the UDP size limit: sent without structured data, or cut at the limit (use syslog+tcp or syslog+tls for OCSF, or raise --syslog-udp-max-bytes, output.syslogUDPMaxBytes)",
+				zap.Int("limit", s.limit), zap.Uint64("without_structured_data_total", sd), zap.Uint64("truncated_total", cut))
+		}
 	}
 }
 

@@ -30,6 +30,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/imdsguard/imdsguard/internal/target"
 )
 
 var testTime = time.Date(2024, 5, 6, 7, 8, 9, 123456789, time.UTC)
@@ -74,7 +76,8 @@ func TestRenderGolden(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := string(f.render(&tt.rec, testTime, 0))
+			msg, _ := f.render(&tt.rec, testTime, 0)
+			got := string(msg)
 			if got != tt.want {
 				t.Fatalf("got\n%s\nwant\n%s", got, tt.want)
 			}
@@ -87,7 +90,8 @@ func TestRenderGolden(t *testing.T) {
 
 func TestRenderHostnameSanitised(t *testing.T) {
 	f := newFormatter(4, "evil host\n<13>1", "app name", 1)
-	got := string(f.render(&Record{Time: testTime}, testTime, 0))
+	msg, _ := f.render(&Record{Time: testTime}, testTime, 0)
+	got := string(msg)
 	want := `<32>1 2024-05-06T07:08:09.123456Z evil_host_<13>1 app_name 1 - -`
 	if got != want {
 		t.Fatalf("got %q, want %q", got, want)
@@ -117,7 +121,7 @@ func TestSDEscaping(t *testing.T) {
 	for i, tt := range tests {
 		rec.SD = append(rec.SD, [2]string{"p" + strconv.Itoa(i), tt.in})
 	}
-	msg := f.render(&rec, testTime, 0)
+	msg, _ := f.render(&rec, testTime, 0)
 	if !utf8.Valid(msg) {
 		t.Fatalf("message is not valid UTF-8: %q", msg)
 	}
@@ -143,31 +147,47 @@ func TestSDEscaping(t *testing.T) {
 	}
 }
 
+// TestRenderTruncatesForUDP: over the limit the structured data goes
+// first, then the message is cut at the limit on a UTF-8 boundary and the
+// structured data says so; the largest datagram the kernel takes is the
+// largest limit.
 func TestRenderTruncatesForUDP(t *testing.T) {
 	f := newFormatter(defaultFacility, "h", "imdsguard", 1)
 	big := []byte(`{"path":"` + strings.Repeat("é", 40000) + `"}`)
 	rec := Record{Time: testTime, SDID: "x@1", SD: [][2]string{{"a", "b"}}, JSON: big}
-	msg := f.render(&rec, testTime, maxUDPMessage)
-	if len(msg) != maxUDPMessage {
-		t.Fatalf("length %d, want %d", len(msg), maxUDPMessage)
+	msg, fitted := f.render(&rec, testTime, target.SyslogUDPMaxBytesMax)
+	if len(msg) != target.SyslogUDPMaxBytesMax || fitted != fitTruncated {
+		t.Fatalf("length %d (%v), want %d", len(msg), fitted, target.SyslogUDPMaxBytesMax)
 	}
 	p, err := parse5424(msg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(p.params) != 1 || !strings.HasPrefix(p.msg, `{"path":"\u00e9`) {
-		t.Fatalf("unexpected %q / %.40q", p.params, p.msg)
+	// é is written as \u00e9 (6 octets): 40000 of them make the MSG.
+	want := [][2]string{{"truncated", "true"}, {"msg_len", strconv.Itoa(len(`{"path":""}`) + 6*40000)}}
+	if p.sdID != "x@1" || !equalParams(p.params, want) || !strings.HasPrefix(p.msg, `{"path":"\u00e9`) {
+		t.Fatalf("unexpected %q %q / %.40q", p.sdID, p.params, p.msg)
 	}
 
-	// Structured data too large for a datagram: dropped, the JSON carries
-	// the same fields.
+	// Structured data too large for a datagram, the JSON small: the
+	// structured data is dropped, the JSON carries the same fields.
 	rec.SD = [][2]string{{"a", strings.Repeat("x", 70000)}}
-	msg = f.render(&rec, testTime, maxUDPMessage)
-	if len(msg) > maxUDPMessage {
-		t.Fatalf("length %d", len(msg))
+	rec.JSON = []byte(`{"a":"b"}`)
+	msg, fitted = f.render(&rec, testTime, target.SyslogUDPMaxBytesDefault)
+	if p, err = parse5424(msg); err != nil || p.sdID != "" || p.msg != `{"a":"b"}` || fitted != fitWithoutSD {
+		t.Fatalf("parse: %v, sd %q, msg %q, %v", err, p.sdID, p.msg, fitted)
 	}
-	if p, err = parse5424(msg); err != nil || p.sdID != "" {
-		t.Fatalf("parse: %v, sd %q", err, p.sdID)
+}
+
+// TestCutUTF8 cuts before a multi-byte character that straddles the
+// limit, never inside it.
+func TestCutUTF8(t *testing.T) {
+	b := []byte("ab€d😀") // € is 3 bytes, 😀 4
+	for n, want := range map[int]string{0: "", 1: "a", 2: "ab", 3: "ab", 4: "ab", 5: "ab€", 6: "ab€d", 7: "ab€d", 9: "ab€d", 10: "ab€d😀", 99: "ab€d😀"} {
+		got := cutUTF8(b, n)
+		if string(got) != want || !utf8.Valid(got) {
+			t.Errorf("cutUTF8(%q, %d) = %q, want %q", b, n, got, want)
+		}
 	}
 }
 
@@ -391,12 +411,12 @@ func TestSyslogUDP(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkParsed(t, buf[:n], rec, "node-1")
-	// One record per datagram, cut to what a datagram can carry.
+	// One record per datagram, cut to the default limit.
 	n, _, err = pc.ReadFrom(buf)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != maxUDPMessage || !bytes.Contains(buf[:n], []byte(`{"seq":2,"pad":"xxx`)) {
+	if n != target.SyslogUDPMaxBytesDefault || !bytes.Contains(buf[:n], []byte(`{"seq":2,"pad":"xxx`)) {
 		t.Fatalf("truncated datagram: %d bytes", n)
 	}
 	if err := s.Close(); err != nil {
@@ -556,7 +576,7 @@ func checkRsyslogLine(t *testing.T, name string, line []byte, rec Record) {
 	// The bytes rsyslogd received are exactly the rendered message: the
 	// framing delivered one whole message, nothing more.
 	f := newFormatter(defaultFacility, "node-1", "imdsguard", os.Getpid())
-	if want := string(f.render(&rec, time.Now(), 0)); got.Raw != want {
+	if want, _ := f.render(&rec, time.Now(), 0); got.Raw != string(want) {
 		t.Errorf("%s: raw message\n%q\nwant\n%q", name, got.Raw, want)
 	}
 }

@@ -73,3 +73,31 @@ func parseSyslog(t string) (Target, error) {
 	}
 	return Target{Kind: n, Where: u.Host}, nil
 }
+
+// Size limits of a syslog message sent over UDP (syslog+udp), in octets.
+// TCP and TLS carry messages of any size (octet counting), so they have
+// none.
+const (
+	// SyslogUDPMaxBytesDefault is what RFC 5426 section 3.2 says every
+	// receiver should accept. On a 1500-octet MTU a message over 1472
+	// octets (IPv4; 1452 over IPv6) travels as IP fragments, and a lost
+	// fragment loses it whole: where fragments are dropped, set the limit
+	// to that.
+	SyslogUDPMaxBytesDefault = 2048
+	// SyslogUDPMaxBytesMin is what RFC 5426 says an IPv4 receiver must
+	// accept: below it no receiver is bound to take the message at all.
+	SyslogUDPMaxBytesMin = 480
+	// SyslogUDPMaxBytesMax is the largest UDP payload over IPv4 (65535
+	// minus the IP and UDP headers): the kernel refuses larger datagrams.
+	SyslogUDPMaxBytesMax = 65507
+)
+
+// CheckSyslogUDPMaxBytes says whether n is a size limit for syslog over
+// UDP.
+func CheckSyslogUDPMaxBytes(n int) error {
+	if n < SyslogUDPMaxBytesMin || n > SyslogUDPMaxBytesMax {
+		return fmt.Errorf("%d octets: want %d to %d (RFC 5426: receivers should accept %d)",
+			n, SyslogUDPMaxBytesMin, SyslogUDPMaxBytesMax, SyslogUDPMaxBytesDefault)
+	}
+	return nil
+}
