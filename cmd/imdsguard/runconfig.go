@@ -41,6 +41,9 @@ type runConfig struct {
 	taint     string
 	dmiDir    string
 
+	// syslogUDPMax bounds a syslog+udp message, in octets.
+	syslogUDPMax int
+
 	level zapcore.Level
 	// detected is the cloud the firmware's DMI strings name: what the
 	// policy's cloud: auto resolves to, at start and at every reload.
@@ -98,6 +101,7 @@ func (c *runConfig) flagSet() *flag.FlagSet {
 	fs.Var(&c.outputs, "output", "where events go, repeatable or comma-separated: stdout (default), file:/PATH, syslog+udp://HOST:PORT, syslog+tcp://HOST:PORT, syslog+tls://HOST:PORT")
 	fs.StringVar(&c.format, "format", target.FormatJSON, "event format: json or ocsf (OCSF 1.3: HTTP Activity, Network Activity)")
 	fs.StringVar(&c.syslogCA, "syslog-ca", "", "CA bundle that signs the syslog+tls collector's certificate (default: the system's)")
+	fs.IntVar(&c.syslogUDPMax, "syslog-udp-max-bytes", target.SyslogUDPMaxBytesDefault, fmt.Sprintf("largest syslog+udp message in octets, %d to %d (RFC 5426: receivers should accept 2048); a larger one loses its structured data, then its end. Use syslog+tcp or syslog+tls for OCSF", target.SyslogUDPMaxBytesMin, target.SyslogUDPMaxBytesMax))
 	fs.IntVar(&c.queue, "output-queue", 10000, "events each network output holds while its collector is down; beyond that they are counted as dropped")
 	fs.DurationVar(&c.fold, "fold-window", 10*time.Second, "fold repeats of the same event from the same workload within this window into one event with a count (0: report every event)")
 	fs.StringVar(&c.metrics, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9464); off when empty")
@@ -135,6 +139,9 @@ func (c *runConfig) check() error {
 	if err := target.CheckFormat(c.format); err != nil {
 		return fmt.Errorf("--format: %w", err)
 	}
+	if err := target.CheckSyslogUDPMaxBytes(c.syslogUDPMax); err != nil {
+		return fmt.Errorf("--syslog-udp-max-bytes: %w", err)
+	}
 	level, err := zapcore.ParseLevel(c.logLevel)
 	if err != nil {
 		return fmt.Errorf("--log-level: %w", err)
@@ -167,6 +174,9 @@ func (c *runConfig) loadPolicy() error {
 	}
 	if !c.given["syslog-ca"] {
 		c.syslogCA = pol.Output.SyslogCA
+	}
+	if !c.given["syslog-udp-max-bytes"] && pol.Output.SyslogUDPMaxBytes != 0 {
+		c.syslogUDPMax = pol.Output.SyslogUDPMaxBytes
 	}
 	if !c.given["output-queue"] {
 		c.queue = pol.Output.Queue

@@ -25,7 +25,7 @@ var (
 	policyKeys = []string{"apiVersion", "kind", "mode", "cloud", "requireToken", "blockNonHostNetns", "refuseForwarded", "nftables", "nftablesAction", "maxConnectionsPerCgroup", "maxConnectionsPerUser", "maxTokenTTL", "credentialReadsPerMinute", "endpoints", "credentialPaths", "output", "rules"}
 	ruleKeys   = []string{"name", "match", "allowV1", "allowNonHostNetns", "deny", "credentialReadsPerMinute"}
 	matchKeys  = []string{"cgroup", "namespace", "pod", "container", "comm", "uid"}
-	outputKeys = []string{"format", "targets", "syslogCA", "queue", "foldWindow"}
+	outputKeys = []string{"format", "targets", "syslogCA", "syslogUDPMaxBytes", "queue", "foldWindow"}
 )
 
 // decoder walks a policy document's node tree against the schema, fills in
@@ -602,6 +602,16 @@ func (d *decoder) output(n *yaml.Node, path string, o *Output) {
 			}
 		case "syslogCA":
 			o.SyslogCA, _ = d.str(v, kp)
+		case "syslogUDPMaxBytes":
+			n, err := strconv.Atoi(v.Value)
+			if v.Kind != yaml.ScalarNode || v.Tag != "!!int" || !decimal.MatchString(v.Value) || err != nil {
+				d.add(v.Line, kp, "want an integer from %d to %d (octets), got %s", target.SyslogUDPMaxBytesMin, target.SyslogUDPMaxBytesMax, describe(v))
+				return
+			}
+			if err := target.CheckSyslogUDPMaxBytes(n); err != nil {
+				d.add(v.Line, kp, "%v", err)
+			}
+			o.SyslogUDPMaxBytes = n
 		case "queue":
 			if v.Kind == yaml.ScalarNode && v.Tag == "!!int" && decimal.MatchString(v.Value) {
 				q, err := strconv.Atoi(v.Value)

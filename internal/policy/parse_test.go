@@ -125,6 +125,8 @@ func TestParseErrorsWithLines(t *testing.T) {
 		{"output format", "output:\n  format: xml\n", []wantErr{{2, "output.format", `"xml" is not a format`}}},
 		{"output target", "output:\n  targets:\n    - stdout\n    - file:relative.log\n", []wantErr{{4, "output.targets[1]", "must be absolute"}}},
 		{"output queue", "output:\n  queue: 0\n", []wantErr{{2, "output.queue", "want an integer from 1 to 10000000"}}},
+		{"output syslog UDP limit too small", "output:\n  syslogUDPMaxBytes: 100\n", []wantErr{{2, "output.syslogUDPMaxBytes", "100 octets: want 480 to 65507"}}},
+		{"output syslog UDP limit not a number", "output:\n  syslogUDPMaxBytes: 2k\n", []wantErr{{2, "output.syslogUDPMaxBytes", `want an integer from 480 to 65507 (octets), got the string "2k"`}}},
 		{"output fold window", "output:\n  foldWindow: soon\n", []wantErr{{2, "output.foldWindow", `"soon" is not a duration`}}},
 		{"output unknown key", "output:\n  formt: json\n", []wantErr{{2, "output.formt", `unknown key "formt" (did you mean "format"?)`}}},
 		{"nftables action", "nftables: true\nnftablesAction: deny\n", []wantErr{{2, "nftablesAction", `"deny" is not an action (want "drop" or "reject")`}}},
@@ -670,5 +672,24 @@ func TestProblemsAreCapped(t *testing.T) {
 		if last := lines[len(lines)-1]; !strings.HasPrefix(last, tc.last) {
 			t.Errorf("%d bad lines: last line %q, want %q…", tc.lines, last, tc.last)
 		}
+	}
+}
+
+// TestSyslogUDPMaxBytes: the limit is read, kept through a render, and left
+// out of a policy that does not set it (the sink's default applies).
+func TestSyslogUDPMaxBytes(t *testing.T) {
+	p, err := Parse([]byte("output:\n  targets: [syslog+udp://10.0.0.5:514]\n  syslogUDPMaxBytes: 1472\n"), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Output.SyslogUDPMaxBytes != 1472 {
+		t.Fatalf("syslogUDPMaxBytes %d, want 1472", p.Output.SyslogUDPMaxBytes)
+	}
+	out, err := p.YAML()
+	if err != nil || !strings.Contains(string(out), "  syslogUDPMaxBytes: 1472\n") {
+		t.Fatalf("rendered (%v):\n%s", err, out)
+	}
+	if p, err = Parse(out, "p.yaml"); err != nil || p.Output.SyslogUDPMaxBytes != 1472 {
+		t.Fatalf("round trip: %v, %d", err, p.Output.SyslogUDPMaxBytes)
 	}
 }

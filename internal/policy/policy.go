@@ -44,11 +44,14 @@ const (
 // explicitly override it. It is read at start: a reload that changes it is
 // logged, and the change takes effect at the next restart.
 type Output struct {
-	Format     string   `json:"format,omitempty"`     // json (default) or ocsf
-	Targets    []string `json:"targets,omitempty"`    // default [stdout]
-	SyslogCA   string   `json:"syslogCA,omitempty"`   // CA of a syslog+tls collector
-	Queue      int      `json:"queue,omitempty"`      // events a network target holds while down (default 10000)
-	FoldWindow string   `json:"foldWindow,omitempty"` // default 10s; 0s reports every event
+	Format   string   `json:"format,omitempty"`   // json (default) or ocsf
+	Targets  []string `json:"targets,omitempty"`  // default [stdout]
+	SyslogCA string   `json:"syslogCA,omitempty"` // CA of a syslog+tls collector
+	// SyslogUDPMaxBytes bounds a syslog+udp message (0: the sink's
+	// default, 2048 octets, RFC 5426).
+	SyslogUDPMaxBytes int    `json:"syslogUDPMaxBytes,omitempty"`
+	Queue             int    `json:"queue,omitempty"`      // events a network target holds while down (default 10000)
+	FoldWindow        string `json:"foldWindow,omitempty"` // default 10s; 0s reports every event
 }
 
 // Defaults of the connection bounds: far above what an IMDS client holds

@@ -78,6 +78,9 @@ func (o Output) render() *yaml.Node {
 	if o.SyslogCA != "" {
 		addKey(out, "syslogCA", strNode(o.SyslogCA))
 	}
+	if o.SyslogUDPMaxBytes != 0 {
+		addKey(out, "syslogUDPMaxBytes", intNode(uint64(o.SyslogUDPMaxBytes)))
+	}
 	addKey(out, "queue", intNode(uint64(o.Queue)))
 	addKey(out, "foldWindow", strNode(o.FoldWindow))
 	return out
